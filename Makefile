@@ -1,0 +1,51 @@
+# Every target sets up what it needs on a fresh machine, then runs.
+#   make test   - venv + packages + browser, then the test suite
+#   make lint   - ruff check and ruff format --check
+#   make bench  - every benchmark in bench/, one table of ratios at the end
+#   make demo   - the whole pipeline against the offline imitation, in demo/
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# torch/torchvision: the pair that imports cleanly with pyiqa on a CPU machine
+# (see docs/architecture.md). Override for a CUDA machine, e.g.
+#   make venv TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv browser test lint format bench demo clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PIP) install $(TORCH_SPEC) 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -r requirements-dev.txt 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import torch, torchvision, pyiqa, playwright, aiohttp, PIL, imagehash, rich, tldextract" 
+	touch $@
+
+browser: $(STAMP)
+	$(PY) -m yandex_reverse.browser --install
+
+test: venv browser
+	$(PY) -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv browser
+	$(PIP) install -r requirements-bench.txt 2>&1 | grep -v "is ignored" || true
+	$(PY) bench/run_all.py
+
+demo: venv browser
+	$(PY) -m yandex_reverse.demo
+
+clean:
+	rm -rf demo bench/_work .pytest_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""Shared test helpers: run a numbered script the way a user does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(
+    script: str,
+    *args: str | os.PathLike[str],
+    cwd: Path,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``REPO/<script>`` with this Python, in ``cwd``, without a terminal.
+
+    Standard input is a pipe (or ``input``), so the script must take its
+    answers from flags or its documented defaults, as in cron or CI.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    full_env["COLUMNS"] = "200"
+    if env:
+        full_env.update(env)
+    done = subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        cwd=cwd,
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{script} exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        )
+    return done
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working folder, as a user's folder of photos would be."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path

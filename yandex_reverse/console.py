@@ -1,0 +1,265 @@
+"""Terminal I/O shared by every step: progress, tables, prompts, logging, exit codes.
+
+The rule for questions: a step asks only when the flag is missing *and*
+standard input is a terminal. Otherwise it takes the documented default, or
+stops with exit code 2 and a message naming the flag. Tracebacks never reach
+the terminal: they go to the step's log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+T = TypeVar("T")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+log = logging.getLogger("yandex_reverse")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A missing or wrong answer or flag: exit code 2, with a one-line message."""
+
+
+class StepFailed(Exception):
+    """The step cannot go on (missing input file, unusable DB ...): exit code 1."""
+
+
+def is_interactive() -> bool:
+    """Questions are asked only on a terminal (never in CI, pipes or cron)."""
+    if os.environ.get("YR_NONINTERACTIVE"):
+        return False
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def clean_path_answer(answer: str) -> Path:
+    """A dragged-and-dropped or typed path: whitespace and quotes removed, absolute."""
+    text = answer.strip().strip('"').strip("'").strip()
+    return Path(text).expanduser().absolute()
+
+
+def _read(prompt: str) -> str:
+    console.print(prompt, end="")
+    line = sys.stdin.readline()
+    if not line:  # EOF: the user closed the input
+        raise KeyboardInterrupt
+    return line.rstrip("\n")
+
+
+def ask_choice(
+    question: str,
+    options: Sequence[tuple[str, str]],
+    *,
+    flag: str,
+    default: str | None = None,
+) -> str:
+    """Ask for one of ``options`` (value, label); return the value.
+
+    The menu is numbered 1..N; the user may type the number or the value.
+    Without a terminal the ``default`` is used, or :class:`UsageError` names
+    the flag. A wrong answer asks again.
+    """
+    if not is_interactive():
+        if default is not None:
+            return default
+        raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
+    console.print(f"[bold]{question}[/bold]")
+    for number, (value, label) in enumerate(options, 1):
+        mark = " (default)" if value == default else ""
+        console.print(f"  {number}) {label}{mark}")
+    while True:
+        answer = _read("> ").strip()
+        if not answer and default is not None:
+            return default
+        for number, (value, _label) in enumerate(options, 1):
+            if answer == str(number) or answer.lower() == value.lower():
+                return value
+        console.print("[yellow]Invalid choice, try again.[/yellow]")
+
+
+def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
+    """Ask for free text (a path, a list of numbers ...)."""
+    if not is_interactive():
+        if default is not None:
+            return default
+        raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
+    suffix = f" [{default}]" if default is not None else ""
+    while True:
+        answer = _read(f"[bold]{question}[/bold]{suffix}: ").strip()
+        if answer:
+            return answer
+        if default is not None:
+            return default
+
+
+def ask_folder(question: str, *, flag: str, default: Path | None = None) -> Path:
+    """Ask for an existing folder until one is given (drag and drop works)."""
+    while True:
+        answer = ask_text(question, flag=flag, default=str(default) if default else None)
+        path = clean_path_answer(answer)
+        if path.is_dir():
+            return path
+        if not is_interactive():
+            raise UsageError(f"not a folder: {path} ({flag})")
+        console.print(f"[yellow]Not a folder: {path}. Try again.[/yellow]")
+
+
+def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> bool:
+    """``[y/N]``. ``assume_yes`` (the ``--yes`` flag) answers for the user.
+
+    Without a terminal and without ``--yes`` this is a usage error: nothing
+    destructive ever happens unattended unless asked for explicitly.
+    """
+    if assume_yes:
+        return True
+    if not is_interactive():
+        raise UsageError(f"{question.rstrip('?')}: pass {flag} to confirm without a terminal")
+    return _read(f"[bold]{question}[/bold] [y/N]: ").strip().lower() in ("y", "yes")
+
+
+@contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A progress bar with count, rate and time left; yields ``advance(n=1, **fields)``.
+
+    On a non-terminal output rich prints nothing per item, so logs stay short.
+    """
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    bar = Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+    with bar:
+        task = bar.add_task(description, total=total, rate="", info="")
+
+        def advance(n: int = 1, **fields: Any) -> None:
+            bar.advance(task, n)
+            speed = bar.tasks[0].speed
+            if speed:
+                fields.setdefault("rate", f"{speed:,.1f}/s")
+            if fields:
+                bar.update(task, **fields)
+
+        yield advance
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar."""
+    with progress(description, total) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+def table(
+    title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from: int = 1
+) -> Table:
+    """A summary table; columns from ``numeric_from`` on are right-aligned."""
+    out = Table(title=title, title_justify="left", show_lines=False)
+    for index, header in enumerate(headers):
+        out.add_column(header, justify="right" if index >= numeric_from else "left")
+    for row in rows:
+        out.add_row(*(_fmt(cell) for cell in row))
+    return out
+
+
+def _fmt(cell: Any) -> str:
+    if isinstance(cell, bool) or cell is None:
+        return "" if cell is None else str(cell)
+    if isinstance(cell, int):
+        return f"{cell:,}"
+    if isinstance(cell, float):
+        return f"{cell:,.2f}"
+    return str(cell)
+
+
+def print_summary(title: str, counts: Sequence[tuple[str, Any]]) -> None:
+    """The end-of-step summary: a two-column table of what happened."""
+    console.print(table(title, ("", "count"), counts))
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1024 or unit == "TB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def setup_logging(log_file: Path | None) -> None:
+    """Details and tracebacks go to ``log_file``; the terminal gets one-liners."""
+    log.setLevel(logging.DEBUG)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    else:
+        log.addHandler(logging.NullHandler())
+    log.propagate = False
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a step's ``main``, turning exceptions into exit codes and one-line messages.
+
+    Ctrl-C: 130 and "interrupted"; :class:`UsageError`: 2; :class:`StepFailed`:
+    1; anything else: 1 and "critical error", the traceback in the log.
+    """
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]Interrupted by user; re-run to continue.[/yellow]")
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        return EXIT_USAGE
+    except StepFailed as exc:
+        err_console.print(f"[red]Error:[/red] {exc}")
+        return EXIT_FAILURE
+    except Exception as exc:
+        log.exception("critical error")
+        where = next((h.baseFilename for h in log.handlers if hasattr(h, "baseFilename")), None)
+        hint = f" (traceback in {where})" if where else ""
+        err_console.print(f"[red]Critical error:[/red] {type(exc).__name__}: {exc}{hint}")
+        return EXIT_FAILURE
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as a one-line reason for a summary or ledger."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    reason = f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+    return reason[:limit]

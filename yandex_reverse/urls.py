@@ -1,0 +1,45 @@
+"""URL normalisation shared by the steps that read result URLs (2, 3, 4, 5).
+
+Yandex sends URLs loosely: protocol-relative (``//host/...``), with spaces
+around them, sometimes empty or relative. Every step agrees on one rule so
+that "a usable URL" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def normalize_url(value: object) -> str | None:
+    """Return an absolute http(s) URL, or None if the value is not one.
+
+    ``//host/p`` becomes ``https://host/p``; anything without a host, any other
+    scheme (``javascript:``, ``data:``, ``ftp:``) and non-strings are refused.
+    """
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url:
+        return None
+    if url.startswith("//"):
+        url = "https:" + url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    return url
+
+
+def host_of(url: object) -> str | None:
+    """The lower-case host name of a URL (after :func:`normalize_url`), or None."""
+    normalized = normalize_url(url)
+    if normalized is None:
+        return None
+    try:
+        host = urlsplit(normalized).hostname
+    except ValueError:
+        return None
+    return host.rstrip(".").lower() if host else None
