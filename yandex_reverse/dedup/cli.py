@@ -29,7 +29,6 @@ from ..console import (
     log,
     one_line,
     print_summary,
-    progress,
     setup_logging,
     table,
 )
@@ -348,7 +347,7 @@ def _apply(
     freed = 0
     total = sum(len(g.removed) for g in groups)
     label = "Deleting" if args.action == "delete" else "Moving"
-    with progress(label, total) as advance:
+    with find.ticking(label, total) as advance:
         for group in groups:
             kept = group.kept
             for member in group.removed:
@@ -423,7 +422,7 @@ def undo(report_path: Path, *, dry_run: bool = False) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StepFailed(f"cannot read report {report_path}: {one_line(exc)}") from exc
     counts = {"restored": 0, "already back": 0, "missing": 0, "conflict": 0}
-    with progress("Restoring", len(moves)) as advance:
+    with find.ticking("Restoring", len(moves)) as advance:
         for move in reversed(moves):
             pairs = [
                 (move["target"], move["source"]),

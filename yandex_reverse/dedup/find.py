@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,28 @@ from ..console import progress
 from ..images import ImageError, iter_images, read_info
 from . import hashing
 
+_IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)
 KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
+
+
+@contextmanager
+def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+    """A progress bar updated at most ten times a second: per-file redraws cost
+    more than hashing a cached file."""
+    with progress(label, total) as advance:
+        pending, last = 0, time.monotonic()
+
+        def tick() -> None:
+            nonlocal pending, last
+            pending += 1
+            now = time.monotonic()
+            if now - last >= 0.1:
+                advance(pending)
+                pending, last = 0, now
+
+        yield tick
+        if pending:
+            advance(pending)
 
 
 @dataclass
@@ -79,7 +103,7 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
     """Every image under ``root`` with its size and mtime; hard links counted once."""
     result = Scan(root)
     inodes: dict[tuple[int, int], str] = {}
-    with progress("Scanning") as advance:
+    with ticking("Scanning") as advance:
         for path in iter_images(root, recursive=recursive, exclude=exclude):
             rel = path.relative_to(root).as_posix()
             try:
@@ -176,7 +200,7 @@ def _refine(
             return entry, None, f"unreadable: {exc.strerror or exc}"
 
     prints: dict[int, bytes] = {}
-    with progress(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
+    with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
         for entry, value, error in pool.map(one, todo):
             if error:
                 found.unreadable.append((entry.rel, error))
@@ -221,16 +245,15 @@ def hash_pictures(
             todo.append(entry)
     args = [(str(e.path), method, hash_size, draft) for e in todo]
     pending: list[tuple] = []
-    with progress("Perceptual hashing", len(todo)) as advance:
-        results: Iterable[tuple]
-        if workers > 1 and len(todo) > 2 * workers:
-            pool = ProcessPoolExecutor(workers)
-            results = pool.map(
-                _hash_star, args, chunksize=max(1, min(32, len(todo) // (8 * workers)))
-            )
-        else:
-            pool = None
-            results = map(_hash_star, args)
+    results: Iterable[tuple]
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1 and len(todo) > 2 * workers:
+        # Started before the progress bar's thread; workers leave Ctrl-C to us.
+        pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
+        results = pool.map(_hash_star, args, chunksize=max(1, min(32, len(todo) // (8 * workers))))
+    else:
+        results = map(_hash_star, args)
+    with ticking("Perceptual hashing", len(todo)) as advance:
         try:
             for entry, (value, width, height, error) in zip(todo, results, strict=True):
                 _apply(found, entry, value, width, height, error)
@@ -384,7 +407,7 @@ def filename_groups(found: Scan, *, keep: str, workers: int) -> list[Group]:
 
     bad: set[int] = set()
     with (
-        progress("Reading sizes", len(candidates)) as advance,
+        ticking("Reading sizes", len(candidates)) as advance,
         ThreadPoolExecutor(max(1, workers)) as pool,
     ):
         for entry, error in pool.map(one, candidates):
