@@ -154,7 +154,11 @@ def ours(images: Path, mode: str, *extra: str) -> tuple[float, set[frozenset[str
     ]
     start = time.perf_counter()
     subprocess.run(
-        [*cmd, *extra], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"}
+        [*cmd, *extra],
+        check=True,
+        cwd=images.parent,  # the log file lands in the work folder
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     seconds = time.perf_counter() - start
     data = json.loads(out.read_text())
@@ -257,10 +261,12 @@ def main() -> int:
     print(f"  ours again with the hash cache: {t_cached:.2f} s ({n / t_cached:.0f} img/s)")
     report("dedup", "similar mode, cached re-run", "images/s", n / t_cached)
 
-    t_ours, g_ours = ours(images, "exact")
-    t_peer, g_peer = jdupes(images)
+    # exact runs take a fraction of a second: best of 5, alternating, on a shared machine
+    runs = [(ours(images, "exact"), jdupes(images)) for _ in range(5)]
+    t_ours, g_ours = min(r[0] for r in runs)
+    t_peer, g_peer = min(r[1] for r in runs)
     want = truth_groups(truth, ("copy",))
-    print(f"exact, {n} JPEGs:")
+    print(f"exact, {n} JPEGs (best of 5):")
     print(
         f"  ours {t_ours:.2f} s ({n / t_ours:.0f} img/s); jdupes {t_peer:.2f} s ({n / t_peer:.0f} img/s)"
     )
@@ -270,10 +276,12 @@ def main() -> int:
 
     from yandex_reverse.dedup import find
 
-    start = time.perf_counter()
-    found = find.scan(images, recursive=True, exclude=[])
-    groups = find.exact_groups(found, os.cpu_count() or 1)
-    t_core = time.perf_counter() - start
+    t_core = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        found = find.scan(images, recursive=True, exclude=[])
+        groups = find.exact_groups(found, os.cpu_count() or 1)
+        t_core = min(t_core, time.perf_counter() - start)
     assert {frozenset(e.rel for e in g) for g in groups} == g_ours
     print(f"  ours without interpreter start: {t_core:.3f} s ({n / t_core:.0f} img/s)")
     report("dedup", "exact mode (in-process)", "images/s", n / t_core, "jdupes", n / t_peer)
