@@ -233,11 +233,15 @@ def test_delete_never_removes_the_last_copy(photos: Path, workdir: Path):
     assert report["counts"]["deleted"] == len(A_FAMILY) - 1 + 1
 
 
-def test_hard_links_are_counted_once(photos: Path, workdir: Path):
+def test_hard_links_and_symlinks_are_counted_once(photos: Path, workdir: Path):
     os.link(photos / "c.jpg", photos / "c_link.jpg")
+    os.symlink(photos / "d.jpg", photos / "sub" / "d_symlink.jpg")
     run(workdir, photos, "--mode", "exact", "--dry-run", "--report", "r.json", check=True)
     report = load(workdir / "r.json")
-    assert report["hard_links"] == [{"path": "c_link.jpg", "same_file_as": "c.jpg"}]
+    assert report["hard_links"] == [
+        {"path": "c_link.jpg", "same_file_as": "c.jpg"},
+        {"path": "sub/d_symlink.jpg", "same_file_as": "d.jpg"},
+    ]
     assert all("c.jpg" not in g for g in groups_of(report))
 
 
@@ -369,3 +373,26 @@ def test_interactive_asks_for_each_file(photos: Path, workdir: Path):
     report = load(workdir / "r.json")
     assert report["counts"] == {"moved": 1, "deleted": 0, "skipped": 1, "failed": 0}
     assert report["skipped"][0]["reason"] == "declined"
+
+
+def test_impossible_hash_settings_are_refused_and_other_methods_work(photos: Path, workdir: Path):
+    bad = run(
+        workdir,
+        photos,
+        "--mode",
+        "similar",
+        "--hash-method",
+        "whash",
+        "--hash-size",
+        "6",
+        "--dry-run",
+    )
+    assert bad.returncode == 2 and "--hash-size" in bad.stderr
+    bad = run(workdir, photos, "--mode", "similar", "--threshold", "64", "--dry-run")
+    assert bad.returncode == 2 and "--threshold" in bad.stderr
+    done = run(
+        workdir, photos, "--mode", "similar", "--hash-method", "dhash", "--hash-size", "16",
+        "--threshold", "40", "--dry-run", "--report", "r.json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert frozenset({"b.jpg", "nested/deep/b_copy.jpg"}) in groups_of(load(workdir / "r.json"))

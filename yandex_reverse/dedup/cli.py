@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     would_free = sum(m.entry.size for m in removals)
     rows: list[tuple[str, Any]] = [
         ("files scanned", len(found.entries)),
-        ("hard links (counted once)", len(found.hard_links)),
+        ("hard links/symlinks (counted once)", len(found.hard_links)),
         ("unreadable", len(found.unreadable)),
         ("groups", len(groups)),
         ("duplicates", len(removals)),

@@ -100,7 +100,8 @@ class Scan:
 
 
 def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
-    """Every image under ``root`` with its size and mtime; hard links counted once."""
+    """Every image under ``root`` with its size and mtime; one file reached by two
+    names (hard link, symlink) is counted once."""
     result = Scan(root)
     inodes: dict[tuple[int, int], str] = {}
     with ticking("Scanning") as advance:
@@ -112,7 +113,7 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
                 result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
                 continue
             inode = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and inode in inodes:
+            if inode in inodes:  # a hard link, or a symlink to a file already seen
                 result.hard_links.append((rel, inodes[inode]))
                 continue
             inodes[inode] = rel
