@@ -243,10 +243,15 @@ def main() -> int:
     for path in images.rglob("*.jpg"):
         path.read_bytes()
 
-    t_ours, g_ours = ours(images, "similar", "--threshold", str(THRESHOLD), "--no-cache")
-    t_peer, g_peer = imagededup(images)
+    # alternating rounds, best of each: the machine is shared and its load swings
+    rounds = [
+        (ours(images, "similar", "--threshold", str(THRESHOLD), "--no-cache"), imagededup(images))
+        for _ in range(2)
+    ]
+    t_ours, g_ours = min(r[0] for r in rounds)
+    t_peer, g_peer = min(r[1] for r in rounds)
     want = truth_groups(truth, ("copy", "reencode", "resize"))
-    print(f"similar, {n} JPEGs, phash, threshold {THRESHOLD}:")
+    print(f"similar, {n} JPEGs, phash, threshold {THRESHOLD} (best of 2 alternating rounds):")
     print(
         f"  ours {t_ours:.1f} s ({n / t_ours:.0f} img/s); imagededup {t_peer:.1f} s ({n / t_peer:.0f} img/s)"
     )
