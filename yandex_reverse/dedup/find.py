@@ -251,7 +251,7 @@ def hash_pictures(
     if workers > 1 and len(todo) > 2 * workers:
         # Started before the progress bar's thread; workers leave Ctrl-C to us.
         pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
-        results = pool.map(_hash_star, args, chunksize=max(1, min(32, len(todo) // (8 * workers))))
+        results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
     else:
         results = map(_hash_star, args)
     with ticking("Perceptual hashing", len(todo)) as advance:
