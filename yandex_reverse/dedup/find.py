@@ -104,11 +104,13 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
     names (hard link, symlink) is counted once."""
     result = Scan(root)
     inodes: dict[tuple[int, int], str] = {}
+    prefix = len(str(root).rstrip(os.sep)) + 1
     with ticking("Scanning") as advance:
         for path in iter_images(root, recursive=recursive, exclude=exclude):
-            rel = path.relative_to(root).as_posix()
+            name = str(path)
+            rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
             try:
-                st = path.stat()
+                st = os.stat(name)
             except OSError as exc:
                 result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
                 continue
@@ -168,8 +170,9 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
         if entry.size > 0:
             by_size[entry.size].append(entry)
     tied = [group for group in by_size.values() if len(group) > 1]
+    # 8 KiB reads: a thread hand-off costs more than the read itself
     tied = _refine(
-        tied, lambda e: hashing.edge_hash(e.path, e.size), "Comparing file edges", found, workers
+        tied, lambda e: hashing.edge_hash(e.path, e.size), "Comparing file edges", found, 1
     )
     whole = [g for g in tied if g[0].size > 2 * hashing.EDGE_BLOCK]
     done = [g for g in tied if g[0].size <= 2 * hashing.EDGE_BLOCK]  # edges were the whole file
@@ -202,7 +205,8 @@ def _refine(
 
     prints: dict[int, bytes] = {}
     with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
-        for entry, value, error in pool.map(one, todo):
+        results = pool.map(one, todo) if workers > 1 else map(one, todo)
+        for entry, value, error in results:
             if error:
                 found.unreadable.append((entry.rel, error))
             else:
