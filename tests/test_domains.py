@@ -218,5 +218,7 @@ def test_classifier_suffix_rules() -> None:
     assert c.classify_url("https://user:pw@Farm1.StaticFlickr.com:443/x").service == "Flickr"
     assert c.classify_url("https://www.xn--e1afmkfd.xn--p1ai/x").domain == "пример.рф"
     assert c.classify_url("http://192.168.0.1/x").domain == "192.168.0.1"
-    assert c.classify_url("mailto:a@b.c") is None
-    assert c.classify_url(None) is None
+    for garbage in ("mailto:a@b.c", "javascript://x", "http:/x/y", "https://[::1/x", "a/b/c"):
+        assert c.classify_url(garbage).kind == "garbage", garbage
+    assert c.classify_url(None).kind == "empty"
+    assert c.classify_url("  ").kind == "empty"
