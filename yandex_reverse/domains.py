@@ -3,8 +3,8 @@
 Three views are counted separately: the results' originals (``origUrl``),
 every variant URL (``image_variants.url``) and the source pages
 (``snippet_url``). A host is classified once and cached: a million result rows
-hold only a few thousand distinct hosts, so the per-row work is one regular
-expression and a dictionary lookup. Services come from ``services.json`` by
+hold only a few thousand distinct hosts, so the per-row work is one
+``str.split`` and a dictionary lookup. Services come from ``services.json`` by
 registrable-domain suffix; the registrable domain of everything else comes
 from tldextract's bundled public suffix list (never fetched from the network).
 
@@ -56,7 +56,6 @@ class Classifier:
 
     def __init__(self, services_file: Path = SERVICES_FILE) -> None:
         data = json.loads(services_file.read_text(encoding="utf-8"))
-        self.order: list[str] = [s["name"] for s in data["services"]]
         self.vk = data["vk_service"]
         self.vk_group = frozenset(data["vk_group"])
         self.suffixes: dict[str, str] = {}
