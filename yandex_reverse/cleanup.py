@@ -247,11 +247,15 @@ def opened(path: Path, *, scratch: bool) -> Iterator[tuple[sqlite3.Connection, i
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prune_backups(path: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` backups of ``path`` (0 keeps all)."""
+def prune_backups(path: Path, keep: int, current: Path) -> list[Path]:
+    """Delete all but the newest ``keep`` backups of ``path`` (0 keeps all).
+
+    ``current`` (this run's backup) always stays, even beside the one a
+    legacy DB's migration made in the same second.
+    """
     if keep <= 0:
         return []
-    old = db.list_backups(path)[:-keep]
+    old = [b for b in db.list_backups(path)[:-keep] if b != current]
     for backup in old:
         backup.unlink(missing_ok=True)
     return old
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.total or dups:
             conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    pruned = prune_backups(path, args.keep_backups)
+    pruned = prune_backups(path, args.keep_backups, backup)
     size_after = db_size(path)
     print_outcome(out, dry_run=False, show=0)
     print_summary(
