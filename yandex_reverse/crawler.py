@@ -375,7 +375,9 @@ class ImageJob:
                 wait_until="domcontentloaded",
             )
         )
-        err = asyncio.ensure_future(page.locator(sel["upload_error"]).first.wait_for())
+        err = asyncio.ensure_future(
+            page.locator(sel["upload_error"]).first.wait_for(state="attached")
+        )
         done, pending = await asyncio.wait({nav, err}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()

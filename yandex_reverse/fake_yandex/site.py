@@ -83,6 +83,7 @@ class Served:
     cbir_id: str | None = None
     pages: dict[int, list[str]] = field(default_factory=dict)
     end: str | None = None
+    bodies: dict[int, str] = field(default_factory=dict, repr=False)  # the JSON served, per page
 
     @property
     def results(self) -> int:
@@ -141,7 +142,10 @@ class FakeYandex:
                 "uploads": self.upload_count,
                 "latency_total": self.latency_total,
                 "images": {
-                    key: {**dataclasses.asdict(s), "results": s.results}
+                    key: {
+                        **{k: v for k, v in dataclasses.asdict(s).items() if k != "bodies"},
+                        "results": s.results,
+                    }
                     for key, s in self.served.items()
                 },
             }
@@ -366,12 +370,16 @@ class FakeYandex:
     def similar_page(self, request: web.Request, key: str) -> web.Response:
         s = self.for_image(key)
         entities = self._page_entities(key, s, 0)
-        with self.lock:
-            self.served[key].pages[0] = [e["id"] for e in entities]
         has_more = s.pages > 0 or s.end != "button"
-        if not has_more:
-            self.served[key].end = "button"
         location = str(request.rel_url)
+        state = results.data_state(location, entities, has_more=has_more)
+        with self.lock:
+            served = self.served[key]
+            served.pages[0] = [e["id"] for e in entities]
+            served.bodies[0] = json.dumps(state, ensure_ascii=False)
+            if not has_more:
+                served.end = "button"
+
         thumbs = "".join(_thumb(e) for e in entities)
         button = (
             '<div class="FetchListButton"><button type="button" class="Button FetchListButton-Button">'
@@ -386,7 +394,7 @@ class FakeYandex:
             "serpid": key[12:34],
         }
         body = (
-            _root(results.data_state(location, entities, has_more=has_more))
+            _root(state)
             + f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>{button}'
             + f"<script>const S = {json.dumps(client)};{_SIMILAR_JS}</script>"
         )
@@ -427,10 +435,12 @@ class FakeYandex:
         last = page == s.pages and s.end == "button"
         if last:
             served.end = "button"
+        payload = results.adapter_payload(entities, last=last, extra_content=s.extra_content)
+        text = json.dumps(payload, ensure_ascii=False)
         with self.lock:
             served.pages[page] = [e["id"] for e in entities]
-        payload = results.adapter_payload(entities, last=last, extra_content=s.extra_content)
-        return web.Response(text=json.dumps(payload, ensure_ascii=False), headers=JSON_HEADERS)
+            served.bodies[page] = text
+        return web.Response(text=text, headers=JSON_HEADERS)
 
     # ------------------------------------------------------------- control
 
