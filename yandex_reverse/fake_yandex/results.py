@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from functools import lru_cache
 from typing import Any
 
 ADAPTER = "i-react-ajax-adapter:ajax"
 POOL_SEED = "shared-web-pool"
-POOL_SIZE = 400
+POOL_SIZE = 40  # small: popular pictures turn up for many queries
 FAULTS = ("404", "410", "500once", "429", "503", "html200", "wrongtype", "truncated", "redirect")
 
 _WORDS = (
@@ -169,6 +170,7 @@ def _entity(rng: random.Random, pos: int, fault_rate: float) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=4)
 def _pool(fault_rate: float) -> list[dict[str, Any]]:
     rng = random.Random(POOL_SEED)
     return [_entity(rng, 0, fault_rate) for _ in range(POOL_SIZE)]
@@ -184,7 +186,8 @@ def all_results(
     """
     rng = random.Random(seed)
     pool = _pool(fault_rate)
-    shared = set(rng.sample(range(total), int(total * shared_fraction))) if total else set()
+    count = min(int(total * shared_fraction), POOL_SIZE)
+    shared = set(rng.sample(range(total), count)) if total else set()
     picks = iter(rng.sample(range(POOL_SIZE), len(shared)))
     out = []
     for pos in range(total):
