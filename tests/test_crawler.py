@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,7 +29,11 @@ try:
 except BrowserNotFound:
     HAVE_BROWSER = False
 
-browser = pytest.mark.skipif(not HAVE_BROWSER, reason="no Chromium (make browser)")
+
+def browser(test):
+    """A test that drives a real headless Chromium (skipped where none is installed)."""
+    skip = pytest.mark.skipif(not HAVE_BROWSER, reason="no Chromium (make browser)")
+    return pytest.mark.browser(skip(test))
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,23 @@ def test_saves_every_page_the_site_served(workdir: Path, server: ServerThread, f
         assert record["xhr_files"] == 3
         assert record["results"] == served.results == 4 + 3 + 3
     assert "done now" in done.stdout and "XHR files saved" in done.stdout
+
+
+@browser
+def test_step2_imports_what_the_site_served(workdir: Path, server: ServerThread, fake: FakeYandex):
+    queries = photos(workdir, ["one.jpg", "two.jpg", "three.png"])
+    fake.configure(pages=3, shared_fraction=0.5, overrides={"": {"end": "404"}})
+    assert crawl(workdir, server, "--max-tabs", "3").returncode == 0
+    imported = run_script("2_XHRtoDB.py", "--xhr-dir", "XHR", "--db", "y.db", cwd=workdir)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    served = {p.name: fake.served[image_key(p.read_bytes())] for p in queries}
+    every_id = set().union(*(ids for s in served.values() for ids in s.pages.values()))
+    with sqlite3.connect(workdir / "y.db") as conn:
+        assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == len(every_id)
+        per_query = dict(conn.execute("SELECT query, count(*) FROM query_results GROUP BY query"))
+        files = conn.execute("SELECT count(*) FROM xhr_files WHERE status = 'imported'").fetchone()
+    assert per_query == {name: s.results for name, s in served.items()}
+    assert files[0] == sum(len(s.pages) for s in served.values()) == 3 * 4
 
 
 @browser
