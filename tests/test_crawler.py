@@ -76,6 +76,10 @@ def progress(workdir: Path) -> dict:
     return json.loads((workdir / "XHR" / ".progress.json").read_text(encoding="utf-8"))["images"]
 
 
+def records_of(workdir: Path, name: str) -> dict:
+    return progress(workdir)[name]
+
+
 def assert_saved_as_served(workdir: Path, fake: FakeYandex, photo: Path) -> None:
     """Every page the imitation served for ``photo`` is saved, parsed equal; nothing else."""
     served = fake.served[image_key(photo.read_bytes())]
@@ -140,7 +144,7 @@ def test_rerun_changes_nothing(workdir: Path, server: ServerThread, fake: FakeYa
 def test_404_end_error_end_empty_and_broken_pages_end_cleanly(
     workdir: Path, server: ServerThread, fake: FakeYandex
 ):
-    end404, enderr, odd = photos(workdir, ["end404.jpg", "enderr.jpg", "odd.jpg"])
+    end404, enderr, odd, few = photos(workdir, ["end404.jpg", "enderr.jpg", "odd.jpg", "few.jpg"])
     fake.configure(
         upload_variant="B",
         extra_content=False,
@@ -148,12 +152,14 @@ def test_404_end_error_end_empty_and_broken_pages_end_cleanly(
             image_key(end404.read_bytes()): {"end": "404"},
             image_key(enderr.read_bytes()): {"end": "error", "pages": 1},
             image_key(odd.read_bytes()): {"pages": 3, "empty_pages": [1], "broken_json_page": 2},
+            image_key(few.read_bytes()): {"pages": 0},  # one page, no "more" button at all
         },
     )
-    done = crawl(workdir, server, "--max-tabs", "3")
+    done = crawl(workdir, server, "--max-tabs", "4")
     assert done.returncode == 0, done.stdout + done.stderr
-    for photo in (end404, enderr, odd):
+    for photo in (end404, enderr, odd, few):
         assert_saved_as_served(workdir, fake, photo)
+    assert records_of(workdir, "few.jpg")["xhr_files"] == 1
     records = progress(workdir)
     assert records["end404.jpg"]["end"] == "404"
     assert fake.served[image_key(end404.read_bytes())].end == "404"
@@ -173,12 +179,18 @@ def test_404_end_error_end_empty_and_broken_pages_end_cleanly(
 def test_captcha_on_one_photo_marks_it_and_others_finish(
     workdir: Path, server: ServerThread, fake: FakeYandex
 ):
-    ok1, blocked, ok2 = photos(workdir, ["ok1.jpg", "blocked.jpg", "ok2.jpg"])
-    fake.configure(overrides={image_key(blocked.read_bytes()): {"captcha": True}})
+    ok1, blocked, ok2, midway = photos(workdir, ["ok1.jpg", "blocked.jpg", "ok2.jpg", "midway.jpg"])
+    fake.configure(
+        overrides={
+            image_key(blocked.read_bytes()): {"captcha": True},  # at the upload
+            image_key(midway.read_bytes()): {"captcha_page": 2},  # a "more" XHR answers it
+        }
+    )
     run = crawl(workdir, server, "--max-tabs", "1", "--captcha-backoff", "0.1,0.2")
     assert run.returncode == 1
     records = progress(workdir)
-    assert records["blocked.jpg"]["status"] == "captcha"
+    assert records["blocked.jpg"]["status"] == records["midway.jpg"]["status"] == "captcha"
+    assert records["midway.jpg"]["stage"] == "load more"
     assert records["ok1.jpg"]["status"] == records["ok2.jpg"]["status"] == "done"
     assert "captcha blocked.jpg" in " ".join(run.stdout.split())
     assert not list((workdir / "XHR").glob("blocked.jpg_xhr_*"))
@@ -187,7 +199,9 @@ def test_captcha_on_one_photo_marks_it_and_others_finish(
     again = crawl(workdir, server, "--captcha-backoff", "0.1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert progress(workdir)["blocked.jpg"]["status"] == "done"
+    assert progress(workdir)["midway.jpg"]["status"] == "done"
     assert_saved_as_served(workdir, fake, blocked)
+    assert_saved_as_served(workdir, fake, midway)
     assert fake.served[image_key(ok1.read_bytes())].uploads == 1
     assert fake.served[image_key(ok2.read_bytes())].uploads == 1
 

@@ -53,6 +53,7 @@ class Settings:
         default_factory=list
     )  # the Nth uploads (1-based) get a captcha
     captcha_next: int = 0  # the next K requests get a captcha
+    captcha_page: int | None = None  # this XHR page answers a captcha (JSON + header)
     upload_500_next: int = 0  # the next K uploads answer 500
     upload_variant: str = "A"  # which upload endpoint the page calls: A or B
     renamed_similar_tab: bool = False  # the "Похожие" tab loses its usual class (a markup change)
@@ -414,6 +415,10 @@ class FakeYandex:
         except ValueError:
             return web.Response(status=400)
         served = self.served[key]
+        if s.captcha_page == page:
+            with self.lock:
+                served.captchas += 1
+            return self.captcha_answer(request)
         if page < 1 or page > s.pages:
             if s.end == "404":
                 served.end = "404"
