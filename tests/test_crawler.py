@@ -295,6 +295,18 @@ def test_refused_upload_is_reported_and_retried_next_run(
     assert_saved_as_served(workdir, fake, photo)
 
 
+@browser
+def test_hung_tab_is_given_up_and_marked_failed(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    photos(workdir, ["slow.jpg"])
+    fake.configure(latency=1.0)
+    run = crawl(workdir, server, "--tab-timeout", "2.5")
+    assert run.returncode == 1
+    assert "gave up after 2.5 s" in " ".join(run.stdout.split())
+    assert progress(workdir)["slow.jpg"]["status"] == "failed"
+
+
 def test_missing_browser_is_a_clear_error(workdir: Path):
     photos(workdir, ["x.jpg"])
     run = run_script(SCRIPT, "--browser", str(workdir / "no-such-chrome"), cwd=workdir)

@@ -476,7 +476,7 @@ async def start(
     fake: FakeYandex, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Start ``fake`` on ``host:port`` (0 = any free port); return the runner and the base URL."""
-    runner = web.AppRunner(fake.make_app(), access_log=None)
+    runner = web.AppRunner(fake.make_app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
