@@ -141,6 +141,17 @@ def test_rerun_changes_nothing(workdir: Path, server: ServerThread, fake: FakeYa
 
 
 @browser
+def test_replaced_photo_is_searched_again(workdir: Path, server: ServerThread, fake: FakeYandex):
+    (photo,) = photos(workdir, ["same_name.jpg"])
+    assert crawl(workdir, server).returncode == 0
+    Image.new("RGB", (90, 70), (1, 2, 3)).save(photo)  # another picture under the same name
+    again = crawl(workdir, server)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 to search, 0 already done" in again.stdout
+    assert_saved_as_served(workdir, fake, photo)
+
+
+@browser
 def test_404_end_error_end_empty_and_broken_pages_end_cleanly(
     workdir: Path, server: ServerThread, fake: FakeYandex
 ):

@@ -129,8 +129,16 @@ class Progress:
             except (OSError, ValueError, AttributeError):
                 log.warning("progress file %s unreadable; starting afresh", path)
 
-    def done(self, name: str) -> bool:
-        return self.images.get(name, {}).get("status") == "done"
+    def done(self, path: Path) -> bool:
+        """Finished, and the photo is still the one that was searched (same size and mtime)."""
+        record = self.images.get(path.name, {})
+        if record.get("status") != "done":
+            return False
+        stat = path.stat()
+        return (
+            record.get("size", stat.st_size) == stat.st_size
+            and record.get("mtime_ns", stat.st_mtime_ns) == stat.st_mtime_ns
+        )
 
     def record(self, name: str, **fields: Any) -> None:
         self.images[name] = {**fields, "updated": now_iso()}
@@ -490,9 +498,12 @@ class Crawler:
         self.gate.ok()
         results = len(set().union(*job.pages.values())) if job.pages else 0
         out = Outcome(path.name, "done", len(job.pages), results, end, job.bad_files)
+        stat = path.stat()
         self.progress.record(
             path.name,
             status="done",
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
             xhr_files=out.xhr_files,
             results=results,
             pages=sorted(job.pages),
@@ -682,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         console.console.print(f"No query photos ({', '.join(QUERY_EXTENSIONS)}) in {opts.images}")
         return 0
     crawler = Crawler(opts)
-    todo = [q for q in queries if opts.force or not crawler.progress.done(q.name)]
+    todo = [q for q in queries if opts.force or not crawler.progress.done(q)]
     skipped = len(queries) - len(todo)
     console.console.print(
         f"{len(queries)} photos in {opts.images}: {len(todo)} to search, {skipped} already done"
