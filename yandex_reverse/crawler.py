@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -537,7 +538,9 @@ class Crawler:
         if opts.headless:
             args.append("--blink-settings=imagesEnabled=false")  # thumbnails are not needed
         # Full Chromium stalls tabs that share a context; headless-shell does not.
-        separate = executable is not None and "headless" not in executable.name.lower()
+        separate = not opts.headless or (
+            executable is not None and "headless" not in executable.name.lower()
+        )
         async with async_playwright() as pw:
             try:
                 browser = await pw.chromium.launch(
@@ -546,7 +549,11 @@ class Crawler:
                     args=args,
                 )
             except Exception as exc:
-                raise StepFailed(f"cannot start the browser: {console.one_line(exc)}") from exc
+                hint = ""
+                if not opts.headless and not os.environ.get("DISPLAY"):
+                    hint = " (--headed needs a display: run under xvfb-run or a desktop session)"
+                reason = console.one_line(exc).split("Call log:")[0].split("Browser logs:")[0]
+                raise StepFailed(f"cannot start the browser: {reason.strip()}{hint}") from exc
             agent = (
                 "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
                 f"Chrome/{browser.version} Safari/537.36"
