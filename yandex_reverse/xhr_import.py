@@ -20,23 +20,17 @@ import html
 import json
 import os
 import re
+import signal
 import sqlite3
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import db
-from .console import (
-    StepFailed,
-    console,
-    log,
-    print_summary,
-    progress,
-    setup_logging,
-    table,
-)
+from .console import StepFailed, console, log, print_summary, progress, setup_logging, table
 from .urls import normalize_url
 
 ADAPTER_BLOCK = "i-react-ajax-adapter:ajax"
@@ -47,6 +41,12 @@ _TAG = re.compile(r"<[^>]*>")
 # that an interrupt loses little.
 BATCH_FILES = 200
 BATCH_ENTITIES = 10_000
+# Files go to the parser processes in chunks (one round trip per chunk), and
+# only when there are enough of them to pay for starting the processes.
+PARSE_CHUNK = 16
+PARALLEL_FROM = 64
+
+T = TypeVar("T")
 
 _IMAGE_COLUMNS = db.IMAGE_COLUMNS + db.IMAGE_EXTRA_COLUMNS
 _VARIANT_COLUMNS = db.VARIANT_COLUMNS[1:]  # id is assigned by SQLite
@@ -91,6 +91,8 @@ class BadFile(Exception):
 
 def to_int(value: Any) -> int | None:
     """Yandex sends numbers as ints, floats or strings; anything else is None."""
+    if type(value) is int:  # the common case first: millions of calls
+        return value
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -137,7 +139,11 @@ def plain_text(value: Any) -> str | None:
     text = to_text(value)
     if text is None:
         return None
-    return " ".join(html.unescape(_TAG.sub("", text)).split()) or None
+    if "<" in text:
+        text = _TAG.sub("", text)
+    if "&" in text:
+        text = html.unescape(text)
+    return " ".join(text.split()) or None
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -146,23 +152,6 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-@dataclass
-class Rows:
-    """What one batch writes."""
-
-    images: list[tuple[Any, ...]] = field(default_factory=list)
-    variants: list[tuple[Any, ...]] = field(default_factory=list)
-    links: list[tuple[Any, ...]] = field(default_factory=list)
-    ledger: list[tuple[Any, ...]] = field(default_factory=list)
-    touched: list[tuple[Any, ...]] = field(default_factory=list)
-    entities: int = 0
-
-    def clear(self) -> None:
-        for rows in (self.images, self.variants, self.links, self.ledger, self.touched):
-            rows.clear()
-        self.entities = 0
 
 
 def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -288,7 +277,7 @@ def decode(raw: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()) - 1:
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             raise BadFile(f"truncated JSON (ends at line {exc.lineno})") from exc
         raise BadFile(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
 
@@ -321,6 +310,98 @@ class Stats:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class ParsedFile:
+    """One XHR file read and turned into rows (in a worker process)."""
+
+    relative: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    touched_only: bool = False  # same bytes as the ledger knows: only the mtime moved
+    error: str | None = None
+    images: list[tuple[Any, ...]] = field(default_factory=list)
+    variants: list[tuple[Any, ...]] = field(default_factory=list)
+    links: list[tuple[Any, ...]] = field(default_factory=list)
+    bad_entities: int = 0
+
+
+def parse_file(path: str, relative: str, known_sha256: str | None) -> ParsedFile:
+    """Read, hash and parse one file; a bad file comes back with ``error`` set."""
+    st = os.stat(path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    parsed = ParsedFile(relative, len(raw), st.st_mtime_ns, hashlib.sha256(raw).hexdigest())
+    if parsed.sha256 == known_sha256:
+        parsed.touched_only = True
+        return parsed
+    try:
+        entities = find_entities(decode(raw))
+    except BadFile as exc:
+        parsed.error = str(exc)
+        return parsed
+    query, page = query_and_page(relative)
+    for index, (key, entity) in enumerate(entities.items()):
+        if not isinstance(entity, dict) or not (to_text(entity.get("id")) or key):
+            parsed.bad_entities += 1
+            continue
+        image, variants = entity_rows(str(key), entity)
+        parsed.images.append(image)
+        parsed.variants.extend(variants)
+        position = image[5] if image[5] is not None else index
+        parsed.links.append((query, image[0], page or 0, position, relative))
+    return parsed
+
+
+def parse_files(jobs: list[tuple[str, str, str | None]]) -> list[ParsedFile | tuple[str, str]]:
+    """A chunk of :func:`parse_file` jobs; an unreadable file becomes (relative, reason)."""
+    out: list[ParsedFile | tuple[str, str]] = []
+    for path, relative, known in jobs:
+        try:
+            out.append(parse_file(path, relative, known))
+        except OSError as exc:
+            out.append((relative, f"unreadable: {exc.strerror or exc}"))
+    return out
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+def parsed_in_order(
+    jobs: Iterator[tuple[str, str, str | None]], workers: int
+) -> Iterator[ParsedFile | tuple[str, str]]:
+    """Parse in ``workers`` processes while this one writes; order kept, memory bounded."""
+    chunks = _chunks(jobs, PARSE_CHUNK)
+    if workers <= 1:
+        for chunk in chunks:
+            yield from parse_files(chunk)
+        return
+    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+        pending: deque[Future[list[ParsedFile | tuple[str, str]]]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(parse_files, chunk))
+                if len(pending) > workers * 4:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def xhr_files(root: Path) -> Iterator[Path]:
     """``*.json`` under ``root``, sorted, hidden files and folders excluded."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -330,128 +411,117 @@ def xhr_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-class Importer:
-    """Reads files, keeps a batch of rows, writes it in one transaction."""
+@dataclass
+class Batch:
+    """Rows of complete files, written together in one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, root: Path) -> None:
-        self.conn = conn
-        self.root = root
-        self.rows = Rows()
-        self.stats = Stats()
-        self._files_in_batch = 0
+    images: list[tuple[Any, ...]] = field(default_factory=list)
+    variants: list[tuple[Any, ...]] = field(default_factory=list)
+    links: list[tuple[Any, ...]] = field(default_factory=list)
+    ledger: list[tuple[Any, ...]] = field(default_factory=list)
+    touched: list[tuple[Any, ...]] = field(default_factory=list)
+    files: int = 0
 
-    def known(self, relative: str) -> tuple[int, int, str, str] | None:
-        return self.conn.execute(
-            "SELECT size, mtime_ns, sha256, status FROM xhr_files WHERE path = ?", (relative,)
-        ).fetchone()
-
-    def add_file(self, path: Path) -> None:
-        stats = self.stats
-        stats.files += 1
-        relative = path.relative_to(self.root).as_posix()
-        st = path.stat()
-        known = self.known(relative)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-            stats.unchanged += 1
-            return
-        raw = path.read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()
-        now = db.now_iso()
-        if known and known[2] == digest:  # touched, not changed
-            self.rows.touched.append((st.st_mtime_ns, relative))
-            stats.unchanged += 1
-            self._count_file()
-            return
-        try:
-            entities = find_entities(decode(raw))
-        except BadFile as exc:
-            reason = str(exc)
-            stats.failed += 1
-            stats.reasons[reason.split(" (")[0].split(":")[0]] += 1
-            stats.failures.append((relative, reason))
-            log.warning("%s: %s", relative, reason)
-            self.rows.ledger.append(
-                (relative, len(raw), st.st_mtime_ns, digest, 0, "failed", reason, now)
-            )
-            self._count_file()
-            return
-        query, page = query_and_page(relative)
-        count = 0
-        for index, (key, entity) in enumerate(entities.items()):
-            if not isinstance(entity, dict) or not (to_text(entity.get("id")) or key):
-                stats.bad_entities += 1
-                continue
-            image, variants = entity_rows(str(key), entity)
-            self.rows.images.append(image)
-            self.rows.variants.extend(variants)
-            position = image[5] if image[5] is not None else index
-            self.rows.links.append(
-                (query, image[0], page if page is not None else 0, position, relative)
-            )
-            count += 1
-        stats.imported += 1
-        stats.entities += count
-        stats.empty_pages += count == 0
-        self.rows.entities += count
-        self.rows.ledger.append(
-            (relative, len(raw), st.st_mtime_ns, digest, count, "imported", None, now)
-        )
-        self._count_file()
-
-    def _count_file(self) -> None:
-        self._files_in_batch += 1
-        if self._files_in_batch >= BATCH_FILES or self.rows.entities >= BATCH_ENTITIES:
-            self.flush()
-
-    def flush(self) -> None:
-        rows = self.rows
-        if not (rows.images or rows.ledger or rows.touched):
-            return
-        with db.transaction(self.conn):
-            self.conn.executemany("UPDATE xhr_files SET mtime_ns = ? WHERE path = ?", rows.touched)
-            self.conn.executemany(UPSERT_IMAGE, rows.images)
-            self.conn.executemany(UPSERT_VARIANT, rows.variants)
-            self.conn.executemany(INSERT_LINK, rows.links)
-            self.conn.executemany(UPSERT_LEDGER, rows.ledger)
-        rows.clear()
-        self._files_in_batch = 0
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.files:
+            with db.transaction(conn):
+                conn.executemany("UPDATE xhr_files SET mtime_ns = ? WHERE path = ?", self.touched)
+                conn.executemany(UPSERT_IMAGE, self.images)
+                conn.executemany(UPSERT_VARIANT, self.variants)
+                conn.executemany(INSERT_LINK, self.links)
+                conn.executemany(UPSERT_LEDGER, self.ledger)
+        self.__init__()  # type: ignore[misc]
 
 
 def count(conn: sqlite3.Connection, table_name: str) -> int:
     return conn.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
 
 
-def import_folder(xhr_dir: Path, db_path: Path) -> Stats:
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def import_folder(
+    xhr_dir: Path, db_path: Path, batch_files: int = BATCH_FILES, workers: int | None = None
+) -> Stats:
     """Import every XHR file under ``xhr_dir`` into ``db_path``; returns the counts."""
     if not xhr_dir.is_dir():
         raise StepFailed(f"XHR folder not found: {xhr_dir} (run step 1 first, or pass --xhr-dir)")
     files = list(xhr_files(xhr_dir))
     if not files:
         raise StepFailed(f"no *.json files in {xhr_dir}")
+    stats = Stats(files=len(files))
     conn = db.connect(db_path)
     try:
         before = count(conn, "images"), count(conn, "image_variants"), count(conn, "query_results")
-        importer = Importer(conn, xhr_dir)
+        ledger = {
+            path: (size, mtime_ns, sha256)
+            for path, size, mtime_ns, sha256 in conn.execute(
+                "SELECT path, size, mtime_ns, sha256 FROM xhr_files"
+            )
+        }
+        jobs: list[tuple[str, str, str | None]] = []
+        for path in files:
+            relative = path.relative_to(xhr_dir).as_posix()
+            known = ledger.get(relative)
+            try:
+                st = path.stat()
+            except OSError:
+                st = None
+            if known and st and (known[0], known[1]) == (st.st_size, st.st_mtime_ns):
+                stats.unchanged += 1  # skipped by the ledger, not even read
+            else:
+                jobs.append((str(path), relative, known[2] if known else None))
+        del ledger
+        if workers is None:
+            workers = default_workers() if len(jobs) >= PARALLEL_FROM else 1
+        batch = Batch()
         with progress("Importing XHR", total=len(files)) as advance:
-            for path in files:
-                try:
-                    importer.add_file(path)
-                except OSError as exc:  # vanished or unreadable file
-                    importer.stats.failed += 1
-                    importer.stats.reasons["unreadable"] += 1
-                    importer.stats.failures.append(
-                        (str(path), f"unreadable: {exc.strerror or exc}")
-                    )
-                advance(info=f"{importer.stats.entities:,} results")
-        importer.flush()
+            advance(stats.unchanged)
+            for parsed in parsed_in_order(iter(jobs), workers):
+                _add(batch, parsed, stats)
+                if batch.files >= batch_files or len(batch.images) >= BATCH_ENTITIES:
+                    batch.write(conn)
+                advance(info=f"{stats.entities:,} results")
+        batch.write(conn)
         after = count(conn, "images"), count(conn, "image_variants"), count(conn, "query_results")
     finally:
         conn.close()
-    stats = importer.stats
     stats.new_images = after[0] - before[0]
     stats.new_variants = after[1] - before[1]
     stats.new_links = after[2] - before[2]
     return stats
+
+
+def _add(batch: Batch, parsed: ParsedFile | tuple[str, str], stats: Stats) -> None:
+    """Count one file and put its rows into the batch."""
+    if isinstance(parsed, tuple):  # unreadable: nothing to record in the ledger
+        stats.failed += 1
+        stats.reasons["unreadable"] += 1
+        stats.failures.append(parsed)
+        return
+    batch.files += 1
+    now = db.now_iso()
+    head = (parsed.relative, parsed.size, parsed.mtime_ns, parsed.sha256)
+    if parsed.touched_only:
+        stats.unchanged += 1
+        batch.touched.append((parsed.mtime_ns, parsed.relative))
+    elif parsed.error is not None:
+        stats.failed += 1
+        stats.reasons[parsed.error.split(" (")[0].split(":")[0]] += 1
+        stats.failures.append((parsed.relative, parsed.error))
+        log.warning("%s: %s", parsed.relative, parsed.error)
+        batch.ledger.append((*head, 0, "failed", parsed.error, now))
+    else:
+        found = len(parsed.images)
+        stats.imported += 1
+        stats.entities += found
+        stats.bad_entities += parsed.bad_entities
+        stats.empty_pages += found == 0
+        batch.images.extend(parsed.images)
+        batch.variants.extend(parsed.variants)
+        batch.links.extend(parsed.links)
+        batch.ledger.append((*head, found, "imported", None, now))
 
 
 def report(stats: Stats, db_path: Path) -> None:
@@ -504,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("2_XHRtoDB.log"),
         help="details and tracebacks (default: 2_XHRtoDB.log)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parser processes (default: all cores but one, for large folders)",
+    )
+    parser.add_argument(
+        "--batch-files",
+        type=int,
+        default=BATCH_FILES,
+        help=f"files per transaction (default: {BATCH_FILES}); an interrupt loses at most one batch",
+    )
     return parser
 
 
@@ -511,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
     try:
-        stats = import_folder(args.xhr_dir, args.db)
+        stats = import_folder(args.xhr_dir, args.db, max(1, args.batch_files), args.workers)
     except db.SchemaError as exc:
         raise StepFailed(str(exc)) from exc
     report(stats, args.db)
