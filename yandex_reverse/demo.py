@@ -1,0 +1,207 @@
+"""``make demo``: the whole pipeline, steps 1 → 7.3, against the offline imitation.
+
+It starts the imitation of Yandex Images and of the image web on 127.0.0.1,
+makes a dozen query photos and runs the nine numbered scripts in order,
+exactly as a user would (with flags instead of answers), in a fresh ``demo/``
+folder. Every step resumes, so a second ``make demo`` reuses what is there
+and finishes quickly. At the end it prints where everything is and how many
+images reached each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .console import console, table
+from .fake_yandex.image_web import ImageWebServer
+from .fake_yandex.site import FakeYandex, ServerThread
+from .images import iter_images
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = 12
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
+    """Deterministic query photos (gradients and shapes), a few PNGs among JPEGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for index in range(count):
+        ext = ".png" if index % 5 == 4 else ".jpg"
+        path = folder / f"photo_{index + 1:02d}{ext}"
+        made.append(path)
+        if path.exists():
+            continue
+        width, height = (640, 480) if index % 3 else (480, 640)
+        image = Image.new("RGB", (width, height))
+        draw = ImageDraw.Draw(image)
+        for y in range(height):
+            shade = (index * 37 + y * 255 // height) % 256
+            draw.line([(0, y), (width, y)], fill=(shade, (index * 91) % 256, 255 - shade))
+        for k in range(4):
+            x, y = (index * 53 + k * 97) % width, (index * 31 + k * 71) % height
+            draw.ellipse([x, y, x + 90, y + 60], fill=((k * 80) % 256, 200, (index * 20) % 256))
+        image.save(path, quality=90) if ext == ".jpg" else image.save(path)
+    return made
+
+
+def run_step(
+    title: str, script: str, *args: str | os.PathLike[str], cwd: Path, ok: Sequence[int] = (0,)
+) -> None:
+    """Run one numbered script in ``cwd``; its own summary is printed as it comes."""
+    console.rule(f"[bold]{title}")
+    command = [sys.executable, str(REPO / script), *map(str, args)]
+    console.print("$ " + " ".join([f"python {script}", *map(str, args)]), style="dim")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    code = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, env=env).returncode
+    console.print(f"[dim]{script}: exit {code} in {time.perf_counter() - started:.1f} s[/dim]")
+    if code not in ok:
+        raise DemoFailed(f"{script} exited {code}")
+
+
+def scalar(db_path: Path, sql: str) -> int:
+    if not db_path.exists():
+        return 0
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql).fetchone()[0] or 0
+    finally:
+        conn.close()
+
+
+def count_images(folder: Path) -> int:
+    return sum(1 for _ in iter_images(folder, recursive=True)) if folder.is_dir() else 0
+
+
+def run(demo: Path, *, quality_model: str) -> dict[str, int]:
+    photos = make_photos(demo / "photos")
+    fake = FakeYandex(pages=2, first_page=12, per_page=12, fault_rate=0.1)
+    with ServerThread(fake) as yandex, ImageWebServer() as web:
+        console.print(f"Yandex imitation: {yandex.base_url}   image web (proxy): {web.proxy_url}")
+        run_step(
+            "Step 1: reverse search in Yandex Images",
+            "1_Parse_XHR_Async.py",
+            "--images", "photos", "--xhr-dir", "XHR", "--base-url", yandex.base_url,
+            "--max-tabs", "4",
+            cwd=demo,
+        )  # fmt: skip
+        run_step("Step 2: XHR → SQLite", "2_XHRtoDB.py", cwd=demo)
+        run_step(
+            "Step 3: domains and the VK share", "3_VK_Domain_Analyzer.py", "--top", "15", cwd=demo
+        )
+        run_step(
+            "Step 4: DB cleanup", "4_DB_cleanup.py", "--db", "yandex_images.db", "--yes", cwd=demo
+        )
+        run_step(
+            "Step 5: downloading the originals",
+            "5_Download_async.py",
+            "--db", "yandex_images.db", "--out", "yandex_images", "--proxy", web.proxy_url,
+            "--timeout", "5", "--retries", "1",
+            cwd=demo,
+        )  # fmt: skip
+    downloads = demo / "yandex_images"
+    run_step(
+        "Step 6: duplicates → quarantine",
+        "6_duplicate_finder.py",
+        downloads, "--mode", "both", "--yes", "--report", "dedup_report.json",
+        cwd=demo,
+    )  # fmt: skip
+    sorted_dir = demo / "sorted"
+    run_step(
+        "Step 7.1: by orientation",
+        "7_1_separate_images_by_orientation.py",
+        "--source", downloads, "--dest", sorted_dir / "orientation", "--mode", "copy",
+        "--square", "separate", "--yes",
+        cwd=demo,
+    )  # fmt: skip
+    run_step(
+        "Step 7.2: by megapixels",
+        "7_2_separate_images_by_MegaPixels.py",
+        "--source", downloads, "--dest", sorted_dir / "megapixels", "--mode", "copy",
+        "--strategy", "3", "--yes",
+        cwd=demo,
+    )  # fmt: skip
+    run_step(
+        "Step 7.3: by quality",
+        "7_3_separate_images_by_quality.py",
+        "--source", downloads, "--dest", sorted_dir / "quality", "--mode", "copy",
+        "--model", quality_model, "--percentiles", "30,70", "--yes",
+        cwd=demo,
+    )  # fmt: skip
+    database = demo / "yandex_images.db"
+    served = {
+        eid for record in fake.served.values() for ids in record.pages.values() for eid in ids
+    }
+    return {
+        "query photos": len(photos),
+        "XHR files": sum(1 for _ in (demo / "XHR").glob("*.json")),
+        "results served by the imitation (this run)": len(served),
+        "results in yandex_images.db": scalar(database, "SELECT count(*) FROM images"),
+        "VK results in vk_images.db": scalar(demo / "vk_images.db", "SELECT count(*) FROM images"),
+        "downloads done": scalar(database, "SELECT count(*) FROM downloads WHERE status = 'done'"),
+        "downloads failed": scalar(
+            database, "SELECT count(*) FROM downloads WHERE status = 'failed'"
+        ),
+        "images downloaded (on disk)": count_images(downloads)
+        + count_images(downloads / "_duplicates"),
+        "duplicates in quarantine": count_images(downloads / "_duplicates"),
+        "images after deduplication": count_images(downloads),
+        "sorted by orientation": count_images(sorted_dir / "orientation"),
+        "sorted by megapixels": count_images(sorted_dir / "megapixels"),
+        "sorted by quality": count_images(sorted_dir / "quality"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m yandex_reverse.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path("demo"), help="working folder (default: demo)"
+    )
+    parser.add_argument(
+        "--quality-model",
+        default="piqe",
+        help="pyiqa metric for step 7.3 (default piqe: needs no weights, so the demo runs offline)",
+    )
+    args = parser.parse_args(argv)
+    demo = args.dir.absolute()
+    demo.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        numbers = run(demo, quality_model=args.quality_model)
+    except DemoFailed as exc:
+        console.print(f"[red]Demo stopped: {exc}[/red]")
+        return 1
+    console.rule("[bold]Demo finished")
+    console.print(table("What reached each stage", ("stage", "count"), numbers.items()))
+    console.print(
+        f"Working folder: {demo}\n"
+        f"  photos/            the query photos\n"
+        f"  XHR/               saved Yandex answers (+ .progress.json, errors.log)\n"
+        f"  yandex_images.db   results; vk_images.db: the VK subset\n"
+        f"  domains_report.*   domain statistics (JSON, CSV, PNG)\n"
+        f"  yandex_images/     downloaded originals; _duplicates/ holds the quarantine\n"
+        f"  sorted/            orientation/, megapixels/, quality/ (+ quality_report.db/.json)\n"
+        f"Total time: {time.perf_counter() - started:.0f} s. Run `make demo` again: every step resumes."
+    )
+    console.print_json(json.dumps(numbers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
