@@ -263,3 +263,13 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     reason = f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
     return reason[:limit]
+
+
+def folder_option(value: str | None, question: str, *, flag: str) -> Path:
+    """The folder given by ``flag`` (it must exist), or asked for when the flag is missing."""
+    if value is None:
+        return ask_folder(question, flag=flag)
+    path = clean_path_answer(value)
+    if not path.is_dir():
+        raise UsageError(f"not a folder: {path} ({flag})")
+    return path
