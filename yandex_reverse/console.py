@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -109,7 +110,7 @@ def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
         if default is not None:
             return default
         raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
-    suffix = f" [{default}]" if default is not None else ""
+    suffix = f" \\[{escape(default)}]" if default is not None else ""
     while True:
         answer = _read(f"[bold]{question}[/bold]{suffix}: ").strip()
         if answer:
@@ -140,7 +141,8 @@ def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> 
         return True
     if not is_interactive():
         raise UsageError(f"{question.rstrip('?')}: pass {flag} to confirm without a terminal")
-    return _read(f"[bold]{question}[/bold] [y/N]: ").strip().lower() in ("y", "yes")
+    # "\\[" keeps rich from taking "[y/N]" for a style tag and hiding it.
+    return _read(f"[bold]{question}[/bold] \\[y/N]: ").strip().lower() in ("y", "yes")
 
 
 @contextmanager

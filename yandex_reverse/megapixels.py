@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from yandex_reverse.console import (
     UsageError,
     ask_choice,
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _ask_dest(source: Path, dry_run: bool) -> Path:
     choice = ask_choice(
         "Output folder:",
-        (("default", f"{source / DEFAULT_OUTPUT}"), ("other", "Another path")),
+        (("default", escape(str(source / DEFAULT_OUTPUT))), ("other", "Another path")),
         flag="--dest",
         default="default" if not is_interactive() else None,
     )
