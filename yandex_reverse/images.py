@@ -9,14 +9,14 @@ applied, so a portrait photo stored sideways counts as portrait.
 from __future__ import annotations
 
 import filecmp
+import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,6 +339,10 @@ def _info_chunk(paths: list[Path]) -> list[ImageInfo | str]:
     return [_info_or_reason(path) for path in paths]
 
 
+def _indexed_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[ImageInfo | str]]:
+    return job[0], _info_chunk(job[1])
+
+
 def _ignore_sigint() -> None:
     # Ctrl-C is handled once, by the parent, which cancels the rest.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -373,17 +377,14 @@ def read_infos(
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     done: list[list[ImageInfo | str] | None] = [None] * len(chunks)
     try:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint) as pool:
-            futures = {pool.submit(_info_chunk, chunk): i for i, chunk in enumerate(chunks)}
-            try:
-                for future in as_completed(futures):
-                    index = futures[future]
-                    done[index] = future.result()
-                    step(len(chunks[index]))
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    except (OSError, BrokenProcessPool):  # no processes here: finish in this one
+        # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are
+        # daemons and leaving the block terminates them, so Ctrl-C at any
+        # moment (even while they start) cannot leave the parent waiting on them.
+        with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+            for index, infos in pool.imap_unordered(_indexed_chunk, enumerate(chunks)):
+                done[index] = infos
+                step(len(infos))
+    except OSError:  # no processes here: finish in this one
         for index, chunk in enumerate(chunks):
             if done[index] is None:
                 done[index] = _info_chunk(chunk)
