@@ -4,6 +4,8 @@ or answers typed on a pseudo-terminal."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -282,3 +284,35 @@ def test_answering_no_cancels_and_changes_nothing(photos: Path, workdir: Path) -
     child.close()
     assert child.exitstatus == 0
     assert tree(photos) == before
+
+
+def test_ctrl_c_then_rerun_loses_and_duplicates_nothing(workdir: Path) -> None:
+    """Interrupted while reading or moving: exit 130 (or done), and a re-run
+    leaves every image in exactly one place, with no half-written file."""
+    src = workdir / "many"
+    names = set()
+    for i in range(450):
+        names.add(make_image(src / f"p{i:03d}.png", (12, 6) if i % 2 else (6, 12)).name)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / SCRIPT), "--source", str(src), "--mode", "move", "--yes"],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Images found"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err
+    done = run_script(SCRIPT, "--source", src, "--mode", "move", "--yes", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    everywhere = [p for p in src.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in everywhere) == sorted(names)
+    assert {p.parent.name for p in everywhere} == {"landscape", "portrait"}
