@@ -4,10 +4,12 @@ Ours: header only (EXIF orientation applied), chunks of files in worker
 processes (``images.read_infos``), then the step's classifier. Peers, in the
 same run on the same files: the original approach as the issue describes it
 (every file fully decoded, ``Image.open(...).convert("RGB")``, one after the
-other), the originals' actual sequential header read, and our reader on
-threads instead of processes (the measurement behind that choice).
+other), the originals' actual sequential header read (no EXIF), and our
+reader in one process and on threads instead of processes (the measurement
+behind that choice). The machine may be shared: contenders alternate and
+each keeps its best round.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_sorting.py [--count 3000] [--rounds 3]
+    PYTHONPATH=. .venv/bin/python bench/bench_sorting.py [--count 3000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def header_sequential(paths: list[Path]) -> list[str]:
     return out
 
 
+def header_one_process(paths: list[Path]) -> list[str]:
+    return [
+        orientation_of(i.width, i.height, square="separate") for i in read_infos(paths, workers=1)
+    ]
+
+
 def header_threads(paths: list[Path]) -> list[str]:
     def one(path: Path) -> str:
         try:
@@ -82,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=3000, help="JPEGs to classify")
     parser.add_argument("--decode-count", type=int, default=600, help="of them fully decoded")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     folder = work_dir("sorting")
     print(f"preparing {args.count} JPEGs in {folder} ...", flush=True)
@@ -95,6 +103,7 @@ def main() -> None:
         "ours (header + EXIF, processes)": (ours, paths),
         "original: full decode, sequential": (full_decode_sequential, decode_paths),
         "original 7.1/7.2: header, sequential, no EXIF": (header_sequential, paths),
+        "our header reader in one process": (header_one_process, paths),
         "our header reader on 8 threads": (header_threads, paths),
     }
     # The machine is shared: alternate the contenders and keep each one's best round.
