@@ -112,6 +112,8 @@ EXPECTED = {
     },
 }
 
+EXPECTED["5"] = EXPECTED["very-coarse"]  # the original's menu number works as a flag too
+
 
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -246,6 +248,8 @@ def test_wrong_flags_and_missing_answers_exit_2(photos: Path, workdir: Path) -> 
         (("--mode", "copy", "--strategy", "quantiles:1", "--yes"), "--strategy"),
         (("--mode", "copy", "--strategy", "fine", "--yes"), "--strategy"),
         (("--strategy", "ranges", "--yes"), "--mode"),
+        (("--mode", "copy", "--strategy", "8", "--yes"), "--strategy"),
+        (("--mode", "copy", "--workers", "0", "--yes"), "--workers"),
         (("--mode", "copy", "--strategy", "ranges"), "--yes"),
     ]:
         done = run_script(SCRIPT, "--source", photos, *args, cwd=workdir)

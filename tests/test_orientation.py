@@ -216,6 +216,15 @@ def test_without_a_terminal_mode_and_yes_must_be_given(photos: Path, workdir: Pa
     assert tree(photos) == before
 
 
+def test_a_folder_without_images_makes_no_folders(workdir: Path) -> None:
+    (workdir / "empty").mkdir()
+    (workdir / "empty" / "readme.txt").write_text("no pictures here")
+    done = run_script(SCRIPT, "--source", workdir / "empty", "--mode", "move", "--yes", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "Images found: 0" in done.stdout
+    assert [p.name for p in (workdir / "empty").iterdir()] == ["readme.txt"]
+
+
 def test_hundreds_of_images_are_read_in_parallel(workdir: Path) -> None:
     """Enough files for the worker processes; every one lands where it should."""
     src = workdir / "many"

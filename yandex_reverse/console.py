@@ -275,3 +275,16 @@ def folder_option(value: str | None, question: str, *, flag: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"not a folder: {path} ({flag})")
     return path
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts such as ``--workers``: 1 or more."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value

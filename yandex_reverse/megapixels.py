@@ -31,6 +31,7 @@ from yandex_reverse.console import (
     console,
     folder_option,
     is_interactive,
+    positive_int,
     setup_logging,
 )
 from yandex_reverse.images import ImageInfo, iter_images, print_sort_report, sort_images
@@ -142,11 +143,14 @@ class Strategy:
     @classmethod
     def parse(cls, text: str) -> Strategy:
         """``exact``, ``medium``, ``ranges``, ``coarse``, ``very-coarse``,
-        ``quantiles:N``, ``custom:B1,B2,...`` (``=`` works as well as ``:``)."""
+        ``quantiles:N``, ``custom:B1,B2,...`` (``=`` works as well as ``:``);
+        1-5 are the original's menu numbers."""
         name, _sep, argument = text.strip().partition(":")
         if not _sep:
             name, _sep, argument = text.strip().partition("=")
         name = name.strip().lower().replace("_", "-")
+        if name.isdigit() and 1 <= int(name) <= len(FIXED) + len(STEPS):
+            name = STRATEGIES[int(name) - 1][0]  # the menu numbers of the original
         if name in STEPS or name in FIXED:
             if argument:
                 raise ValueError(f"strategy {name} takes no argument")
@@ -235,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="exact (0.1 MP steps), medium (0.5 MP steps), ranges (0-2/2-5/5-10/10-20/20+), "
         "coarse (0-5/5-10/10+), very-coarse (<1/1-3/3-8/8+), quantiles:N (N folders of about "
-        "equal counts), custom:1,3,8 (your boundaries in MP). Asked 1-7; default without a "
+        "equal counts), custom:1,3,8 (your boundaries in MP); 1-5 = the first five. Asked "
+        "1-7; default without a "
         f"terminal: {DEFAULT_STRATEGY}",
     )
     parser.add_argument("--recursive", action="store_true", help="also sort images in subfolders")
@@ -249,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="processes reading headers (default: all cores)",

@@ -21,6 +21,7 @@ from yandex_reverse.console import (
     confirm,
     console,
     folder_option,
+    positive_int,
     setup_logging,
 )
 from yandex_reverse.images import (
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="processes reading headers (default: all cores)",
