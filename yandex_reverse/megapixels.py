@@ -280,7 +280,9 @@ def _ask_dest(source: Path, dry_run: bool) -> Path:
             path.mkdir(parents=True, exist_ok=True)
             return path
         except OSError as exc:
-            console.print(f"[yellow]Cannot create {path}: {exc}. Try again.[/yellow]")
+            console.print(
+                f"[yellow]Cannot create {escape(str(path))}: {escape(str(exc))}. Try again.[/yellow]"
+            )
 
 
 def _ask_strategy() -> Strategy:
@@ -300,7 +302,7 @@ def _ask_strategy() -> Strategy:
             try:
                 return Strategy.parse(f"{name}:{answer}")
             except ValueError as exc:
-                console.print(f"[yellow]{exc}. Try again.[/yellow]")
+                console.print(f"[yellow]{escape(str(exc))}. Try again.[/yellow]")
     return Strategy(name)
 
 
