@@ -1,0 +1,398 @@
+"""Step 6 (6_duplicate_finder.py) driven as a user runs it: real folders, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from tests.conftest import run_script
+from yandex_reverse.dedup import index
+from yandex_reverse.dedup.hashing import perceptual_hash
+
+SCRIPT = "6_duplicate_finder.py"
+IMAGEHASH = {
+    "phash": imagehash.phash,
+    "dhash": imagehash.dhash,
+    "ahash": imagehash.average_hash,
+    "whash": imagehash.whash,
+}
+
+
+def photo(seed: int, width: int = 640, height: int = 480) -> Image.Image:
+    """A photo-like picture: smooth random shapes plus grain; each seed looks different."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC), float)
+    grain = rng.normal(0, 6, (height, width, 3))
+    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+
+
+def save_rotated_with_exif(image: Image.Image, path: Path) -> None:
+    """Stored sideways with EXIF orientation 6: displays like ``image``."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.transpose(Image.Transpose.ROTATE_90).save(path, quality=92, exif=exif)
+
+
+@pytest.fixture
+def photos(workdir: Path) -> Path:
+    """A folder with known duplicates of every kind, nested, plus broken files."""
+    root = workdir / "photos"
+    (root / "sub").mkdir(parents=True)
+    (root / "nested" / "deep").mkdir(parents=True)
+    a = photo(1)
+    a.save(root / "a.jpg", quality=92)
+    shutil.copy(root / "a.jpg", root / "sub" / "a_copy.jpg")  # byte copy
+    (root / "sub" / "a_copy.txt").write_text("page url", encoding="utf-8")  # sidecar
+    a.save(root / "a_reenc.jpg", quality=55)  # re-encoded
+    a.resize((320, 240), Image.LANCZOS).save(root / "a_small.jpg", quality=90)  # resized
+    a.save(root / "nested" / "a.png")  # converted
+    save_rotated_with_exif(a, root / "a_rot.jpg")  # EXIF-rotated
+    b = photo(2)
+    b.save(root / "b.jpg", quality=90)
+    shutil.copy(root / "b.jpg", root / "nested" / "deep" / "b_copy.jpg")
+    photo(3).save(root / "c.jpg", quality=90)  # distinct
+    photo(4, 480, 640).save(root / "d.jpg", quality=90)  # distinct
+    (root / "broken.jpg").write_bytes((root / "c.jpg").read_bytes()[:2500])  # truncated
+    (root / "garbage.jpg").write_bytes(b"<html>not an image</html>")
+    return root
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def groups_of(report: dict) -> set[frozenset[str]]:
+    return {
+        frozenset([g["kept"]["path"], *(d["path"] for d in g["duplicates"])])
+        for g in report["groups"]
+    }
+
+
+def run(cwd: Path, *args, **kw):
+    return run_script(SCRIPT, *args, "--max-workers", "2", cwd=cwd, **kw)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+A_FAMILY = {"a.jpg", "sub/a_copy.jpg", "a_reenc.jpg", "a_small.jpg", "nested/a.png", "a_rot.jpg"}
+
+
+def test_exact_mode_groups_byte_copies_and_dry_run_changes_nothing(photos: Path, workdir: Path):
+    before = files_under(photos)
+    done = run(workdir, photos, "--mode", "exact", "--dry-run", "--report", "r.json")
+    assert done.returncode == 0, done.stderr
+    report = load(workdir / "r.json")
+    assert groups_of(report) == {
+        frozenset({"a.jpg", "sub/a_copy.jpg"}),
+        frozenset({"b.jpg", "nested/deep/b_copy.jpg"}),
+    }
+    kept = {g["kept"]["path"] for g in report["groups"]}
+    assert kept == {"a.jpg", "b.jpg"}  # equal files: the shortest path stays
+    assert files_under(photos) == before
+    # true counts and bytes, not the original's "0 found"
+    duplicates = [d for g in report["groups"] for d in g["duplicates"]]
+    assert len(duplicates) == 2
+    freed = sum(d["bytes"] for d in duplicates)
+    assert freed == (photos / "a.jpg").stat().st_size + (photos / "b.jpg").stat().st_size
+    row = next(line for line in done.stdout.splitlines() if "│ duplicates " in line)
+    assert row.strip(" │").endswith(" 2")
+
+
+def test_similar_mode_finds_reencoded_resized_png_and_rotated_copies(photos: Path, workdir: Path):
+    done = run(
+        workdir, photos, "--mode", "similar", "--threshold", "10", "--dry-run", "--report", "r.json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = load(workdir / "r.json")
+    assert groups_of(report) == {
+        frozenset(A_FAMILY),
+        frozenset({"b.jpg", "nested/deep/b_copy.jpg"}),
+    }
+    a_group = next(g for g in report["groups"] if "a.jpg" in groups_of({"groups": [g]}).pop())
+    assert a_group["kept"]["path"] == "nested/a.png"  # same resolution: the largest file stays
+    assert all(0 <= d["distance_to_kept"] <= 10 for d in a_group["duplicates"])
+    unreadable = {u["path"]: u["reason"] for u in report["unreadable"]}
+    assert set(unreadable) == {"broken.jpg", "garbage.jpg"}
+    assert "truncated" in unreadable["broken.jpg"]
+    assert "Traceback" not in done.stderr
+
+
+def test_near_is_the_originals_name_for_similar_and_both_marks_exact_members(
+    photos: Path, workdir: Path
+):
+    run(workdir, photos, "--mode", "near", "--dry-run", "--report", "near.json", check=True)
+    run(workdir, photos, "--mode", "both", "--dry-run", "--report", "both.json", check=True)
+    near, both = load(workdir / "near.json"), load(workdir / "both.json")
+    assert (
+        groups_of(near)
+        == groups_of(both)
+        == {
+            frozenset(A_FAMILY),
+            frozenset({"b.jpg", "nested/deep/b_copy.jpg"}),
+        }
+    )
+    b_group = next(g for g in both["groups"] if g["kept"]["path"] == "b.jpg")
+    assert b_group["kind"] == "exact"
+    assert [d["match"] for d in b_group["duplicates"]] == ["exact"]
+
+
+def test_second_run_reuses_cached_hashes_and_rehashes_changed_files(photos: Path, workdir: Path):
+    run(workdir, photos, "--mode", "similar", "--dry-run", "--report", "1.json", check=True)
+    assert load(workdir / "1.json")["hashing"] == {"hashed": 12, "from_cache": 0}
+    assert (photos / ".dedup_cache.sqlite").is_file()
+    photo(5).save(photos / "c.jpg", quality=80)  # changed content
+    run(workdir, photos, "--mode", "similar", "--dry-run", "--report", "2.json", check=True)
+    second = load(workdir / "2.json")
+    assert second["hashing"] == {"hashed": 1, "from_cache": 11}
+    assert groups_of(second) == groups_of(load(workdir / "1.json"))
+
+
+def test_filename_mode_keeps_the_best_variant_of_each_image_id(workdir: Path):
+    root = workdir / "yandex_images"
+    root.mkdir()
+    big, small = photo(7, 800, 600), photo(7, 200, 150)
+    big.save(root / "abc123_preview_800x600_1a2b3c4d.jpg")
+    big.save(root / "abc123_dups_800x600_5e6f7a8b.jpg")
+    small.save(root / "abc123_thumb_200x150_9c0d1e2f.jpg")
+    photo(8).save(root / "xyz789_full_640x480_00aa11bb.jpg")
+    photo(9).save(root / "noprefix.jpg")
+    done = run(workdir, root, "--mode", "filename", "--dry-run", "--report", "r.json")
+    assert done.returncode == 0, done.stderr
+    report = load(workdir / "r.json")
+    assert len(report["groups"]) == 1
+    group = report["groups"][0]
+    assert group["kept"]["path"] == "abc123_preview_800x600_1a2b3c4d.jpg"
+    assert {d["path"] for d in group["duplicates"]} == {
+        "abc123_dups_800x600_5e6f7a8b.jpg",
+        "abc123_thumb_200x150_9c0d1e2f.jpg",
+    }
+
+
+def test_without_a_terminal_removal_needs_yes(photos: Path, workdir: Path):
+    before = files_under(photos)
+    done = run(workdir, photos, "--mode", "exact")
+    assert done.returncode == 2
+    assert "--yes" in done.stderr
+    assert files_under(photos) == before
+    done = run(workdir, photos, "--mode", "exact", "--interactive")
+    assert done.returncode == 2 and "--interactive" in done.stderr
+
+
+def test_quarantine_keeps_relative_paths_and_undo_puts_everything_back(photos: Path, workdir: Path):
+    before = files_under(photos)
+    done = run(workdir, photos, "--mode", "both", "--yes")
+    assert done.returncode == 0, done.stderr
+    reports = sorted(workdir.glob("photos.dedup-*.json"))  # default: next to the folder
+    assert len(reports) == 1
+    report = load(reports[0])
+    assert report["counts"]["moved"] == len(A_FAMILY) - 1 + 1
+    quarantine = photos / "_duplicates"
+    assert (quarantine / "sub" / "a_copy.jpg").read_bytes() == before["sub/a_copy.jpg"]
+    assert (quarantine / "sub" / "a_copy.txt").read_text(encoding="utf-8") == "page url"
+    assert (quarantine / "nested" / "deep" / "b_copy.jpg").is_file()
+    left = files_under(photos)
+    assert "nested/a.png" in left and "b.jpg" in left  # the kept copies
+    assert not (photos / "sub" / "a_copy.txt").exists()  # the sidecar followed its image
+    # the quarantine is not scanned again: a re-run finds nothing to do
+    again = run(workdir, photos, "--mode", "both", "--yes", "--report", "again.json")
+    assert again.returncode == 0 and load(workdir / "again.json")["groups"] == []
+    undo = run_script(SCRIPT, "--undo", reports[0], cwd=workdir)
+    assert undo.returncode == 0, undo.stderr
+    assert files_under(photos) == before
+    assert not quarantine.exists()
+    assert run_script(SCRIPT, "--undo", reports[0], cwd=workdir).returncode == 0  # re-runnable
+    assert files_under(photos) == before
+
+
+def test_delete_never_removes_the_last_copy(photos: Path, workdir: Path):
+    done = run(
+        workdir, photos, "--mode", "similar", "--action", "delete", "--yes", "--report", "r.json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = load(workdir / "r.json")
+    left = files_under(photos)
+    for group in report["groups"]:
+        assert group["kept"]["path"] in left
+        assert not any(d["path"] in left for d in group["duplicates"])
+    assert {"c.jpg", "d.jpg", "broken.jpg", "garbage.jpg"} <= set(left)
+    assert not (photos / "_duplicates").exists()
+    assert report["counts"]["deleted"] == len(A_FAMILY) - 1 + 1
+
+
+def test_hard_links_and_symlinks_are_counted_once(photos: Path, workdir: Path):
+    os.link(photos / "c.jpg", photos / "c_link.jpg")
+    os.symlink(photos / "d.jpg", photos / "sub" / "d_symlink.jpg")
+    run(workdir, photos, "--mode", "exact", "--dry-run", "--report", "r.json", check=True)
+    report = load(workdir / "r.json")
+    assert report["hard_links"] == [
+        {"path": "c_link.jpg", "same_file_as": "c.jpg"},
+        {"path": "sub/d_symlink.jpg", "same_file_as": "d.jpg"},
+    ]
+    assert all("c.jpg" not in g for g in groups_of(report))
+
+
+def test_keep_newest_and_no_recursive(photos: Path, workdir: Path):
+    os.utime(photos / "sub" / "a_copy.jpg", (2_000_000_000, 2_000_000_000))
+    run(
+        workdir,
+        photos,
+        "--mode",
+        "exact",
+        "--keep",
+        "newest",
+        "--dry-run",
+        "--report",
+        "r.json",
+        check=True,
+    )
+    kept = {g["kept"]["path"] for g in load(workdir / "r.json")["groups"]}
+    assert "sub/a_copy.jpg" in kept
+    run(
+        workdir,
+        photos,
+        "--mode",
+        "exact",
+        "--no-recursive",
+        "--dry-run",
+        "--report",
+        "n.json",
+        check=True,
+    )
+    assert load(workdir / "n.json")["groups"] == []
+
+
+@pytest.mark.parametrize("method", sorted(IMAGEHASH))
+def test_hashes_equal_imagehash_and_draft_decode_stays_close(tmp_path: Path, method: str):
+    """Full decode: imagehash's exact value. JPEG draft decode: within a few bits."""
+    image = photo(11, 1600, 1200)
+    png, jpg, rotated = tmp_path / "p.png", tmp_path / "p.jpg", tmp_path / "r.jpg"
+    image.save(png)
+    image.save(jpg, quality=90)
+    save_rotated_with_exif(image, rotated)
+    for path in (png, jpg, rotated):
+        expected = str(IMAGEHASH[method](ImageOps.exif_transpose(Image.open(path))))
+        value, width, height, error = perceptual_hash(str(path), method, 8, False)
+        assert error is None and value is not None
+        assert value.hex() == expected
+        assert (width, height) == (1600, 1200)
+        drafted = perceptual_hash(str(path), method, 8, True)[0]
+        assert drafted is not None
+        flipped = bin(int.from_bytes(drafted, "big") ^ int.from_bytes(value, "big")).count("1")
+        assert flipped <= 4, (method, path.name, flipped)
+    # 16x16 hashes are 256 bits
+    value = perceptual_hash(str(png), method, 16, False)[0]
+    assert value is not None and value.hex() == str(
+        IMAGEHASH[method](Image.open(png), hash_size=16)
+    )
+
+
+@pytest.mark.parametrize(
+    ("nbits", "threshold", "n"), [(64, 12, 1500), (64, 3, 800), (256, 40, 300)]
+)
+def test_hash_index_finds_exactly_the_pairs_brute_force_finds(nbits: int, threshold: int, n: int):
+    rng = np.random.default_rng(nbits + threshold)
+    raw = rng.integers(0, 256, (n, nbits // 8), dtype=np.uint8)
+    # planted near copies at distances 0..threshold+2, and exact repeats
+    for k in range(60):
+        raw[n - 1 - k] = raw[k]
+        flips = rng.choice(nbits, size=k % (threshold + 3), replace=False)
+        for bit in flips:
+            raw[n - 1 - k, bit // 8] ^= 1 << (bit % 8)
+    raw[100] = raw[101] = raw[102]
+    packed = index.pack([row.tobytes() for row in raw])
+    i, j, d = index.close_pairs(packed, threshold, nbits=nbits)
+    bits = np.unpackbits(raw, axis=1).astype(np.int16)
+    dist = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    bi, bj = np.nonzero(np.triu(dist <= threshold, 1))
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(
+        zip(bi.tolist(), bj.tolist(), strict=True)
+    )
+    assert (d == dist[i, j]).all()
+    assert len(i) >= 40
+
+
+def run_on_terminal(cwd: Path, answers: str, *args) -> tuple[int, str]:
+    """Run the script with a pseudo-terminal as standard input, typing ``answers``."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    env.pop("YR_NONINTERACTIVE", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / SCRIPT), *map(str, args)],
+        cwd=cwd,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    os.close(slave)
+    os.write(master, answers.encode())
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    return proc.returncode, out
+
+
+def test_on_a_terminal_the_plan_is_shown_and_asked_once(photos: Path, workdir: Path):
+    before = files_under(photos)
+    code, out = run_on_terminal(workdir, "n\n", photos, "--mode", "exact", "--report", "no.json")
+    assert code == 0, out
+    assert out.count("Move 2 duplicate files") == 1
+    assert "sub/a_copy.jpg" in out  # the plan
+    assert files_under(photos) == before
+    code, out = run_on_terminal(workdir, "y\n", photos, "--mode", "exact", "--report", "yes.json")
+    assert code == 0, out
+    assert load(workdir / "yes.json")["counts"]["moved"] == 2
+
+
+def test_interactive_asks_for_each_file(photos: Path, workdir: Path):
+    code, out = run_on_terminal(
+        workdir, "y\nn\n", photos, "--mode", "exact", "--interactive", "--report", "r.json"
+    )
+    assert code == 0, out
+    assert out.count("(kept: ") == 2
+    report = load(workdir / "r.json")
+    assert report["counts"] == {"moved": 1, "deleted": 0, "skipped": 1, "failed": 0}
+    assert report["skipped"][0]["reason"] == "declined"
+
+
+def test_impossible_hash_settings_are_refused_and_other_methods_work(photos: Path, workdir: Path):
+    bad = run(
+        workdir,
+        photos,
+        "--mode",
+        "similar",
+        "--hash-method",
+        "whash",
+        "--hash-size",
+        "6",
+        "--dry-run",
+    )
+    assert bad.returncode == 2 and "--hash-size" in bad.stderr
+    bad = run(workdir, photos, "--mode", "similar", "--threshold", "64", "--dry-run")
+    assert bad.returncode == 2 and "--threshold" in bad.stderr
+    done = run(
+        workdir, photos, "--mode", "similar", "--hash-method", "dhash", "--hash-size", "16",
+        "--threshold", "40", "--dry-run", "--report", "r.json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert frozenset({"b.jpg", "nested/deep/b_copy.jpg"}) in groups_of(load(workdir / "r.json"))

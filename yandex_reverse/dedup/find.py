@@ -1,0 +1,434 @@
+"""Finding duplicate groups: byte-exact, perceptual and by file name.
+
+Each finder returns :class:`Group` objects whose first member is the one to
+keep, and never reads more than it must: exact mode reads 8 KiB of files
+that share a size and whole files only when those still tie; perceptual mode
+decodes each picture once, at reduced scale, in a process pool, and reuses
+cached hashes of unchanged files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..console import progress
+from ..images import ImageError, iter_images, read_info
+from . import hashing
+
+_IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)
+KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
+
+
+@contextmanager
+def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+    """A progress bar updated at most ten times a second: per-file redraws cost
+    more than hashing a cached file."""
+    with progress(label, total) as advance:
+        pending, last = 0, time.monotonic()
+
+        def tick() -> None:
+            nonlocal pending, last
+            pending += 1
+            now = time.monotonic()
+            if now - last >= 0.1:
+                advance(pending)
+                pending, last = 0, now
+
+        yield tick
+        if pending:
+            advance(pending)
+
+
+@dataclass
+class Entry:
+    """One image file as scanned (a hard-linked file appears once)."""
+
+    path: Path
+    rel: str
+    size: int
+    mtime_ns: int
+    order: int  # position in the sorted walk, for --keep first
+    width: int = 0
+    height: int = 0
+    hash: bytes | None = None
+    content: int = -1  # exact-group id: same id = same bytes
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class Member:
+    entry: Entry
+    match: str  # "kept", "exact", "similar" or "filename"
+    distance: int | None = None  # Hamming distance to the kept file
+
+
+@dataclass
+class Group:
+    kind: str  # "exact", "similar" or "filename"
+    members: list[Member]  # members[0] is kept
+
+    @property
+    def kept(self) -> Entry:
+        return self.members[0].entry
+
+    @property
+    def removed(self) -> list[Member]:
+        return self.members[1:]
+
+
+@dataclass
+class Scan:
+    root: Path
+    entries: list[Entry] = field(default_factory=list)
+    hard_links: list[tuple[str, str]] = field(default_factory=list)  # (path, same inode as)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    hashed: int = 0
+    cached: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
+    """Every image under ``root`` with its size and mtime; one file reached by two
+    names (hard link, symlink) is counted once."""
+    result = Scan(root)
+    inodes: dict[tuple[int, int], str] = {}
+    prefix = len(str(root).rstrip(os.sep)) + 1
+    with ticking("Scanning") as advance:
+        for path in iter_images(root, recursive=recursive, exclude=exclude):
+            name = str(path)
+            rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
+            try:
+                st = os.stat(name)
+            except OSError as exc:
+                result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
+                continue
+            inode = (st.st_dev, st.st_ino)
+            if inode in inodes:  # a hard link, or a symlink to a file already seen
+                result.hard_links.append((rel, inodes[inode]))
+                continue
+            inodes[inode] = rel
+            result.entries.append(Entry(path, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
+            advance()
+    return result
+
+
+# ----------------------------------------------------------------- keeping
+
+
+_VARIANT_SCORES = (("preview", 100), ("full", 100), ("dups", 50), ("thumb", 10))
+
+
+def variant_score(name: str) -> int:
+    """The original's rank of downloader variants: preview/full > other > dups > thumb."""
+    lower = name.lower()
+    return next((score for word, score in _VARIANT_SCORES if word in lower), 25)
+
+
+def keep_key(rule: str, *, by_name: bool = False) -> Callable[[Entry], tuple]:
+    """Sort key putting the file to keep first.
+
+    best (default): highest resolution, then (filename mode) best variant,
+    then largest file, then shortest path.
+    """
+    tail: Callable[[Entry], tuple] = lambda e: (len(e.rel), e.rel)  # noqa: E731
+    if rule == "largest":
+        return lambda e: (-e.size, -e.pixels, *tail(e))
+    if rule == "oldest":
+        return lambda e: (e.mtime_ns, *tail(e))
+    if rule == "newest":
+        return lambda e: (-e.mtime_ns, *tail(e))
+    if rule == "first":
+        return lambda e: (e.order,)
+    if by_name:
+        return lambda e: (-e.pixels, -variant_score(e.path.name), -e.size, *tail(e))
+    return lambda e: (-e.pixels, -e.size, *tail(e))
+
+
+# ------------------------------------------------------------------- exact
+
+
+def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
+    """Byte-identical files: same size, then same edges, then same xxh3_128.
+
+    Zero-byte files are never duplicates of anything worth keeping; they are
+    left alone (as jdupes does). Files are read in threads: the work is I/O.
+    """
+    by_size: dict[int, list[Entry]] = defaultdict(list)
+    for entry in found.entries:
+        if entry.size > 0:
+            by_size[entry.size].append(entry)
+    tied = [group for group in by_size.values() if len(group) > 1]
+    # 8 KiB reads: a thread hand-off costs more than the read itself
+    tied = _refine(
+        tied, lambda e: hashing.edge_hash(e.path, e.size), "Comparing file edges", found, 1
+    )
+    whole = [g for g in tied if g[0].size > 2 * hashing.EDGE_BLOCK]
+    done = [g for g in tied if g[0].size <= 2 * hashing.EDGE_BLOCK]  # edges were the whole file
+    done += _refine(
+        whole, lambda e: hashing.full_hash(e.path), "Hashing whole files", found, workers
+    )
+    for number, group in enumerate(done):
+        for entry in group:
+            entry.content = number
+    return done
+
+
+def _refine(
+    groups: list[list[Entry]],
+    fingerprint: Callable[[Entry], bytes],
+    label: str,
+    found: Scan,
+    workers: int,
+) -> list[list[Entry]]:
+    """Split each group by ``fingerprint``; keep sub-groups of two or more."""
+    todo = [entry for group in groups for entry in group]
+    if not todo:
+        return []
+
+    def one(entry: Entry) -> tuple[Entry, bytes | None, str | None]:
+        try:
+            return entry, fingerprint(entry), None
+        except OSError as exc:
+            return entry, None, f"unreadable: {exc.strerror or exc}"
+
+    prints: dict[int, bytes] = {}
+    with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(one, todo) if workers > 1 else map(one, todo)
+        for entry, value, error in results:
+            if error:
+                found.unreadable.append((entry.rel, error))
+            else:
+                prints[id(entry)] = value  # type: ignore[assignment]
+            advance()
+    out: list[list[Entry]] = []
+    for group in groups:
+        split: dict[bytes, list[Entry]] = defaultdict(list)
+        for entry in group:
+            if id(entry) in prints:
+                split[prints[id(entry)]].append(entry)
+        out.extend(sub for sub in split.values() if len(sub) > 1)
+    return out
+
+
+# ----------------------------------------------------------------- similar
+
+
+def hash_pictures(
+    found: Scan,
+    entries: list[Entry],
+    *,
+    method: str,
+    hash_size: int,
+    draft: bool,
+    workers: int,
+    use_cache: bool,
+) -> None:
+    """Fill ``entry.hash``/size for ``entries``; failures go to ``found.unreadable``."""
+    cache = hashing.HashCache(found.root, method, hash_size, draft, enabled=use_cache)
+    if cache.error:
+        found.notes.append(cache.error)
+    known = cache.load()
+    todo: list[Entry] = []
+    for entry in entries:
+        hit = known.get(entry.rel)
+        if hit and hit[0] == entry.size and hit[1] == entry.mtime_ns:
+            _apply(found, entry, hit[2], hit[3], hit[4], hit[5])
+            found.cached += 1
+        else:
+            todo.append(entry)
+    args = [(str(e.path), method, hash_size, draft) for e in todo]
+    pending: list[tuple] = []
+    results: Iterable[tuple]
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1 and len(todo) > 2 * workers:
+        # Started before the progress bar's thread; workers leave Ctrl-C to us.
+        pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
+        results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
+    else:
+        results = map(_hash_star, args)
+    with ticking("Perceptual hashing", len(todo)) as advance:
+        try:
+            for entry, (value, width, height, error) in zip(todo, results, strict=True):
+                _apply(found, entry, value, width, height, error)
+                found.hashed += 1
+                pending.append((entry.rel, entry.size, entry.mtime_ns, value, width, height, error))
+                if len(pending) >= 500:
+                    cache.store(pending)
+                    pending.clear()
+                advance()
+        finally:
+            cache.store(pending)
+            cache.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    if cache.error and cache.error not in found.notes:
+        found.notes.append(cache.error)
+
+
+def _hash_star(args: tuple) -> tuple:
+    return hashing.perceptual_hash(*args)
+
+
+def _apply(found: Scan, entry: Entry, value, width, height, error) -> None:
+    if error:
+        found.unreadable.append((entry.rel, error))
+        return
+    entry.hash, entry.width, entry.height = value, width, height
+
+
+def similar_groups(
+    found: Scan,
+    exact: list[list[Entry]],
+    *,
+    method: str,
+    hash_size: int,
+    threshold: int,
+    keep: str,
+    draft: bool,
+    workers: int,
+    use_cache: bool,
+) -> list[Group]:
+    """Connected components of "distance <= threshold" (plus byte-identical files).
+
+    In ``both`` mode ``exact`` holds the byte-identical groups: only one file
+    of each is decoded, the others share its hash.
+    """
+    import numpy as np
+
+    from . import index
+
+    followers = {id(e) for group in exact for e in group[1:]}
+    to_hash = [e for e in found.entries if id(e) not in followers]
+    hash_pictures(
+        found,
+        to_hash,
+        method=method,
+        hash_size=hash_size,
+        draft=draft,
+        workers=workers,
+        use_cache=use_cache,
+    )
+    for group in exact:
+        for entry in group[1:]:
+            entry.hash, entry.width, entry.height = group[0].hash, group[0].width, group[0].height
+    nodes = [e for e in found.entries if e.hash is not None or e.content >= 0]
+    position = {id(e): n for n, e in enumerate(nodes)}
+    hashed = [n for n, e in enumerate(nodes) if e.hash is not None]
+    packed = index.pack([nodes[n].hash for n in hashed])  # type: ignore[misc]
+    with progress("Searching the hash index", 1) as advance:
+        pi, pj, _ = index.close_pairs(packed, threshold, nbits=hash_size * hash_size)
+        advance()
+    rows = np.asarray(hashed, dtype=np.int64)
+    edge_i = [rows[pi]] if len(pi) else []
+    edge_j = [rows[pj]] if len(pj) else []
+    for group in exact:  # byte copies belong together even when undecodable
+        first = position[id(group[0])]
+        others = [position[id(e)] for e in group[1:]]
+        edge_i.append(np.full(len(others), first, dtype=np.int64))
+        edge_j.append(np.asarray(others, dtype=np.int64))
+    if not edge_i:
+        return []
+    labels = index.components(len(nodes), np.concatenate(edge_i), np.concatenate(edge_j))
+    members: dict[int, list[Entry]] = defaultdict(list)
+    for node, label in enumerate(labels):
+        members[int(label)].append(nodes[node])
+    groups: list[Group] = []
+    key = keep_key(keep)
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        group.sort(key=key)
+        kept = group[0]
+        out = [Member(kept, "kept", 0 if kept.hash else None)]
+        for entry in group[1:]:
+            same = entry.content >= 0 and entry.content == kept.content
+            distance = None
+            if entry.hash is not None and kept.hash is not None:
+                distance = sum(
+                    bin(a ^ b).count("1") for a, b in zip(entry.hash, kept.hash, strict=True)
+                )
+            out.append(Member(entry, "exact" if same else "similar", distance))
+        kind = "exact" if all(m.match == "exact" for m in out[1:]) else "similar"
+        groups.append(Group(kind, out))
+    return _ordered(groups)
+
+
+def exact_to_groups(exact: list[list[Entry]], keep: str) -> list[Group]:
+    key = keep_key(keep)
+    groups = []
+    for group in exact:
+        group = sorted(group, key=key)
+        groups.append(
+            Group(
+                "exact", [Member(group[0], "kept", 0)] + [Member(e, "exact", 0) for e in group[1:]]
+            )
+        )
+    return _ordered(groups)
+
+
+def _ordered(groups: list[Group]) -> list[Group]:
+    return sorted(groups, key=lambda g: (-len(g.members), g.kept.rel))
+
+
+# ---------------------------------------------------------------- filename
+
+_NAME_PREFIX = re.compile(r"^([^_]+)_")
+
+
+def name_prefix(name: str) -> str | None:
+    """The image id before the first ``_`` (the downloader's ``{image_id}_{variant}_{W}x{H}_{hash}``)."""
+    match = _NAME_PREFIX.match(os.path.splitext(name)[0])
+    return match.group(1) if match else None
+
+
+def filename_groups(found: Scan, *, keep: str, workers: int) -> list[Group]:
+    """Files sharing the image-id prefix; sizes read from headers (EXIF applied)."""
+    by_prefix: dict[str, list[Entry]] = defaultdict(list)
+    for entry in found.entries:
+        prefix = name_prefix(entry.path.name)
+        if prefix:
+            by_prefix[prefix].append(entry)
+    candidates = [e for group in by_prefix.values() if len(group) > 1 for e in group]
+
+    def one(entry: Entry) -> tuple[Entry, str | None]:
+        try:
+            info = read_info(entry.path)
+        except ImageError as exc:
+            return entry, str(exc)
+        entry.width, entry.height = info.width, info.height
+        return entry, None
+
+    bad: set[int] = set()
+    with (
+        ticking("Reading sizes", len(candidates)) as advance,
+        ThreadPoolExecutor(max(1, workers)) as pool,
+    ):
+        for entry, error in pool.map(one, candidates):
+            if error:
+                found.unreadable.append((entry.rel, error))
+                bad.add(id(entry))
+            advance()
+    key = keep_key(keep, by_name=True)
+    groups = []
+    for group in by_prefix.values():
+        usable = sorted((e for e in group if id(e) not in bad), key=key)
+        if len(usable) > 1:
+            groups.append(
+                Group(
+                    "filename",
+                    [Member(usable[0], "kept")] + [Member(e, "filename") for e in usable[1:]],
+                )
+            )
+    return _ordered(groups)
