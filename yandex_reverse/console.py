@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -109,7 +110,7 @@ def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
         if default is not None:
             return default
         raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
-    suffix = f" [{default}]" if default is not None else ""
+    suffix = f" \\[{escape(default)}]" if default is not None else ""
     while True:
         answer = _read(f"[bold]{question}[/bold]{suffix}: ").strip()
         if answer:
@@ -140,7 +141,8 @@ def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> 
         return True
     if not is_interactive():
         raise UsageError(f"{question.rstrip('?')}: pass {flag} to confirm without a terminal")
-    return _read(f"[bold]{question}[/bold] [y/N]: ").strip().lower() in ("y", "yes")
+    # "\\[" keeps rich from taking "[y/N]" for a style tag and hiding it.
+    return _read(f"[bold]{question}[/bold] \\[y/N]: ").strip().lower() in ("y", "yes")
 
 
 @contextmanager
@@ -263,3 +265,26 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     reason = f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
     return reason[:limit]
+
+
+def folder_option(value: str | None, question: str, *, flag: str) -> Path:
+    """The folder given by ``flag`` (it must exist), or asked for when the flag is missing."""
+    if value is None:
+        return ask_folder(question, flag=flag)
+    path = clean_path_answer(value)
+    if not path.is_dir():
+        raise UsageError(f"not a folder: {path} ({flag})")
+    return path
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts such as ``--workers``: 1 or more."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value

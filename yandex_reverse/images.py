@@ -9,11 +9,14 @@ applied, so a portrait photo stored sideways counts as portrait.
 from __future__ import annotations
 
 import filecmp
+import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,3 +334,263 @@ def _place_sidecars(source: Path, target: Path, mode: str) -> tuple[Path, ...]:
             shutil.copy2(side, side_target)
         placed.append(side_target)
     return tuple(placed)
+
+
+# ------------------------------------------------ many files: read and sort
+
+
+def _info_or_reason(path: Path) -> ImageInfo | str:
+    try:
+        return read_info(path)
+    except ImageError as exc:
+        return str(exc)
+    except Exception as exc:  # one odd file never stops the run
+        return f"unreadable: {type(exc).__name__}: {exc}"
+
+
+def _info_chunk(paths: list[Path]) -> list[ImageInfo | str]:
+    return [_info_or_reason(path) for path in paths]
+
+
+# Between processes: plain strings and tuples pickle ~10x faster than Path
+# objects and dataclasses, which mattered at thousands of files per second.
+_Packed = tuple[int, int, str | None, str, int] | str
+
+
+def _indexed_chunk(job: tuple[int, list[str]]) -> tuple[int, list[_Packed]]:
+    index, names = job
+    return index, [
+        (i.width, i.height, i.format, i.mode, i.orientation) if isinstance(i, ImageInfo) else i
+        for i in _info_chunk([Path(name) for name in names])
+    ]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is handled once, by the parent, which cancels the rest.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Below this many files a process pool costs more to start than it saves.
+PARALLEL_FROM = 400
+
+
+def read_infos(
+    paths: Sequence[Path],
+    *,
+    workers: int | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> list[ImageInfo | str]:
+    """:func:`read_info` of many files, in order: an :class:`ImageInfo` or a one-line reason.
+
+    Header parsing is Python work that holds the GIL (threads measured slower
+    than one thread, see ``bench/bench_sorting.py``), so chunks of files go
+    to worker processes, one per core.
+    """
+    paths = list(paths)
+    workers = workers or os.cpu_count() or 1
+    step = advance or (lambda _n: None)
+    if workers <= 1 or len(paths) < PARALLEL_FROM:
+        results: list[ImageInfo | str] = []
+        for path in paths:
+            results.append(_info_or_reason(path))
+            step(1)
+        return results
+    size = max(16, min(512, len(paths) // (workers * 8)))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    done: list[list[ImageInfo | str] | None] = [None] * len(chunks)
+    try:
+        # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are
+        # daemons and leaving the block terminates them, so Ctrl-C at any
+        # moment (even while they start) cannot leave the parent waiting on them.
+        with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+            jobs = ((i, [str(p) for p in chunk]) for i, chunk in enumerate(chunks))
+            for index, packed in pool.imap_unordered(_indexed_chunk, jobs):
+                done[index] = [x if isinstance(x, str) else ImageInfo(*x) for x in packed]
+                step(len(packed))
+    except OSError:  # no processes here: finish in this one
+        for index, chunk in enumerate(chunks):
+            if done[index] is None:
+                done[index] = _info_chunk(chunk)
+                step(len(chunk))
+    return [info for chunk_infos in done for info in chunk_infos or ()]
+
+
+def _plan_group(
+    group: list[Path], dest_dir: Path, mode: str, taken: dict[Path, Path]
+) -> list[Placed]:
+    """What :func:`place_file` would do, for a dry run: nothing is written,
+    so names planned earlier in this run are remembered in ``taken``."""
+    planned: list[Placed] = []
+    for source in group:
+        for candidate in _free_targets(dest_dir, source.name):
+            if candidate in taken:
+                if same_content(source, taken[candidate]):
+                    planned.append(Placed(source, candidate, "already"))
+                    break
+                continue
+            if candidate.exists():
+                if same_content(source, candidate):
+                    planned.append(Placed(source, candidate, "already"))
+                    break
+                continue
+            taken[candidate] = source
+            planned.append(Placed(source, candidate, "moved" if mode == "move" else "copied"))
+            break
+    return planned
+
+
+def sort_into_folders(
+    assignments: Iterable[tuple[Path, Path]],
+    *,
+    mode: str,
+    dry_run: bool = False,
+    workers: int | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[list[Placed], list[tuple[Path, str]]]:
+    """Put each ``(file, folder)`` there with :func:`place_file`; return (placed, failed).
+
+    Threads, since copying and renaming release the GIL. Files of the same
+    name bound for the same folder are placed one after the other in the
+    given order, so which one gets ``_1`` never depends on thread timing. A
+    file that cannot be placed is a ``(path, reason)``, and the others go on.
+    """
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for source, dest_dir in assignments:
+        groups.setdefault((Path(dest_dir), source.name), []).append(source)
+    step = advance or (lambda _n: None)
+    placed: list[Placed] = []
+    failed: list[tuple[Path, str]] = []
+    if dry_run:
+        taken: dict[Path, Path] = {}
+        for (dest_dir, _name), group in groups.items():
+            placed.extend(_plan_group(group, dest_dir, mode, taken))
+            step(len(group))
+        return placed, failed
+
+    def run_group(dest_dir: Path, group: list[Path]) -> tuple[list[Placed], list[tuple[Path, str]]]:
+        ok: list[Placed] = []
+        bad: list[tuple[Path, str]] = []
+        for source in group:
+            try:
+                ok.append(place_file(source, dest_dir, mode=mode))
+            except Exception as exc:
+                bad.append((source, f"{type(exc).__name__}: {exc}"))
+        return ok, bad
+
+    workers = workers or min(16, 2 * (os.cpu_count() or 4))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            pool.submit(run_group, dest_dir, group): len(group)
+            for (dest_dir, _name), group in groups.items()
+        }
+        try:
+            for future in as_completed(futures):
+                ok, bad = future.result()
+                placed.extend(ok)
+                failed.extend(bad)
+                step(futures[future])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return placed, failed
+
+
+@dataclass
+class SortResult:
+    """What :func:`sort_images` did (or, in a dry run, would do)."""
+
+    found: int
+    placed: list[Placed]
+    unreadable: list[tuple[Path, str]]
+    failed: list[tuple[Path, str]]
+
+    def counts(self) -> dict[str, int]:
+        """Files per output folder name (placed now or found already there)."""
+        out: dict[str, int] = {}
+        for item in self.placed:
+            out[item.target.parent.name] = out.get(item.target.parent.name, 0) + 1
+        return out
+
+
+def sort_images(
+    paths: Sequence[Path],
+    dest: Path,
+    assign: Callable[[Sequence[tuple[Path, ImageInfo]]], Sequence[str]],
+    *,
+    mode: str,
+    dry_run: bool = False,
+    workers: int | None = None,
+) -> SortResult:
+    """Read every header in parallel, let ``assign`` name a folder under ``dest``
+    for each readable image (it sees them all at once, so it may adapt to the
+    whole set), then move or copy them there. Unreadable files stay in place.
+    """
+    from yandex_reverse import console  # the terminal side; images.py stays usable without it
+
+    paths = list(paths)
+    with console.progress("Reading sizes", len(paths)) as advance:
+        infos = read_infos(paths, workers=workers, advance=advance)
+    readable = [(p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, ImageInfo)]
+    unreadable = [(p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, str)]
+    names = list(assign(readable))
+    plan = [(path, Path(dest) / name) for (path, _info), name in zip(readable, names, strict=True)]
+    label = "Planning" if dry_run else ("Moving" if mode == "move" else "Copying")
+    with console.progress(label, len(plan)) as advance:
+        placed, failed = sort_into_folders(plan, mode=mode, dry_run=dry_run, advance=advance)
+    return SortResult(len(paths), placed, unreadable, failed)
+
+
+def print_sort_report(
+    result: SortResult,
+    *,
+    dest: Path,
+    mode: str,
+    dry_run: bool,
+    order: Callable[[str], object] = str,
+    limit: int = 100,
+) -> None:
+    """The distribution (folders in ``order``), the totals, and every file left behind."""
+    from yandex_reverse import console
+
+    counts = result.counts()
+    total = sum(counts.values())
+    rows = [
+        (name, count, f"{100 * count / total:.1f}%")
+        for name, count in sorted(counts.items(), key=lambda kv: order(kv[0]))
+    ]
+    rows.append(("total", total, "100.0%" if total else "-"))
+    heading = "Distribution by folder"
+    if dry_run:
+        heading += " (dry run: nothing was moved or copied)"
+    console.console.print(console.table(heading, ("folder", "files", "share"), rows))
+    new = sum(1 for item in result.placed if item.status != "already")
+    done = "moved" if mode == "move" else "copied"
+    verb = f"would be {done}" if dry_run else done
+    console.print_summary(
+        "Summary",
+        [
+            ("images found", result.found),
+            (verb, new),
+            ("already in place (identical file there)", total - new),
+            ("unreadable, left in place", len(result.unreadable)),
+            (f"failed to {mode}, left in place", len(result.failed)),
+        ],
+    )
+    for title, items in (
+        ("Unreadable files (left in place)", result.unreadable),
+        (f"Files that could not be {done}", result.failed),
+    ):
+        if not items:
+            continue
+        console.console.print(f"[bold]{title}:[/bold]")
+        for path, reason in items[:limit]:
+            console.console.print(f"  {path}: {reason}", markup=False)
+        for path, reason in items:
+            console.log.warning("%s: %s: %s", title, path, reason)
+        if len(items) > limit:
+            console.console.print(f"  ... and {len(items) - limit} more (all in the log file)")
+    where = "would go" if dry_run else "are"
+    kept = "the originals stay in the source" if mode == "copy" else "the originals were moved"
+    if dry_run:
+        kept = "nothing was changed"
+    console.console.print(f"Sorted images {where} in {dest} ({kept}).", markup=False)
