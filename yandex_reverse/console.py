@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,18 +164,35 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
         TextColumn("{task.fields[info]}"),
     ]
     bar = Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+    if bar.disable:  # nothing to draw: counting per item would only cost time
+        yield lambda n=1, **fields: None
+        return
     with bar:
         task = bar.add_task(description, total=total, rate="", info="")
+        pending = 0
+        latest: dict[str, Any] = {}
+        last = 0.0
 
-        def advance(n: int = 1, **fields: Any) -> None:
-            bar.advance(task, n)
+        def push() -> None:
+            nonlocal pending, last
+            bar.update(task, advance=pending, **latest)
             speed = bar.tasks[0].speed
             if speed:
-                fields.setdefault("rate", f"{speed:,.1f}/s")
-            if fields:
-                bar.update(task, **fields)
+                bar.update(task, rate=f"{speed:,.1f}/s")
+            pending, last = 0, time.monotonic()
 
-        yield advance
+        def advance(n: int = 1, **fields: Any) -> None:
+            # Rich recomputes the speed on every update: push ten times a second at most.
+            nonlocal pending
+            pending += n
+            latest.update(fields)
+            if time.monotonic() - last >= 0.1:
+                push()
+
+        try:
+            yield advance
+        finally:
+            push()
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
