@@ -13,6 +13,10 @@ PY     := $(BIN)/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
+# pip's notes about unreachable local indexes are noise; its exit status is kept.
+QUIET  := 2>&1 | { grep -v "is ignored" || true; }
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: venv browser test lint format bench demo clean
 
@@ -20,10 +24,10 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PIP) install $(TORCH_SPEC) 2>&1 | grep -v "is ignored" || true
-	$(PIP) install -r requirements-dev.txt 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import torch, torchvision, pyiqa, playwright, aiohttp, PIL, imagehash, rich, tldextract" 
+	$(PIP) install --upgrade pip $(QUIET)
+	$(PIP) install $(TORCH_SPEC) $(QUIET)
+	$(PIP) install -r requirements-dev.txt $(QUIET)
+	$(PY) -c "import torch, torchvision, pyiqa, playwright, aiohttp, PIL, imagehash, rich, tldextract"
 	touch $@
 
 browser: $(STAMP)
@@ -41,7 +45,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 bench: venv browser
-	$(PIP) install -r requirements-bench.txt 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -r requirements-bench.txt $(QUIET)
 	$(PY) bench/run_all.py
 
 demo: venv browser

@@ -68,7 +68,9 @@ def system_chromium(headless: bool = True) -> Path | None:
     return None
 
 
-def find_browser(explicit: str | os.PathLike[str] | None = None, *, headless: bool = True) -> Path | None:
+def find_browser(
+    explicit: str | os.PathLike[str] | None = None, *, headless: bool = True
+) -> Path | None:
     """The Chromium to launch, or None to let Playwright use its own default.
 
     Returns None only when Playwright's own Chromium is installed (launching

@@ -158,7 +158,6 @@ CREATE TABLE IF NOT EXISTS downloads (
 CREATE INDEX IF NOT EXISTS downloads_status ON downloads(status);
 CREATE INDEX IF NOT EXISTS downloads_image ON downloads(image_id);
 CREATE INDEX IF NOT EXISTS downloads_sha256 ON downloads(sha256);
-CREATE INDEX IF NOT EXISTS image_variants_image ON image_variants(image_id);
 """
 
 

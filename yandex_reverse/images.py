@@ -21,12 +21,24 @@ from PIL import Image, UnidentifiedImageError
 
 # The formats every step accepts (the originals disagreed: 7.1 had no webp,
 # 7.3 no gif). Pillow's other readable formats are added below.
-COMMON_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-)
+COMMON_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 # Readable by Pillow but not photos users collect, or needing external tools.
 _EXCLUDED = frozenset(
-    {".eps", ".ps", ".pdf", ".fit", ".fits", ".h5", ".hdf", ".grib", ".bufr", ".mpeg", ".mpg", ".emf", ".wmf"}
+    {
+        ".eps",
+        ".ps",
+        ".pdf",
+        ".fit",
+        ".fits",
+        ".h5",
+        ".hdf",
+        ".grib",
+        ".bufr",
+        ".mpeg",
+        ".mpg",
+        ".emf",
+        ".wmf",
+    }
 )
 
 

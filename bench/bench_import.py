@@ -1,0 +1,142 @@
+"""Step 2 import speed: 200,000 entities over XHR files, ours vs the original's approach.
+
+The peer is a naive importer written the way the original script worked:
+``json.load`` per file, the entities taken from ``blocks[1]``, one
+``INSERT OR IGNORE`` per image and one ``INSERT`` per variant, one commit at
+the end. Both run on the same files in the same run, into fresh databases.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from common import report, work_dir
+
+from tests.xhr_factory import entity, write_xhr
+from yandex_reverse import db
+from yandex_reverse.xhr_import import import_folder
+
+ENTITIES = 200_000
+PER_PAGE = 30
+
+
+def build(xhr: Path) -> int:
+    if xhr.exists() and len(list(xhr.glob("*.json"))) == -(-ENTITIES // PER_PAGE):
+        return ENTITIES
+    shutil.rmtree(xhr, ignore_errors=True)
+    made = 0
+    page_no = 0
+    while made < ENTITIES:
+        n = min(PER_PAGE, ENTITIES - made)
+        query = f"photo{page_no // 20:04d}.jpg"
+        batch = [
+            entity(
+                f"{made + i:012x}",
+                pos=made + i,
+                numbers_as_strings=(i % 3 == 0),
+                dups=[
+                    (f"https://i.pinimg.com/736x/{made + i:012x}.jpg", 736, 552),
+                    (f"https://upload.wikimedia.org/x/{made + i:012x}.jpg", 1024, 768),
+                ],
+            )
+            for i in range(n)
+        ]
+        write_xhr(xhr, query, page_no % 20 + 1, batch)
+        made += n
+        page_no += 1
+    return made
+
+
+def naive_import(xhr: Path, db_path: Path) -> int:
+    """The original's way: row by row, entities from blocks[1], commit at the end."""
+    conn = sqlite3.connect(db_path)
+    conn.executescript(db._ORIGINAL_DDL)
+    cur = conn.cursor()
+    image_sql = f"INSERT OR IGNORE INTO images VALUES ({', '.join('?' * 22)})"
+    variant_sql = (
+        "INSERT INTO image_variants (image_id, variant_type, url, width, height, file_size_bytes, "
+        "is_mixed_image, origin_url, origin_width, origin_height) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    )
+    n = 0
+    for path in sorted(xhr.glob("*.json")):
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        entities = data["blocks"][1]["params"]["adapterData"]["serpList"]["items"]["entities"]
+        for key, e in entities.items():
+            snippet = e.get("snippet", {})
+            cur.execute(
+                image_sql,
+                (
+                    key, e.get("docid"), e.get("documentid"), e.get("reqid"), e.get("rimId"),
+                    e.get("pos"), e.get("url"), e.get("origUrl"), e.get("image"), e.get("alt"),
+                    e.get("width"), e.get("height"), e.get("origWidth"), e.get("origHeight"),
+                    snippet.get("title"), snippet.get("domain"), snippet.get("url"),
+                    e.get("freshnessCounter"), e.get("gifLabel"), e.get("ecomShield"),
+                    e.get("censored"), e.get("loading"),
+                ),
+            )  # fmt: skip
+            viewer = e.get("viewerData", {})
+            for kind in ("preview", "dups"):
+                for v in viewer.get(kind, []):
+                    origin = v.get("origin", {})
+                    cur.execute(
+                        variant_sql,
+                        (
+                            key, kind, v.get("url"), v.get("w"), v.get("h"),
+                            v.get("fileSizeInBytes"), v.get("isMixedImage"), origin.get("url"),
+                            origin.get("w"), origin.get("h"),
+                        ),
+                    )  # fmt: skip
+            thumb = viewer.get("thumb")
+            if thumb:
+                cur.execute(
+                    variant_sql,
+                    (key, "thumb", thumb.get("url"), thumb.get("w"), thumb.get("h"),
+                     None, None, None, None, None),
+                )  # fmt: skip
+            n += 1
+    conn.commit()
+    conn.close()
+    return n
+
+
+def main() -> int:
+    work = work_dir("import")
+    xhr = work / "XHR"
+    print(f"building {ENTITIES:,} entities in {xhr} ...", flush=True)
+    total = build(xhr)
+    for name in ("ours.db", "naive.db"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(work / name) + suffix).unlink(missing_ok=True)
+    for path in xhr.glob("*.json"):  # warm the page cache for both runs alike
+        path.read_bytes()
+
+    start = time.perf_counter()
+    naive_count = naive_import(xhr, work / "naive.db")
+    naive_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    stats = import_folder(xhr, work / "ours.db")
+    ours_s = time.perf_counter() - start
+    assert stats.entities == total == naive_count, (stats.entities, total, naive_count)
+
+    rerun_start = time.perf_counter()
+    again = import_folder(xhr, work / "ours.db")
+    rerun_s = time.perf_counter() - rerun_start
+    assert again.new_images == 0 and again.unchanged == again.files
+
+    ours_rate, naive_rate = total / ours_s, total / naive_s
+    print(f"ours : {ours_s:6.2f} s  {ours_rate:10,.0f} entities/s")
+    print(f"naive: {naive_s:6.2f} s  {naive_rate:10,.0f} entities/s")
+    print(f"re-run of ours (ledger skips every file): {rerun_s:.2f} s")
+    report("import (step 2)", "entities/s", "entities/s", ours_rate, "naive row-by-row", naive_rate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
