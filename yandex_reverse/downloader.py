@@ -918,6 +918,8 @@ class Downloader:
             raise FetchFailure("truncated body", one_line(exc, 120), retryable=True) from exc
         except (aiohttp.ClientConnectionResetError, ConnectionResetError) as exc:
             raise FetchFailure("connection reset", retryable=True) from exc
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise FetchFailure("proxy unreachable", one_line(exc, 120), retryable=True) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise FetchFailure("connection closed", "by the server", retryable=True) from exc
         except aiohttp.ClientResponseError as exc:

@@ -71,6 +71,9 @@ MAX_SIDE = 4096
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
 _WXH = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _WX = re.compile(r"^(\d{1,5})x$")
+HITS: web.AppKey[Counter[str]] = web.AppKey("hits", Counter)
+DEFAULT_FAULT: web.AppKey[str | None] = web.AppKey("default_fault", str)
+CACHE: web.AppKey[_Cache] = web.AppKey("cache", object)
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
     b"<body><h1>Checking your browser</h1><p>This is not an image.</p></body></html>"
@@ -221,12 +224,12 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return web.Response(status=501, text="CONNECT (https) is not supported by the image web")
     host, path, query, direct = _target(request)
     if direct and host == "_stats":
-        return web.json_response({"requests": sum(app["hits"].values()), "urls": len(app["hits"])})
+        return web.json_response({"requests": sum(app[HITS].values()), "urls": len(app[HITS])})
     url = f"http://{host}{path}" + (f"?{query}" if query else "")
-    app["hits"][url] += 1
-    hits = app["hits"][url]
+    app[HITS][url] += 1
+    hits = app[HITS][url]
     params = parse_qs(query, keep_blank_values=True)
-    fault = params.get("yr_fault", [app["default_fault"] or ""])[0]
+    fault = params.get("yr_fault", [app[DEFAULT_FAULT] or ""])[0]
     stem, fmt, mime = _stem_and_format(path)
     width, height = _size_from(path, params)
     delay = float(params.get("yr_delay", ["0"])[0])
@@ -257,13 +260,14 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             nxt = _drop_params(query, "yr_hop") + f"&yr_hop={hop + 1}"
             if hop + 1 == hops:  # the last hop lands on a clean URL
                 nxt = _drop_params(query, "yr_hop", "yr_hops", "yr_fault")
-            target_host = f"cdn{hop + 1}.redirect-{host}" if hop + 1 < hops else host
+            origin_host = host.split(".redirect-", 1)[-1]
+            target_host = f"cdn{hop + 1}.redirect-{origin_host}" if hop + 1 < hops else origin_host
             raise web.HTTPFound(_link(request, target_host, path, nxt.lstrip("&"), direct))
     if fault == "oversize":
-        return await _stream_oversize(request, app["cache"].get((stem, width, height, fmt)), mime)
+        return await _stream_oversize(request, app[CACHE].get((stem, width, height, fmt)), mime)
 
     loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(None, app["cache"].get, (stem, width, height, fmt))
+    body = await loop.run_in_executor(None, app[CACHE].get, (stem, width, height, fmt))
     if fault == "wrongtype":
         return web.Response(status=200, body=body, content_type="text/plain")
     if fault in ("drip", "reset", "truncated"):
@@ -311,9 +315,9 @@ def make_app(*, default_fault: str | None = None, cache_mb: int = 256) -> web.Ap
     if default_fault and default_fault not in FAULTS:
         raise ValueError(f"unknown fault {default_fault!r}; known: {', '.join(FAULTS)}")
     app = web.Application(handler_args={"max_field_size": 16384})
-    app["hits"] = Counter()
-    app["default_fault"] = default_fault
-    app["cache"] = _Cache(cache_mb * 1024 * 1024)
+    app[HITS] = Counter()
+    app[DEFAULT_FAULT] = default_fault
+    app[CACHE] = _Cache(cache_mb * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
 
@@ -346,7 +350,7 @@ class ImageWebServer:
 
     @property
     def hits(self) -> Counter[str]:
-        return self.app["hits"]
+        return self.app[HITS]
 
     def start(self) -> ImageWebServer:
         self._thread = threading.Thread(target=self._serve, name="image-web", daemon=True)
@@ -371,6 +375,11 @@ class ImageWebServer:
             return
         self._ready.set()
         loop.run_forever()
+        # Slow answers (timeout, drip) still sleeping: end them before the loop goes.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(self._runner.cleanup())
         loop.close()
 
