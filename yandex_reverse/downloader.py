@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import os
@@ -23,12 +24,12 @@ import queue
 import random
 import re
 import sqlite3
+import sys
 import threading
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -440,7 +441,9 @@ class WorkReader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="work-reader")
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="work-reader"
+        )
         self.conn: sqlite3.Connection | None = None
         self.phase = "images"
         self.after = 0
@@ -641,14 +644,23 @@ class Downloader:
         self.hosts: dict[str, HostState] = {}
         self.inflight: dict[str, asyncio.Future[Outcome]] = {}
         self.unflushed: dict[str, Outcome] = {}  # outcomes queued but not yet committed
-        self.sha_claims: dict[str, asyncio.Future[Stored | None]] = {}
+        # sha256 -> the file being or already stored with that content (until flushed);
+        # read and written by the storing threads, hence the lock.
+        self.sha_claims: dict[str, concurrent.futures.Future[Stored | None]] = {}
+        self.claims_lock = threading.Lock()
         self.db_dir = settings.db_path.resolve().parent
         self.out = settings.out.resolve()
-        self.reader_conn = sqlite3.connect(settings.db_path, isolation_level=None)
+        # Shared by worker threads (queries never run on the loop), one at a time.
+        self.reader_conn = sqlite3.connect(
+            settings.db_path, isolation_level=None, check_same_thread=False
+        )
+        self.reader_lock = threading.Lock()
         self.reader_conn.execute("PRAGMA busy_timeout = 10000")
         self.reader_conn.execute("PRAGMA query_only = ON")
         self.advance: Callable[..., None] = lambda *a, **k: None
         self.run_started = dbmod.now_iso()
+        self._ticks = 0
+        self._last_tick = 0.0
         self.global_sem: asyncio.Semaphore
         self.session: aiohttp.ClientSession
         self.writer: LedgerWriter
@@ -658,10 +670,11 @@ class Downloader:
     def _on_flushed(self, urls: list[str], shas: list[str]) -> None:
         for url in urls:
             self.unflushed.pop(url, None)
-        for sha in shas:
-            claim = self.sha_claims.get(sha)
-            if claim is not None and claim.done():
-                self.sha_claims.pop(sha, None)
+        with self.claims_lock:
+            for sha in shas:
+                claim = self.sha_claims.get(sha)
+                if claim is not None and claim.done():
+                    self.sha_claims.pop(sha, None)
 
     def _record(self, outcome: Outcome) -> Outcome:
         self.unflushed[outcome.url] = outcome
@@ -680,24 +693,28 @@ class Downloader:
             log.info("failed %s: %s", outcome.url, outcome.error)
         return outcome
 
-    def _ledger_state(self, url: str) -> tuple[str, int, bool]:
+    async def _ledger_state(self, url: str) -> tuple[str, int, bool]:
         """(status, retryable, settled in this run) of a URL, unflushed outcomes first."""
         known = self.unflushed.get(url)
         if known is not None:
             return known.status, int(known.retryable), True
-        row = self.reader_conn.execute(
-            "SELECT status, retryable, updated_at FROM downloads WHERE url = ?", (url,)
-        ).fetchone()
+        row = await asyncio.to_thread(
+            self._query, "SELECT status, retryable, updated_at FROM downloads WHERE url = ?", url
+        )
         if row is None:
             return "new", 0, False
         return row[0], row[1], row[0] != "pending" and (row[2] or "") >= self.run_started
 
+    def _query(self, sql: str, *params: object) -> tuple | None:
+        with self.reader_lock:
+            return self.reader_conn.execute(sql, params).fetchone()
+
     def _stored_with_sha(self, sha: str) -> Stored | None:
-        row = self.reader_conn.execute(
+        row = self._query(
             "SELECT path, width, height, content_type FROM downloads "
             "WHERE sha256 = ? AND status = 'done' AND path IS NOT NULL LIMIT 1",
-            (sha,),
-        ).fetchone()
+            sha,
+        )
         if row and (self.db_dir / row[0]).is_file():
             return Stored(row[0], row[1] or 0, row[2] or 0, row[3] or "")
         return None
@@ -725,7 +742,7 @@ class Downloader:
         try:
             got_file = False
             for candidate in unit.candidates:
-                status, retryable, this_run = self._ledger_state(candidate.url)
+                status, retryable, this_run = await self._ledger_state(candidate.url)
                 if status == "done":
                     got_file = True
                     break
@@ -742,7 +759,15 @@ class Downloader:
             if not got_file:
                 self.stats.units_without_file += 1
         finally:
-            self.advance(1, info=self._progress_info())
+            self._tick(1)
+
+    def _tick(self, n: int, *, force: bool = False) -> None:
+        """Advance the bar at most every 0.2 s: redrawing per file costs more than a file."""
+        self._ticks += n
+        now = time.monotonic()
+        if self._ticks and (force or now - self._last_tick >= 0.2):
+            self.advance(self._ticks, info=self._progress_info())
+            self._ticks, self._last_tick = 0, now
 
     async def fetch_shared(self, candidate: Candidate, image_id: str) -> Outcome:
         """One fetch per URL even when several results share it."""
@@ -868,7 +893,7 @@ class Downloader:
                         http_status=200,
                         content_type=ctype,
                     )
-                digest = hashlib.sha256()
+                digest = None  # bodies kept in memory are hashed in the storing thread
                 buffer = bytearray()
                 head = b""
                 size = 0
@@ -885,9 +910,12 @@ class Downloader:
                             http_status=200,
                             content_type=ctype,
                         )
-                    digest.update(chunk)
                     buffer += chunk
+                    if digest is not None:
+                        digest.update(chunk)
                     if len(buffer) >= SPILL_AT:
+                        if digest is None:
+                            digest = hashlib.sha256(buffer)
                         if handle is None:
                             temp = self._temp_path(url)
                             handle = await aiofiles.open(temp, "wb")
@@ -898,7 +926,8 @@ class Downloader:
                 if handle is not None:
                     await handle.close()
                     handle = None
-                body = Body(buffer, temp, size, digest.hexdigest(), head, ctype, 200, str(resp.url))
+                sha = digest.hexdigest() if digest is not None else ""
+                body = Body(buffer, temp, size, sha, head, ctype, 200, str(resp.url))
                 temp = None  # the body owns it now
                 return body
         except FetchFailure:
@@ -958,25 +987,7 @@ class Downloader:
                     f"{body.size:,} bytes",
                     skipped=True,
                 )
-            stored: Stored | None = None
-            duplicate = False
-            claim = self.sha_claims.get(body.sha256)
-            if claim is not None:
-                stored = await asyncio.shield(claim)
-                duplicate = stored is not None
-            if stored is None:
-                stored = self._stored_with_sha(body.sha256)
-                duplicate = stored is not None
-            if stored is None:
-                claim = asyncio.get_running_loop().create_future()
-                self.sha_claims[body.sha256] = claim
-                try:
-                    stored = await asyncio.to_thread(self._store, candidate, image_id, body)
-                except BaseException:
-                    claim.set_result(None)
-                    self.sha_claims.pop(body.sha256, None)
-                    raise
-                claim.set_result(stored)
+            stored, duplicate = await asyncio.to_thread(self._settle, candidate, image_id, body)
             return Outcome(
                 url=candidate.url,
                 image_id=image_id,
@@ -996,6 +1007,40 @@ class Downloader:
         finally:
             if body.temp is not None:
                 body.temp.unlink(missing_ok=True)
+
+    def _settle(self, candidate: Candidate, image_id: str, body: Body) -> tuple[Stored, bool]:
+        """In a worker thread: hash, then point at a file with the same content or store.
+
+        Returns (where the content is, whether it was there already). Two
+        threads with the same content meet at the claim: the second waits for
+        the first and records its file.
+        """
+        if not body.sha256:
+            body.sha256 = hashlib.sha256(body.buffer).hexdigest()
+        sha = body.sha256
+        with self.claims_lock:
+            claim = self.sha_claims.get(sha)
+            mine: concurrent.futures.Future[Stored | None] | None = None
+            if claim is None:
+                mine = self.sha_claims[sha] = concurrent.futures.Future()
+        if claim is not None:
+            stored = claim.result()
+            if stored is not None:
+                return stored, True
+            return self._store(candidate, image_id, body), False  # the first failed its checks
+        assert mine is not None
+        try:
+            stored = self._stored_with_sha(sha)
+            duplicate = stored is not None
+            if stored is None:
+                stored = self._store(candidate, image_id, body)
+        except BaseException:
+            mine.set_result(None)
+            with self.claims_lock:
+                self.sha_claims.pop(sha, None)
+            raise
+        mine.set_result(stored)
+        return stored, duplicate
 
     def _store(self, candidate: Candidate, image_id: str, body: Body) -> Stored:
         """In a worker thread: decode check, the name from the content, temp file, rename."""
@@ -1081,7 +1126,7 @@ class Downloader:
                             units, counts = await reader.next_page()
                             self._count_before(counts)
                             if s.limit is None:
-                                advance(sum(counts.values()), info=self._progress_info())
+                                self._tick(sum(counts.values()))
                             for unit in units:
                                 if s.limit is not None and started >= s.limit:
                                     break
@@ -1096,6 +1141,7 @@ class Downloader:
                                 break
                         if tasks:
                             await asyncio.gather(*tasks)
+                        self._tick(0, force=True)
                 finally:
                     # Before the session closes: a cancelled download records nothing
                     # (its URL stays pending) and removes its temporary file.
@@ -1322,9 +1368,15 @@ def main(argv: list[str] | None = None) -> int:
         if leftovers:
             console.print(f"Removed {leftovers} temporary file(s) left by an interrupted run.")
         downloader = Downloader(settings)
+        # The loop thread releases the GIL for every socket call, hash and query;
+        # with the default 5 ms switch interval it then waits behind the
+        # verifier and ledger threads (a convoy). A short interval keeps it moving.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
         try:
             asyncio.run(downloader.run())
         finally:
+            sys.setswitchinterval(switch)
             print_summary(settings, downloader.stats)
             console.print(ledger_totals(settings.db_path))
     return 0
