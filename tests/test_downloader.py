@@ -457,3 +457,29 @@ def test_decompression_bomb_and_truncated_images_are_refused(tmp_path):
     assert inspect_image(good.getvalue()) == ("JPEG", 400, 300)
     with pytest.raises(Exception, match="broken image"):
         inspect_image(good.getvalue()[: len(good.getvalue()) // 2])
+
+
+def test_on_a_terminal_it_asks_for_the_source_like_the_original(web, workdir):
+    tag = uid()
+    build_db(workdir, [result(f"{tag}y", host="sun9-45.userapi.com")])
+    build_db(workdir, [result(f"{tag}q", host="sun9-46.userapi.com")], db_name="vk_images.db")
+    primary, secondary = os.openpty()  # standard input is a terminal
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "5_Download_async.py"), "--proxy", web.proxy_url],
+            cwd=workdir,
+            stdin=secondary,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        os.write(primary, b"7\n2\n\n")  # a wrong answer, vk_images.db, the default mode
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert proc.returncode == 0, err
+    assert "Choose image source" in out and "Invalid choice" in out
+    assert len(images_on_disk(workdir / "vk_images")) == 1
+    assert not (workdir / "yandex_images").exists()

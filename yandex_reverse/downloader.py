@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
@@ -310,6 +311,11 @@ def file_name(image_id: str, variant_type: str, width: int, height: int, url: st
     return f"{safe_id(image_id)}_{variant}_{width}x{height}_{digest}{ext}"
 
 
+def _now() -> str:
+    """Like db.now_iso() but to the microsecond: "settled in this run" compares these."""
+    return datetime.now().astimezone().isoformat(timespec="microseconds")
+
+
 def _one_line_value(value: object) -> str:
     return " ".join(str(value).split()) if value not in (None, 0) else ""
 
@@ -357,7 +363,7 @@ class LedgerWriter:
         self.thread.start()
 
     def pending(self, url: str, image_id: str, variant_type: str) -> None:
-        self.queue.put(("pending", (url, image_id, variant_type, dbmod.now_iso()), None))
+        self.queue.put(("pending", (url, image_id, variant_type, _now()), None))
 
     def final(self, o: Outcome) -> None:
         row = (
@@ -375,7 +381,7 @@ class LedgerWriter:
             o.error,
             int(o.retryable),
             o.attempts,
-            dbmod.now_iso(),
+            _now(),
         )
         self.queue.put(("final", row, o.sha256))
 
@@ -658,7 +664,7 @@ class Downloader:
         self.reader_conn.execute("PRAGMA busy_timeout = 10000")
         self.reader_conn.execute("PRAGMA query_only = ON")
         self.advance: Callable[..., None] = lambda *a, **k: None
-        self.run_started = dbmod.now_iso()
+        self.run_started = _now()
         self._ticks = 0
         self._last_tick = 0.0
         self.global_sem: asyncio.Semaphore

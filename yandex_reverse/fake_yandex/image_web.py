@@ -362,6 +362,7 @@ class ImageWebServer:
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
