@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Step 4: remove duplicate and broken records, after a backup."""
+"""Step 4: remove orphan, empty and unusable rows from a pipeline DB, with a backup first."""
 
 import sys
 
+from yandex_reverse.cleanup import main
+from yandex_reverse.console import run_main
+
 if __name__ == "__main__":
-    print("not yet implemented (issue #4)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_main(main))

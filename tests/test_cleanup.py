@@ -1,0 +1,248 @@
+"""Step 4 as a user runs it: XHR files → step 2 → damage → 4_DB_cleanup.py."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_script
+from tests.xhr_factory import entity, write_xhr
+from yandex_reverse import db
+
+SCRIPT = "4_DB_cleanup.py"
+BACKUP_NAME = re.compile(r"yandex_images_backup_\d{8}_\d{6}(_\d+)?\.db")
+
+
+def dump(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def rows(path: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def count_of(stdout: str, label: str) -> int:
+    match = re.search(re.escape(label) + r"\s*│\s*([\d,]+)", stdout)
+    assert match, f"{label!r} not in output:\n{stdout}"
+    return int(match[1].replace(",", ""))
+
+
+@pytest.fixture
+def damaged_db(workdir: Path) -> Path:
+    """A step-2 DB plus one row of every kind step 4 removes."""
+    xhr = workdir / "XHR"
+    write_xhr(
+        xhr,
+        "cat.jpg",
+        0,
+        [
+            entity("good1"),
+            entity("good2", pos=1, orig_url="https://i.pinimg.com/736x/g2.jpg"),
+            # No usable URL anywhere: removed with its variants and links.
+            entity("broken", pos=2, orig_url="javascript:alert(1)", previews=[], dups=[]),
+            # Bad origUrl but a usable dups copy: kept.
+            entity("fallback", pos=3, orig_url="/relative.jpg", previews=[]),
+        ],
+    )
+    write_xhr(xhr, "dog.jpg", 0, [entity("broken", orig_url="ftp://x/y.jpg", previews=[], dups=[])])
+    run_script(
+        "2_XHRtoDB.py", "--xhr-dir", xhr, "--db", "yandex_images.db", cwd=workdir, check=True
+    )
+    path = workdir / "yandex_images.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = OFF")  # as the original scripts wrote
+    add = "INSERT INTO image_variants (image_id, variant_type, url) VALUES (?, ?, ?)"
+    conn.execute(add, ("ghost", "dups", "https://example.com/ghost.jpg"))
+    conn.execute(add, ("good1", "dups", ""))
+    conn.execute(add, ("good1", "dups", "   "))
+    conn.execute(add, ("good2", "dups", "data:image/png;base64,AAAA"))
+    conn.execute("INSERT INTO query_results (query, image_id) VALUES ('cat.jpg', 'ghost')")
+    conn.commit()
+    conn.close()
+    return path
+
+
+EXPECTED = {
+    "query links whose result is gone": 1,
+    "variants whose result is gone": 1,
+    "variants with an empty URL": 2,
+    "variants with a relative, non-http(s) or unparseable URL": 1,
+    "query links of the results removed below": 2,
+    "variants of the results removed below": 1,  # its thumb
+    "results without any usable URL": 1,
+}
+
+
+def test_dry_run_lists_and_changes_nothing(damaged_db: Path, workdir: Path) -> None:
+    before = dump(damaged_db)
+    done = run_script(SCRIPT, "--db", damaged_db, "--dry-run", cwd=workdir, check=True)
+    assert dump(damaged_db) == before
+    for label, n in EXPECTED.items():
+        assert count_of(done.stdout, label) == n
+    assert count_of(done.stdout, "results with a bad origUrl kept (usable fallback)") == 1
+    assert "ghost.jpg" in done.stdout and "data:image/png" in done.stdout  # the rows listed
+    assert "nothing was changed" in done.stdout
+    assert not list(workdir.glob("*_backup_*"))
+
+
+def test_cleanup_removes_each_kind_then_rerun_removes_nothing(
+    damaged_db: Path, workdir: Path
+) -> None:
+    done = run_script(SCRIPT, "--db", damaged_db, "--yes", cwd=workdir, check=True)
+    for label, n in EXPECTED.items():
+        assert count_of(done.stdout, label) == n
+    assert rows(damaged_db, "SELECT id FROM images ORDER BY id") == [
+        ("fallback",),
+        ("good1",),
+        ("good2",),
+    ]
+    assert rows(damaged_db, "SELECT count(*) FROM image_variants WHERE image_id = 'ghost'") == [
+        (0,)
+    ]
+    assert rows(damaged_db, "SELECT count(*) FROM image_variants WHERE trim(url) = ''") == [(0,)]
+    assert rows(damaged_db, "SELECT DISTINCT image_id FROM query_results ORDER BY 1") == [
+        ("fallback",),
+        ("good1",),
+        ("good2",),
+    ]
+    backups = [p.name for p in workdir.glob("yandex_images_backup_*")]
+    assert len(backups) == 1 and BACKUP_NAME.fullmatch(backups[0])
+    # The backup is the DB as it was: the broken result is still there.
+    assert rows(workdir / backups[0], "SELECT count(*) FROM images WHERE id = 'broken'") == [(1,)]
+    assert "size after" in done.stdout
+    after = dump(damaged_db)
+    again = run_script(SCRIPT, "--db", damaged_db, "--dry-run", cwd=workdir, check=True)
+    assert count_of(again.stdout, "total would be removed") == 0
+    again = run_script(SCRIPT, "--db", damaged_db, cwd=workdir, check=True)
+    assert "Nothing to clean" in again.stdout
+    run_script(SCRIPT, "--db", damaged_db, "--yes", cwd=workdir, check=True)
+    assert dump(damaged_db) == after
+
+
+def test_archive_keeps_every_removed_row(damaged_db: Path, workdir: Path) -> None:
+    images_before = rows(damaged_db, "SELECT * FROM images WHERE id = 'broken'")
+    run_script(SCRIPT, "--db", damaged_db, "--archive", "--yes", cwd=workdir, check=True)
+    archived = rows(damaged_db, "SELECT * FROM images_archive")
+    assert [r[:-2] for r in archived] == images_before
+    assert archived[0][-1] == "results without any usable URL"
+    reasons = rows(
+        damaged_db,
+        "SELECT archive_reason, count(*) FROM image_variants_archive GROUP BY 1 ORDER BY 1",
+    )
+    assert reasons == [
+        ("variants of the results removed below", 1),
+        ("variants whose result is gone", 1),
+        ("variants with a relative, non-http(s) or unparseable URL", 1),
+        ("variants with an empty URL", 2),
+    ]
+    links = rows(damaged_db, "SELECT query, image_id FROM query_results_archive ORDER BY 1, 2")
+    assert links == [("cat.jpg", "broken"), ("cat.jpg", "ghost"), ("dog.jpg", "broken")]
+
+
+def test_fault_mid_cleanup_leaves_db_unchanged(damaged_db: Path, workdir: Path) -> None:
+    conn = sqlite3.connect(damaged_db)
+    # Fires at the last rule, after links and variants were already deleted.
+    conn.execute(
+        "CREATE TRIGGER fault BEFORE DELETE ON images BEGIN SELECT RAISE(ABORT, 'injected'); END"
+    )
+    conn.commit()
+    conn.close()
+    before = dump(damaged_db)
+    done = run_script(SCRIPT, "--db", damaged_db, "--yes", "--archive", cwd=workdir)
+    assert done.returncode == 1
+    assert "the DB is unchanged" in done.stderr and "injected" in done.stderr
+    assert dump(damaged_db) == before
+    backups = list(workdir.glob("yandex_images_backup_*"))
+    assert len(backups) == 1 and dump(backups[0]) == before
+
+
+def test_keep_backups_prunes_oldest(damaged_db: Path, workdir: Path) -> None:
+    for _ in range(3):
+        run_script(
+            SCRIPT, "--db", damaged_db, "--yes", "--keep-backups", "2", cwd=workdir, check=True
+        )
+    backups = sorted(p.name for p in workdir.glob("yandex_images_backup_*"))
+    assert len(backups) == 2 and all(BACKUP_NAME.fullmatch(b) for b in backups)
+
+
+def test_without_terminal_db_and_confirmation_are_flags(damaged_db: Path, workdir: Path) -> None:
+    before = dump(damaged_db)
+    done = run_script(SCRIPT, cwd=workdir)
+    assert done.returncode == 2 and "--db" in done.stderr
+    done = run_script(SCRIPT, "--db", damaged_db, cwd=workdir)
+    assert done.returncode == 2 and "--yes" in done.stderr
+    assert dump(damaged_db) == before
+    missing = run_script(SCRIPT, "--db", "vk_images.db", "--yes", cwd=workdir)
+    assert missing.returncode == 1 and "database not found" in missing.stderr
+    assert not (workdir / "vk_images.db").exists()
+
+
+def test_legacy_db_duplicates_reported_and_archived(workdir: Path) -> None:
+    path = workdir / "vk_images.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(db._ORIGINAL_DDL)
+    conn.execute("INSERT INTO images (id, origUrl) VALUES ('a', 'https://vk.com/a.jpg')")
+    conn.execute("INSERT INTO images (id, origUrl) VALUES ('b', 'not a url')")
+    variant = "INSERT INTO image_variants (image_id, variant_type, url, width) VALUES (?, ?, ?, ?)"
+    for _ in range(3):  # the original importer run three times
+        conn.execute(variant, ("a", "preview", "https://vk.com/a.jpg", 10))
+        conn.execute(variant, ("a", "thumb", "//avatars.mds.yandex.net/a", 1))
+    conn.execute(variant, ("zzz", "preview", "https://vk.com/z.jpg", 5))
+    conn.commit()
+    conn.close()
+    raw = path.read_bytes()
+    done = run_script(SCRIPT, "--db", path, "--dry-run", cwd=workdir, check=True)
+    assert path.read_bytes() == raw  # not even migrated
+    assert (
+        count_of(done.stdout, "duplicate variants (legacy import, archived by the migration)") == 4
+    )
+    assert count_of(done.stdout, "results without any usable URL") == 1
+    assert count_of(done.stdout, "variants whose result is gone") == 1
+    run_script(SCRIPT, "--db", path, "--yes", cwd=workdir, check=True)
+    assert rows(path, "PRAGMA user_version") == [(db.SCHEMA_VERSION,)]
+    assert rows(path, "SELECT image_id, variant_type FROM image_variants ORDER BY id") == [
+        ("a", "preview"),
+        ("a", "thumb"),
+    ]
+    assert rows(path, "SELECT count(*) FROM image_variants_archive") == [(4,)]
+    assert rows(path, "SELECT id FROM images") == [("a",)]
+
+
+def test_on_a_terminal_asks_which_db_like_the_original(damaged_db: Path, workdir: Path) -> None:
+    master, slave = pty.openpty()
+    try:
+        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+        env.pop("YR_NONINTERACTIVE", None)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / SCRIPT), "--dry-run"],
+            cwd=workdir,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        os.write(master, b"7\n1\n")  # a wrong answer asks again, then yandex_images.db
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, err
+    assert "1) yandex_images.db" in out and "2) vk_images.db" in out
+    assert "Invalid choice" in out
+    assert count_of(out, "results without any usable URL") == 1

@@ -1,0 +1,408 @@
+"""Step 4: remove what no later step can use, with a backup first and one transaction.
+
+What goes, each counted on its own (in this order, so a count never
+includes another's rows):
+
+* query links and variants whose result is gone (orphans);
+* variants with an empty URL, and variants whose URL is not usable
+  (relative, not http(s), unparseable: ``urls.normalize_url``);
+* results with no usable URL at all: ``origUrl``, ``img_href`` and
+  ``best_url`` unusable and no usable ``preview``/``dups`` variant to fall
+  back on -- with their variants and query links.
+
+Duplicates: the original cleanup grouped variants by all their columns and
+kept the lowest id. This project's schema makes a duplicate impossible
+(one variant per ``(image_id, variant_type, url)``, ``images.id`` a primary
+key), and opening a legacy DB migrates it: the migration keeps the lowest id
+of each group and moves the others to ``image_variants_archive``. So this
+step reports how many legacy duplicates that migration archived, and a DB
+it already migrated reports none.
+
+``--dry-run`` runs the very same statements and rolls back (on a temporary
+copy for a legacy DB, whose migration would otherwise change it), so the
+preview's counts are exactly what a real run removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import db
+from .console import (
+    StepFailed,
+    UsageError,
+    ask_choice,
+    confirm,
+    console,
+    human_bytes,
+    one_line,
+    print_summary,
+    setup_logging,
+    table,
+)
+from .urls import normalize_url
+
+LEGACY_DUP_REASON = "duplicate variant (legacy import)"
+FALLBACK_TYPES = ("preview", "dups")
+TABLES = ("images", "image_variants", "query_results")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Rows of ``table`` matching ``where`` go; ``sample`` columns show which."""
+
+    key: str
+    label: str
+    table: str
+    where: str
+    sample: str
+
+
+_EMPTY = "(url IS NULL OR trim(url) = '')"
+_USABLE_FALLBACK = (
+    "EXISTS (SELECT 1 FROM image_variants v WHERE v.image_id = images.id "
+    f"AND v.variant_type IN {FALLBACK_TYPES!r} AND usable_url(v.url))"
+)
+BROKEN_RESULTS = (
+    "NOT usable_url(origUrl) AND NOT usable_url(img_href) AND NOT usable_url(best_url) "
+    f"AND NOT {_USABLE_FALLBACK}"
+)
+KEPT_BY_FALLBACK = f"NOT usable_url(origUrl) AND NOT ({BROKEN_RESULTS})"
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "orphan_links",
+        "query links whose result is gone",
+        "query_results",
+        "image_id NOT IN (SELECT id FROM images)",
+        "query, image_id",
+    ),
+    Rule(
+        "orphan_variants",
+        "variants whose result is gone",
+        "image_variants",
+        "image_id NOT IN (SELECT id FROM images)",
+        "id, image_id, url",
+    ),
+    Rule("empty_variants", "variants with an empty URL", "image_variants", _EMPTY, "id, image_id"),
+    Rule(
+        "unusable_variants",
+        "variants with a relative, non-http(s) or unparseable URL",
+        "image_variants",
+        f"NOT {_EMPTY} AND NOT usable_url(url)",
+        "id, image_id, url",
+    ),
+    Rule(
+        "broken_result_links",
+        "query links of the results removed below",
+        "query_results",
+        "image_id IN temp.broken_results",
+        "query, image_id",
+    ),
+    Rule(
+        "broken_result_variants",
+        "variants of the results removed below",
+        "image_variants",
+        "image_id IN temp.broken_results",
+        "id, image_id, url",
+    ),
+    Rule(
+        "broken_results",
+        "results without any usable URL",
+        "images",
+        "id IN temp.broken_results",
+        "id, origUrl",
+    ),
+)
+
+
+@dataclass
+class Outcome:
+    removed: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[tuple]] = field(default_factory=dict)
+    kept_by_fallback: int = 0
+    legacy_duplicates: int = 0
+    rows_before: dict[str, int] = field(default_factory=dict)
+    rows_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+
+def _usable(value: object) -> bool:
+    return normalize_url(value) is not None
+
+
+def _rows(conn: sqlite3.Connection) -> dict[str, int]:
+    return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in TABLES}
+
+
+def clean(conn: sqlite3.Connection, *, dry_run: bool, archive: bool, show: int = 10) -> Outcome:
+    """Apply :data:`RULES` in one transaction; roll back on ``dry_run`` or any error."""
+    conn.create_function("usable_url", 1, _usable, deterministic=True)
+    out = Outcome(rows_before=_rows(conn))
+    stamp = db.now_iso()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TEMP TABLE broken_results (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        for rule in RULES:
+            if rule.key == "broken_result_links":  # after the variants are sorted out
+                conn.execute(
+                    f"INSERT INTO temp.broken_results SELECT id FROM images WHERE {BROKEN_RESULTS}"
+                )
+                out.kept_by_fallback = conn.execute(
+                    f"SELECT count(*) FROM images WHERE {KEPT_BY_FALLBACK}"
+                ).fetchone()[0]
+            if show:
+                out.samples[rule.key] = conn.execute(
+                    f'SELECT {rule.sample} FROM "{rule.table}" WHERE {rule.where} LIMIT ?', (show,)
+                ).fetchall()
+            if archive:
+                target = db.ensure_archive_table(conn, rule.table)
+                cols = ", ".join(f'"{c}"' for c in db.columns_of(conn, rule.table))
+                conn.execute(
+                    f'INSERT INTO "{target}" SELECT {cols}, ?, ? FROM "{rule.table}" '
+                    f"WHERE {rule.where}",
+                    (stamp, rule.label),
+                )
+            cursor = conn.execute(f'DELETE FROM "{rule.table}" WHERE {rule.where}')
+            out.removed[rule.key] = cursor.rowcount
+        out.rows_after = _rows(conn)
+        conn.execute("DROP TABLE temp.broken_results")
+    except BaseException:
+        conn.rollback()
+        conn.execute("DROP TABLE IF EXISTS temp.broken_results")
+        raise
+    if dry_run:
+        conn.rollback()
+    else:
+        conn.commit()
+    return out
+
+
+# ---------------------------------------------------------------- the DB file
+
+
+def db_size(path: Path) -> int:
+    """The DB file plus its WAL (what the user's disk actually holds)."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def probe(path: Path) -> tuple[bool, int]:
+    """(is a legacy DB that opening will migrate, legacy duplicates archived so far)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            legacy = version < db.SCHEMA_VERSION and db.table_exists(conn, "images")
+            return legacy, _legacy_archived(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StepFailed(f"{path} is not a usable SQLite database: {exc}") from exc
+
+
+def _legacy_archived(conn: sqlite3.Connection) -> int:
+    if not db.table_exists(conn, "image_variants_archive"):
+        return 0
+    return conn.execute(
+        "SELECT count(*) FROM image_variants_archive WHERE archive_reason = ?",
+        (LEGACY_DUP_REASON,),
+    ).fetchone()[0]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        return db.connect(path, create=False)
+    except db.SchemaError as exc:
+        raise StepFailed(str(exc)) from exc
+
+
+@contextmanager
+def opened(path: Path, *, scratch: bool) -> Iterator[tuple[sqlite3.Connection, int]]:
+    """The DB (or, with ``scratch``, a temporary copy) open and migrated.
+
+    Yields the connection and the number of legacy duplicates the migration
+    archived on this opening.
+    """
+    _, archived_before = probe(path)
+    tmp = Path(tempfile.mkdtemp(prefix="yr_cleanup_")) if scratch else None
+    try:
+        target = db.backup(path, tmp / path.name) if tmp else path
+        conn = _open(target)
+        try:
+            yield conn, _legacy_archived(conn) - archived_before
+        finally:
+            conn.close()
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune_backups(path: Path, keep: int, current: Path) -> list[Path]:
+    """Delete all but the newest ``keep`` backups of ``path`` (0 keeps all).
+
+    ``current`` (this run's backup) always stays, even beside the one a
+    legacy DB's migration made in the same second.
+    """
+    if keep <= 0:
+        return []
+    old = [b for b in db.list_backups(path)[:-keep] if b != current]
+    for backup in old:
+        backup.unlink(missing_ok=True)
+    return old
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_outcome(out: Outcome, *, dry_run: bool, show: int) -> None:
+    verb = "would be removed" if dry_run else "removed"
+    rows = [
+        ("duplicate variants (legacy import, archived by the migration)", out.legacy_duplicates)
+    ]
+    rows += [(rule.label, out.removed.get(rule.key, 0)) for rule in RULES]
+    rows.append((f"total {verb}", out.total))
+    rows.append(("results with a bad origUrl kept (usable fallback)", out.kept_by_fallback))
+    console.print(table(f"Rows {verb}", ("", "rows"), rows))
+    console.print(
+        table(
+            "Rows per table",
+            ("table", "before", "after"),
+            [(t, out.rows_before.get(t, 0), out.rows_after.get(t, 0)) for t in TABLES],
+        )
+    )
+    if show and dry_run:
+        for rule in RULES:
+            samples = out.samples.get(rule.key) or []
+            if samples:
+                cols = [c.strip() for c in rule.sample.split(",")]
+                more = out.removed[rule.key] - len(samples)
+                title = f"{rule.label} ({out.removed[rule.key]:,}" + (
+                    f", first {len(samples)})" if more > 0 else ")"
+                )
+                console.print(table(title, cols, samples, numeric_from=len(cols)))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="4_DB_cleanup.py",
+        description=(
+            "Remove orphan, empty and unusable rows from a pipeline DB (legacy duplicates are "
+            "archived on opening). Backs up first; one transaction; VACUUM after."
+        ),
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        help="DB to clean (asked on a terminal: yandex_images.db or vk_images.db)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="move removed rows into <table>_archive tables instead of deleting them",
+    )
+    parser.add_argument(
+        "--keep-backups",
+        type=int,
+        default=5,
+        metavar="N",
+        help="keep only the newest N backups of this DB (default: 5; 0 keeps all)",
+    )
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--show",
+        type=int,
+        default=10,
+        metavar="N",
+        help="with --dry-run, list the first N rows of each kind (default: 10)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path("4_DB_cleanup.log"),
+        help="details and tracebacks (default: 4_DB_cleanup.log)",
+    )
+    return parser
+
+
+def choose_db(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    answer = ask_choice(
+        "Which database to clean?",
+        [("yandex_images.db", "yandex_images.db"), ("vk_images.db", "vk_images.db")],
+        flag="--db",
+    )
+    return Path(answer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.keep_backups < 0 or args.show < 0:
+        raise UsageError("--keep-backups and --show must be 0 or more")
+    setup_logging(args.log_file)
+    path = choose_db(args.db)
+    if not path.is_file():
+        raise StepFailed(f"database not found: {path}")
+    legacy, _ = probe(path)
+    size_before = db_size(path)
+    console.print(f"Database: {path} ({human_bytes(size_before)})")
+    if legacy:
+        console.print("Legacy schema (original scripts): it is migrated first.")
+
+    if args.dry_run or not args.yes:
+        with opened(path, scratch=legacy) as (conn, dups):
+            preview = clean(conn, dry_run=True, archive=args.archive, show=args.show)
+        preview.legacy_duplicates = dups
+        print_outcome(preview, dry_run=True, show=args.show if args.dry_run else 0)
+        if args.dry_run:
+            console.print("Dry run: nothing was changed.")
+            return 0
+        if not preview.total and not legacy:
+            console.print("Nothing to clean.")
+            return 0
+        if not confirm(f"Back up and clean {path}?", assume_yes=args.yes):
+            console.print("Cancelled by user.")
+            return 0
+
+    backup = db.backup(path)
+    console.print(f"Backup: {backup}")
+    with opened(path, scratch=False) as (conn, dups):
+        try:
+            out = clean(conn, dry_run=False, archive=args.archive, show=0)
+        except Exception as exc:
+            raise StepFailed(
+                f"cleanup failed, the DB is unchanged ({one_line(exc)}); backup: {backup}"
+            ) from exc
+        out.legacy_duplicates = dups
+        if out.total or dups:
+            conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pruned = prune_backups(path, args.keep_backups, backup)
+    size_after = db_size(path)
+    print_outcome(out, dry_run=False, show=0)
+    print_summary(
+        "DB cleanup",
+        [
+            ("size before", human_bytes(size_before)),
+            ("size after", human_bytes(size_after)),
+            ("space saved", human_bytes(max(0, size_before - size_after))),
+            ("backup", str(backup)),
+            ("old backups deleted", len(pruned)),
+            ("mode", "archived" if args.archive else "deleted"),
+        ],
+    )
+    return 0

@@ -1,0 +1,683 @@
+"""The Yandex Images imitation: an aiohttp app a real Chromium uses like the live site.
+
+Markup, endpoints and JSON follow ``reference/yandex-images.md``: the start
+page with the camera button and upload panel, both upload endpoints (A:
+``/images-apphost/image-download``, B: ``/images/touch/search`` with
+``cbir-uploader__get-cbir-id``), the result page with the CbirNavigation tabs,
+the "Похожие" page with its server-rendered ``data-state`` and thumbs, and the
+"Показать ещё" button issuing ``serpList/fetch`` XHRs. Switches (a
+:class:`Settings`) make it misbehave the ways the live site does: captcha,
+latency, 404 / error ends, broken JSON, failed uploads, a renamed selector.
+They can be set in-process (:meth:`FakeYandex.configure`) or over HTTP
+(``POST /__control``). :attr:`FakeYandex.served` records what each uploaded
+picture was shown, so tests compare it with what the crawler saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+import io
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from . import results
+
+CONTROL_PREFIX = "/__"
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+CAPTCHA_HEADER = "x-yandex-captcha"
+END_MODES = ("button", "404", "error")
+
+
+@dataclass
+class Settings:
+    """What the imitation does; every field can be changed at run time."""
+
+    pages: int = 3  # serpList/fetch pages after the server-rendered one
+    first_page: int = 30  # results rendered in the similar page
+    per_page: int = 30  # results per XHR page
+    end: str = "button"  # after the last page: the button goes, a 404, or an error notice
+    empty_pages: list[int] = field(default_factory=list)  # XHR pages answered with no results
+    broken_json_page: int | None = None  # this XHR page is broken JSON the first time it is served
+    latency: float = 0.0  # seconds added to every request
+    captcha_on_upload: list[int] = field(
+        default_factory=list
+    )  # the Nth uploads (1-based) get a captcha
+    captcha_next: int = 0  # the next K requests get a captcha
+    captcha_page: int | None = None  # this XHR page answers a captcha (JSON + header)
+    upload_500_next: int = 0  # the next K uploads answer 500
+    upload_variant: str = "A"  # which upload endpoint the page calls: A or B
+    renamed_similar_tab: bool = False  # the "Похожие" tab loses its usual class (a markup change)
+    extra_content: bool = True  # blocks[0] is extra-content (the adapter is then blocks[1])
+    fault_rate: float = 0.0  # share of results whose origUrl carries ?yr_fault=...
+    shared_fraction: float = 0.1  # share of results common to every query
+    max_upload_bytes: int = 20 * 1024 * 1024  # larger uploads answer 413
+    # per-picture overrides: {image_key or its prefix: {"pages": 1, "end": "404", "captcha": true, ...}}
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise ValueError(f"unknown setting {key!r}")
+            setattr(self, key, value)
+        if self.end not in END_MODES:
+            raise ValueError(f"end must be one of {END_MODES}")
+
+
+@dataclass
+class Served:
+    """What one uploaded picture was shown (ids per page; page 0 is the rendered one)."""
+
+    uploads: int = 0
+    captchas: int = 0
+    name: str | None = None
+    cbir_id: str | None = None
+    pages: dict[int, list[str]] = field(default_factory=dict)
+    end: str | None = None
+    bodies: dict[int, str] = field(default_factory=dict, repr=False)  # the JSON served, per page
+
+    @property
+    def results(self) -> int:
+        return sum(len(ids) for ids in self.pages.values())
+
+
+@lru_cache(maxsize=256)
+def _results(key: str, total: int, shared: float, faults: float) -> list[dict[str, Any]]:
+    return results.all_results(key, total, shared_fraction=shared, fault_rate=faults)
+
+
+class FakeYandex:
+    """State and handlers of one imitation instance."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = Settings()
+        self.settings.update(settings)
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self, *, settings: bool = False) -> None:
+        """Forget what was served (and, with ``settings``, restore the defaults)."""
+        with self.lock:
+            if settings:
+                self.settings = Settings()
+            self.served: dict[str, Served] = {}
+            self.by_cbir: dict[str, str] = {}
+            self.broken_done: set[tuple[str, int]] = set()
+            self.upload_count = 0
+            self.requests = 0
+            self.latency_total = 0.0
+
+    def configure(self, **changes: Any) -> None:
+        with self.lock:
+            self.settings.update(changes)
+
+    def for_image(self, key: str) -> Settings:
+        """The settings for one picture: the global ones plus its override, if any."""
+        merged = dataclasses.replace(self.settings)
+        for prefix, changes in self.settings.overrides.items():
+            if key.startswith(prefix):
+                merged.update({k: v for k, v in changes.items() if k != "captcha"})
+        return merged
+
+    def wants_captcha(self, key: str) -> bool:
+        return any(
+            key.startswith(prefix) and changes.get("captcha")
+            for prefix, changes in self.settings.overrides.items()
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """What was served, as JSON (``GET /__served``)."""
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "uploads": self.upload_count,
+                "latency_total": self.latency_total,
+                "images": {
+                    key: {
+                        **{k: v for k, v in dataclasses.asdict(s).items() if k != "bodies"},
+                        "results": s.results,
+                    }
+                    for key, s in self.served.items()
+                },
+            }
+
+    # ------------------------------------------------------------- the app
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/", self.root)
+        app.router.add_get("/images", self.root)
+        app.router.add_get("/images/", self.start_page)
+        app.router.add_post("/images-apphost/image-download", self.upload_a)
+        app.router.add_post("/images/touch/search", self.upload_b)
+        app.router.add_get("/images/search", self.search)
+        app.router.add_get("/showcaptcha", self.captcha_page)
+        app.router.add_route("*", "/checkcaptcha", self.check_captcha)
+        app.router.add_get("/__control", self.get_control)
+        app.router.add_post("/__control", self.post_control)
+        app.router.add_get("/__served", self.get_served)
+        app.router.add_post("/__reset", self.post_reset)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(CONTROL_PREFIX):
+            return await handler(request)
+        with self.lock:
+            self.requests += 1
+            delay = self.settings.latency
+            self.latency_total += delay
+            captcha = False
+            if self.settings.captcha_next > 0 and not request.path.endswith("captcha"):
+                self.settings.captcha_next -= 1
+                captcha = True
+        if delay:
+            await asyncio.sleep(delay)
+        if captcha:
+            return self.captcha_answer(request)
+        return await handler(request)
+
+    # ------------------------------------------------------------- captcha
+
+    def captcha_url(self, request: web.Request, retpath: str | None = None) -> str:
+        params = {
+            "cc": "1",
+            "mt": uuid.uuid4().hex.upper(),
+            "retpath": retpath or str(request.url),
+            "t": f"2/{int(time.time())}/{uuid.uuid4().hex[:8]}",
+            "u": str(uuid.uuid4()),
+            "s": uuid.uuid4().hex,
+        }
+        return f"{request.url.origin()}/showcaptcha?{urlencode(params)}"
+
+    def captcha_answer(self, request: web.Request, retpath: str | None = None) -> web.Response:
+        """A captcha as the request expects it: JSON for XHR/upload, else a redirect."""
+        page = self.captcha_url(request, retpath)
+        if request.method == "POST" or request.query.get("format") == "json":
+            body = {
+                "type": "captcha",
+                "captcha": {
+                    "img-url": f"{request.url.origin()}/captchaimg?{uuid.uuid4().hex}",
+                    "key": uuid.uuid4().hex,
+                    "status": "failed",
+                    "captcha-page": page,
+                },
+            }
+            return web.json_response(body, headers={CAPTCHA_HEADER: "captcha"})
+        raise web.HTTPFound(page)
+
+    async def captcha_page(self, request: web.Request) -> web.Response:
+        retpath = request.query.get("retpath", "/images/")
+        key = uuid.uuid4().hex
+        action = f"/checkcaptcha?{urlencode({'key': key, 'retpath': retpath})}"
+        hidden = "".join(
+            f'<input type="hidden" name="{n}" value="{uuid.uuid4().hex}">'
+            for n in ("rdata", "pdata", "tdata", "picasso")
+        )
+        body = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Are you not a robot?</title></head><body>
+<div class="Spacer"><h1>Ой!</h1><p>Нам очень жаль, но запросы с вашего устройства похожи на автоматические.</p>
+<form method="POST" action="{html.escape(action)}">
+<div class="CheckboxCaptcha" data-testid="checkbox-captcha">
+<div class="CheckboxCaptcha-Anchor"><input type="submit" id="js-button" class="CheckboxCaptcha-Button"
+ role="checkbox" aria-checked="false" aria-labelledby="checkbox-label" value=""></div>
+<div class="CheckboxCaptcha-Label" id="checkbox-label">I'm not a robot</div></div>
+{hidden}</form><p class="Footer">SmartCaptcha by Yandex Cloud</p></div></body></html>"""
+        return _html(body)
+
+    async def check_captcha(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query.get("retpath", "/images/"))
+
+    # ------------------------------------------------------------- pages
+
+    async def root(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/images/")
+
+    async def start_page(self, request: web.Request) -> web.Response:
+        variant = json.dumps(self.settings.upload_variant)
+        state = {"location": "/images/", "initialState": {"cbir": {"uploadVariant": variant}}}
+        body = f"""<!DOCTYPE html><html lang="ru"><head><meta charset="utf-8">
+<title>Яндекс Картинки: поиск изображений в интернете</title><style>{_CSS}</style></head><body>
+{_root(state)}
+<header class="HeaderDesktop"><form class="HeaderForm" action="/images/search">
+<input class="HeaderForm-Input" name="text" placeholder="Поиск изображений">
+<button type="button" class="Button HeaderDesktopActions-CbirButton" aria-label="Поиск по картинке">&#128247;</button>
+</form></header>
+<div class="CbirPanel-Popup Popup2" style="display:none"><div class="CbirPanel-Main">
+<div class="CbirCore"><label class="CbirCore-FileLabel">Выберите файл
+<input type="file" class="CbirCore-FileInput" accept="image/*"></label>
+<input class="CbirCore-UrlInput" placeholder="Введите адрес картинки"></div></div></div>
+<script>const VARIANT = {variant};{_START_JS}</script></body></html>"""
+        return _html(body)
+
+    async def _upload(
+        self, request: web.Request, data: bytes, name: str | None
+    ) -> web.Response | dict:
+        key = results.image_key(data)
+        with self.lock:
+            self.upload_count += 1
+            nth = self.upload_count
+            served = self.served.setdefault(key, Served())
+            served.uploads += 1
+            served.name = name or served.name
+            fail = self.settings.upload_500_next > 0
+            if fail:
+                self.settings.upload_500_next -= 1
+            captcha = nth in self.settings.captcha_on_upload or self.wants_captcha(key)
+            if captcha:
+                served.captchas += 1
+        if fail:
+            return web.Response(status=500, text="Internal Server Error")
+        if captcha:
+            return self.captcha_answer(request, retpath=f"{request.url.origin()}/images/")
+        if len(data) > self.settings.max_upload_bytes:
+            return web.Response(status=413, text="Request Entity Too Large")
+        shard, image_id = results.cbir_ids(data)
+        cbir_id = f"{shard}/{image_id}"
+        with self.lock:
+            self.by_cbir[cbir_id] = key
+            served.cbir_id = cbir_id
+        width, height = _image_size(data)
+        return {"shard": shard, "id": image_id, "cbir_id": cbir_id, "w": width, "h": height}
+
+    async def upload_a(self, request: web.Request) -> web.Response:
+        if request.content_type.startswith("multipart/"):
+            form = await request.post()
+            upfile = form.get("upfile")
+            if not isinstance(upfile, web.FileField):
+                return web.Response(status=400, text="no upfile")
+            data, name = upfile.file.read(), upfile.filename
+        else:
+            data, name = await request.read(), None
+        out = await self._upload(request, data, name)
+        if isinstance(out, web.Response):
+            return out
+        avatar = f"https://avatars.mds.yandex.net/get-images-cbir/{out['shard']}/{out['id']}"
+        return web.json_response(
+            {
+                "image_id": out["id"],
+                "image_shard": out["shard"],
+                "cbir_id": out["cbir_id"],
+                "url": f"{avatar}/preview",
+                "width": out["w"],
+                "height": out["h"],
+                "sizes": {
+                    "orig": {"path": f"/get-images-cbir/{out['shard']}/{out['id']}/orig"},
+                    "preview": {"path": f"/get-images-cbir/{out['shard']}/{out['id']}/preview"},
+                },
+            }
+        )
+
+    async def upload_b(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upfile = form.get("upfile")
+        if not isinstance(upfile, web.FileField):
+            return web.Response(status=400, text="no upfile")
+        out = await self._upload(request, upfile.file.read(), upfile.filename)
+        if isinstance(out, web.Response):
+            return out
+        orig = f"https://avatars.mds.yandex.net/get-images-cbir/{out['shard']}/{out['id']}/orig"
+        return web.json_response(
+            {
+                "blocks": [
+                    {
+                        "name": {"block": "cbir-uploader__get-cbir-id"},
+                        "params": {"cbirId": out["cbir_id"], "originalImageUrl": orig},
+                        "html": "",
+                    }
+                ]
+            }
+        )
+
+    async def search(self, request: web.Request) -> web.Response:
+        cbir_id = request.query.get("cbir_id", "")
+        key = self.by_cbir.get(cbir_id)
+        if key is None:
+            return _html(
+                _page("Ничего не нашлось", '<div class="EmptySearch">Ничего не нашлось</div>')
+            )
+        if request.query.get("format") == "json":
+            return self.fetch_page(request, key)
+        if request.query.get("cbir_page") == "similar":
+            return self.similar_page(request, key)
+        return self.result_page(request, key, cbir_id)
+
+    def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
+        q = {"cbir_id": cbir_id, "url": request.query.get("url", "")}
+        similar = "/images/search?" + urlencode({**q, "cbir_page": "similar", "rpt": "imagelike"})
+        sites = "/images/search?" + urlencode({**q, "cbir_page": "sites", "rpt": "imageview"})
+        if self.settings.renamed_similar_tab:
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_type_similar" data-tab="similar" href="{html.escape(similar)}">Похожие</a>'
+        else:
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_similar-page" data-cbir-page-type="similar" href="{html.escape(similar)}">Похожие</a>'
+        nav = f"""<div class="CbirNavigation" id="CbirNavigation-{uuid.uuid4().hex[:8]}"><nav class="CbirNavigation-Tabs">
+<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_active CbirNavigation-TabsItem_name_search-by-image" data-cbir-page-type="search-by-image" href="{html.escape(str(request.rel_url))}">Поиск по изображению</a>
+{tab}
+<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_sites-page" data-cbir-page-type="sites" href="{html.escape(sites)}">Сайты</a>
+</nav></div>"""
+        state = {"location": str(request.rel_url), "initialState": {"cbirSites": {"sites": []}}}
+        return _html(_page("Результаты поиска по изображению", _root(state) + nav))
+
+    def similar_page(self, request: web.Request, key: str) -> web.Response:
+        s = self.for_image(key)
+        entities = self._page_entities(key, s, 0)
+        has_more = s.pages > 0 or s.end != "button"
+        location = str(request.rel_url)
+        state = results.data_state(location, entities, has_more=has_more)
+        with self.lock:
+            served = self.served[key]
+            served.pages[0] = [e["id"] for e in entities]
+            served.bodies[0] = json.dumps(state, ensure_ascii=False)
+            if not has_more:
+                served.end = "button"
+
+        thumbs = "".join(_thumb(e) for e in entities)
+        button = (
+            '<div class="FetchListButton"><button type="button" class="Button FetchListButton-Button">'
+            '<span class="Button-Text">Показать ещё</span></button></div>'
+            if has_more
+            else ""
+        )
+        client = {
+            "cbir": request.query.get("cbir_id", ""),
+            "url": request.query.get("url", ""),
+            "yu": str(int(key[:12], 16)),
+            "serpid": key[12:34],
+        }
+        body = (
+            _root(state)
+            + f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>{button}'
+            + f"<script>const S = {json.dumps(client)};{_SIMILAR_JS}</script>"
+        )
+        return _html(_page("Похожие картинки", body))
+
+    def _page_entities(self, key: str, s: Settings, page: int) -> list[dict[str, Any]]:
+        total = s.first_page + s.per_page * s.pages
+        every = _results(key, total, s.shared_fraction, s.fault_rate)
+        start, stop = results.page_slices(s.first_page, s.per_page, s.pages)[page]
+        return every[start:stop]
+
+    def fetch_page(self, request: web.Request, key: str) -> web.Response:
+        """One ``serpList/fetch`` XHR answer."""
+        s = self.for_image(key)
+        try:
+            page = int(request.query.get("p", "1"))
+        except ValueError:
+            return web.Response(status=400)
+        served = self.served[key]
+        if s.captcha_page == page:
+            with self.lock:
+                served.captchas += 1
+            return self.captcha_answer(request)
+        if page < 1 or page > s.pages:
+            if s.end == "404":
+                served.end = "404"
+                return web.Response(status=404)
+            if s.end == "error":
+                served.end = "error"
+                return web.Response(status=500)
+            served.end = "button"
+            return web.json_response(
+                results.adapter_payload([], last=True, extra_content=s.extra_content)
+            )
+        if s.broken_json_page == page and (key, page) not in self.broken_done:
+            self.broken_done.add((key, page))
+            text = json.dumps(
+                results.adapter_payload(self._page_entities(key, s, page), last=False)
+            )
+            return web.Response(text=text[: len(text) // 2], headers=JSON_HEADERS)
+        entities = [] if page in s.empty_pages else self._page_entities(key, s, page)
+        last = page == s.pages and s.end == "button"
+        if last:
+            served.end = "button"
+        payload = results.adapter_payload(entities, last=last, extra_content=s.extra_content)
+        text = json.dumps(payload, ensure_ascii=False)
+        with self.lock:
+            served.pages[page] = [e["id"] for e in entities]
+            served.bodies[page] = text
+        return web.Response(text=text, headers=JSON_HEADERS)
+
+    # ------------------------------------------------------------- control
+
+    async def get_control(self, request: web.Request) -> web.Response:
+        return web.json_response(dataclasses.asdict(self.settings))
+
+    async def post_control(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            self.configure(**changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(dataclasses.asdict(self.settings))
+
+    async def get_served(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+    async def post_reset(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        self.reset(settings=bool(body.get("settings")))
+        return web.json_response({"ok": True})
+
+
+# ----------------------------------------------------------------- serving
+
+
+async def start(
+    fake: FakeYandex, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Start ``fake`` on ``host:port`` (0 = any free port); return the runner and the base URL."""
+    runner = web.AppRunner(fake.make_app(), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, f"http://{host}:{bound}/images/"
+
+
+class ServerThread:
+    """Run the imitation in a background thread with its own event loop (for tests)."""
+
+    def __init__(self, fake: FakeYandex, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.fake, self.host, self.port = fake, host, port
+        self.loop = asyncio.new_event_loop()
+        self.base_url = ""
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-yandex")
+        self._runner: web.AppRunner | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._runner, self.base_url = self.loop.run_until_complete(
+            start(self.fake, self.host, self.port)
+        )
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._runner.cleanup())
+        self.loop.close()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("the Yandex imitation did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(15)
+
+
+# ----------------------------------------------------------------- markup
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return 0, 0
+
+
+def _html(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/html", charset="utf-8")
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html><html lang="ru"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def _root(state: dict[str, Any]) -> str:
+    payload = html.escape(json.dumps(state, ensure_ascii=False), quote=True)
+    return f'<div class="Root" id="ImagesApp-{uuid.uuid4().hex[:10]}" data-state="{payload}"></div>'
+
+
+def _thumb(entity: dict[str, Any]) -> str:
+    href = "/images/search?" + urlencode(
+        {
+            "img_url": entity["origUrl"],
+            "pos": entity["pos"],
+            "rpt": "simage",
+            "pos_id": entity["id"],
+        }
+    )
+    alt = html.escape(entity["alt"], quote=True)
+    return (
+        f'<div class="SerpItem" data-id="{entity["id"]}"><div class="SerpItem-Thumb">'
+        f'<div class="ImagesContentImage"><a class="Link ImagesContentImage-Cover" href="{html.escape(href)}">'
+        f'<img class="ImagesContentImage-Image" src="{html.escape(entity["image"])}" alt="{alt}"></a>'
+        f"</div></div></div>"
+    )
+
+
+_CSS = """
+body{font-family:sans-serif;margin:0}
+.SerpList{display:flex;flex-wrap:wrap;gap:8px;padding:8px}
+.SerpItem{width:180px;height:240px;background:#eee}
+.SerpItem img{width:180px;height:200px;object-fit:cover}
+.FetchListButton{padding:24px;text-align:center}
+.FetchListNotice{color:#c00;padding:12px}
+.CbirPanel-Popup{position:absolute;top:60px;left:20%;background:#fff;border:1px solid #ccc;padding:24px}
+""".replace("\n", "")
+
+# The start page: the camera button opens the panel; choosing a file uploads it
+# with fetch() to endpoint A or B, then navigates to the search page.
+_START_JS = r"""
+const camera = document.querySelector('button[aria-label="Поиск по картинке"]');
+const popup = document.querySelector('.CbirPanel-Popup');
+camera.addEventListener('click', () => { popup.style.display = 'block'; popup.classList.add('Popup2_visible'); });
+function fail(text) {
+  const d = document.createElement('div');
+  d.className = 'CbirUploadErrorNotify';
+  d.innerHTML = '<span class="CbirUploadErrorNotify-IconError"></span><span class="CbirUploadErrorNotify-Text"></span>';
+  d.lastChild.textContent = text;
+  document.querySelector('.CbirPanel-Main').appendChild(d);
+}
+document.querySelector('.CbirCore-FileInput').addEventListener('change', async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) return;
+  try {
+    let r;
+    if (VARIANT === 'B') {
+      const fd = new FormData();
+      fd.append('upfile', file, file.name);
+      const req = JSON.stringify({blocks: [{block: 'cbir-uploader__get-cbir-id'}]});
+      r = await fetch('/images/touch/search?rpt=imageview&format=json&request=' + encodeURIComponent(req), {method: 'POST', body: fd});
+    } else {
+      r = await fetch('/images-apphost/image-download?cbird=111&images_avatars_size=preview&images_avatars_namespace=images-cbir',
+                      {method: 'POST', body: file, headers: {'Content-Type': file.type || 'application/octet-stream'}});
+    }
+    if (r.status === 413) return fail('Изображение слишком большое');
+    if (!r.ok) return fail('Не удалось загрузить изображение');
+    const j = await r.json();
+    if (j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
+    let cbir, orig;
+    if (VARIANT === 'B') { cbir = j.blocks[0].params.cbirId; orig = j.blocks[0].params.originalImageUrl; }
+    else { cbir = j.cbir_id; orig = j.url.replace(/\/preview$/, '/orig'); }
+    location.href = '/images/search?cbir_id=' + encodeURIComponent(cbir) + '&rpt=imageview&url=' +
+                    encodeURIComponent(orig) + '&cbir_page=search-by-image';
+  } catch (e) { fail('Ошибка сети'); }
+});
+"""
+
+# The similar page: scrolling to the end loads the next page once; then each
+# click on "Показать ещё" fetches one more. The button is disabled while a
+# fetch runs, removed after the last page; a 404 leaves it as it was; an
+# error shows the FetchListNotice; broken JSON re-enables it for a retry.
+_SIMILAR_JS = r"""
+const list = document.querySelector('.SerpList');
+let page = 1, loading = false, autoLoaded = false;
+function esc(t) { const d = document.createElement('div'); d.textContent = t; return d.innerHTML; }
+function thumb(e) {
+  const d = document.createElement('div');
+  d.className = 'SerpItem';
+  d.dataset.id = e.id;
+  const href = '/images/search?img_url=' + encodeURIComponent(e.origUrl) + '&pos=' + e.pos + '&rpt=simage';
+  d.innerHTML = '<div class="SerpItem-Thumb"><div class="ImagesContentImage"><a class="Link ImagesContentImage-Cover" href="' +
+    esc(href) + '"><img class="ImagesContentImage-Image" src="' + esc(e.image) + '" alt="' + esc(e.alt) + '"></a></div></div>';
+  return d;
+}
+function notice() {
+  if (document.querySelector('.FetchListNotice')) return;
+  const d = document.createElement('div');
+  d.className = 'FetchListNotice FetchListButton-Error';
+  d.textContent = 'Не удалось загрузить. Попробуйте ещё раз';
+  (document.querySelector('.FetchListButton') || list).after(d);
+}
+async function load() {
+  const btn = document.querySelector('.FetchListButton-Button');
+  if (loading || !btn) return;
+  loading = true;
+  btn.disabled = true;
+  const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
+                        {block: {block: 'i-react-ajax-adapter:ajax'}, params: {type: 'ImagesApp', ajaxKey: 'serpList/fetch'}, version: 2}],
+               metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
+  const q = 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + page + '&rpt=imagelike&cbir_id=' +
+            encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + '&serpid=' + S.serpid;
+  let finished = false;
+  try {
+    const r = await fetch('/images/search?' + q, {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
+    if (r.status === 404) {
+      /* nothing more; the button stays */
+    } else if (!r.ok) {
+      notice();
+    } else {
+      let j = null;
+      try { j = await r.json(); } catch (e) { j = null; }
+      if (j && j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
+      if (j) {
+        const a = j.blocks.find(b => b.name && b.name.block === 'i-react-ajax-adapter:ajax');
+        const sl = a.params.adapterData.serpList;
+        for (const e of Object.values(sl.items.entities)) list.appendChild(thumb(e));
+        page += 1;
+        finished = sl.loadNextState === 'finished';
+      }
+    }
+  } catch (e) { notice(); }
+  loading = false;
+  if (finished) document.querySelector('.FetchListButton').remove();
+  else btn.disabled = false;
+}
+const button = document.querySelector('.FetchListButton-Button');
+if (button) {
+  button.addEventListener('click', load);
+  new IntersectionObserver((items) => {
+    if (!autoLoaded && items.some(i => i.isIntersecting)) { autoLoaded = true; load(); }
+  }).observe(document.querySelector('.SerpList-Sentinel'));
+}
+"""
+
+__all__ = ["FakeYandex", "ServerThread", "Settings", "start"]
