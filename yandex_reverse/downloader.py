@@ -252,22 +252,49 @@ def _bomb_guard() -> Iterator[None]:
         yield
 
 
-def inspect_image(source: bytes | Path) -> tuple[str, int, int]:
-    """(Pillow format, width, height) after a real decode; :class:`FetchFailure` otherwise.
+def ends_complete(fmt: str, size: int, tail: bytes) -> bool:
+    """Does the file end the way a whole file of ``fmt`` ends? (``tail``: its last bytes)."""
+    if fmt in ("JPEG", "MPO"):
+        return tail.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"  # EOI, padding allowed
+    if fmt == "PNG":
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if fmt == "GIF":
+        return tail.rstrip(b"\x00")[-1:] == b";"
+    return False  # WebP is checked against its RIFF size; other formats are decoded
 
-    JPEGs are decoded at 1/8 scale (still every byte of the scan, so a
-    truncated file fails) to keep the check cheap.
+
+def inspect_image(source: bytes | Path) -> tuple[str, int, int]:
+    """(Pillow format, width, height), or :class:`FetchFailure` with the reason.
+
+    Pillow reads the header (decompression-bomb guard on); a file that ends
+    as a whole file of its format ends (JPEG EOI, PNG IEND, GIF trailer, WebP
+    RIFF size) is accepted without decoding. Anything else is decoded (JPEGs at
+    1/8 scale, which still reads every byte of the scan), so a truncated file
+    fails while a JPEG with data after its end (motion photos) passes.
     """
-    handle: IO[bytes] | Path = io.BytesIO(source) if isinstance(source, bytes) else source
+    if isinstance(source, bytes):
+        handle: IO[bytes] | Path = io.BytesIO(source)
+        size, tail, riff = len(source), source[-64:], source[4:8]
+    else:
+        handle = source
+        size = source.stat().st_size
+        with source.open("rb") as fh:
+            riff = fh.read(8)[4:8]
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
     try:
         with _bomb_guard(), Image.open(handle) as image:
             fmt = image.format or ""
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise FetchFailure("broken image", f"size {width}x{height}")
-            if fmt in ("JPEG", "MPO"):
-                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-            image.load()
+            complete = ends_complete(fmt, size, tail)
+            if fmt == "WEBP":
+                complete = int.from_bytes(riff, "little") + 8 == size
+            if not complete:
+                if fmt in ("JPEG", "MPO"):
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                image.load()
     except FetchFailure:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -516,7 +543,7 @@ class WorkReader:
             self.after = rows[-1][0]
             if self.settings.what == "all-variants":
                 return [
-                    Unit(str(r[1]), [Candidate(u, "original")])
+                    Unit(str(r[1]), [Candidate(u, "original", r[3])])
                     for r in rows
                     if (u := _first_url(r[2], r[3], r[4]))
                 ] + [Unit(str(r[1]), []) for r in rows if not _first_url(r[2], r[3], r[4])]
