@@ -3,6 +3,8 @@
 
 import sys
 
+from yandex_reverse.console import run_main
+from yandex_reverse.downloader import main
+
 if __name__ == "__main__":
-    print("not yet implemented (issue #5)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_main(main))

@@ -1,0 +1,485 @@
+"""Step 5 (`5_Download_async.py`) driven as a user runs it: DBs built by step 2 from
+XHR files, downloads through the image web on 127.0.0.1 as an HTTP proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, run_script
+from tests.xhr_factory import entity, write_xhr
+from yandex_reverse.downloader import inspect_image, parse_retry_after
+from yandex_reverse.fake_yandex.image_web import ImageWebServer
+
+NAME_SHAPE = (
+    r"^[A-Za-z0-9-]+_(original|preview|dups|thumb)_\d+x\d+_[0-9a-f]{8}\.(jpg|png|webp|gif)$"
+)
+
+# fault -> (status, reason the ledger's error starts with, retryable, falls back to the dup)
+FAULT_EXPECTATIONS: dict[str, tuple[str, str | None, int, bool]] = {
+    "404": ("failed", "HTTP 404", 0, True),
+    "410": ("failed", "HTTP 410", 0, True),
+    "500once": ("done", None, 0, False),
+    "429": ("done", None, 0, False),
+    "429date": ("done", None, 0, False),
+    "503": ("done", None, 0, False),
+    "timeout": ("failed", "timeout", 1, False),
+    "drip": ("failed", "timeout", 1, False),
+    "reset": ("failed", "connection reset", 1, False),
+    "truncated": ("failed", "truncated body", 1, False),
+    "html200": ("failed", "not an image: HTML page", 0, True),
+    "wrongtype": ("done", None, 0, False),
+    "oversize": ("failed", "too large", 0, True),
+    "redirect": ("done", None, 0, False),
+    "redirectloop": ("failed", "too many redirects", 0, True),
+}
+TRANSIENT = {f for f, (_s, _r, retry, _fb) in FAULT_EXPECTATIONS.items() if retry}
+FAST = ("--timeout", "1", "--retries", "1", "--max-bytes", "1000000")
+
+
+@pytest.fixture(scope="module")
+def web():
+    with ImageWebServer() as server:
+        yield server
+
+
+def image_url(eid: str, *, host: str = "sun9-52.userapi.com", size=(640, 480), query: str = ""):
+    w, h = size
+    return f"http://{host}/impg/{eid}/{eid}.jpg?size={w}x{h}&quality=95&type=album{query}"
+
+
+def result(eid: str, *, host: str = "sun9-52.userapi.com", query: str = "", size=(640, 480)):
+    """A result as Yandex sends it: the original, one preview (= original) and one dup."""
+    orig = image_url(eid, host=host, query=query, size=size)
+    return entity(
+        eid,
+        orig_url=orig,
+        orig_size=size,
+        previews=[(orig, *size)],
+        dups=[(f"http://i.pinimg.com/736x/ab/cd/{eid}.jpg", 736, 552)],
+        thumb=(f"http://avatars.mds.yandex.net/i?id={eid}-thumb&n=13", 320, 240),
+    )
+
+
+def build_db(workdir: Path, entities: list[dict], db_name: str = "yandex_images.db") -> Path:
+    """Write the XHR files and import them with the real step 2."""
+    write_xhr(workdir / "XHR", "query.jpg", 1, entities)
+    run_script("2_XHRtoDB.py", "--xhr-dir", "XHR", "--db", db_name, cwd=workdir, check=True)
+    return workdir / db_name
+
+
+def download(workdir: Path, web: ImageWebServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_script(
+        "5_Download_async.py", "--proxy", web.proxy_url, *args, cwd=workdir, timeout=120
+    )
+
+
+def ledger(db_path: Path) -> dict[str, dict]:
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["url"]: dict(r) for r in conn.execute("SELECT * FROM downloads")}
+    finally:
+        conn.close()
+
+
+def images_on_disk(folder: Path) -> dict[str, str]:
+    """name -> sha256 of every image file (sidecars, logs and locks left out)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".jpg", ".png", ".webp", ".gif")
+    }
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+
+def hits(web: ImageWebServer, needle: str) -> int:
+    return sum(n for url, n in web.hits.items() if needle in url)
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.fixture(scope="module")
+def faulty_run(web, tmp_path_factory):
+    """One run over a result per fault (each on its own host) plus good ones."""
+    workdir = tmp_path_factory.mktemp("faults")
+    tag = uid()
+    entities = [
+        result(f"{tag}f{i}", host=f"sun9-{i}.userapi.com", query=f"&yr_fault={fault}")
+        for i, fault in enumerate(FAULT_EXPECTATIONS)
+    ]
+    entities.append(
+        result(
+            f"{tag}wait", host="sun9-90.userapi.com", query="&yr_fault=429&yr_times=99&yr_retry=900"
+        )
+    )
+    entities += [result(f"{tag}ok{i}", host="sun9-91.userapi.com") for i in range(3)]
+    db_path = build_db(workdir, entities)
+    done = download(workdir, web, *FAST)
+    assert done.returncode == 0, done.stderr
+    return workdir, db_path, tag, done
+
+
+def test_every_fault_ends_with_its_status_and_reason(faulty_run):
+    _workdir, db_path, tag, done = faulty_run
+    rows = ledger(db_path)
+    for i, (fault, (status, reason, retryable, _fb)) in enumerate(FAULT_EXPECTATIONS.items()):
+        url = image_url(f"{tag}f{i}", host=f"sun9-{i}.userapi.com", query=f"&yr_fault={fault}")
+        row = rows[url]
+        assert row["status"] == status, (fault, row)
+        assert row["retryable"] == retryable, (fault, row)
+        if reason:
+            assert row["error"].startswith(reason), (fault, row["error"])
+            assert reason in done.stdout  # counted in the summary, by reason
+        else:
+            assert row["error"] is None and row["http_status"] == 200, (fault, row)
+    assert (
+        rows[image_url(f"{tag}f0", host="sun9-0.userapi.com", query="&yr_fault=404")]["http_status"]
+        == 404
+    )
+    # A host asking for a 15-minute pause is not waited for: retryable, reason given.
+    waited = rows[
+        image_url(
+            f"{tag}wait", host="sun9-90.userapi.com", query="&yr_fault=429&yr_times=99&yr_retry=900"
+        )
+    ]
+    assert (waited["status"], waited["retryable"]) == ("failed", 1)
+    assert waited["error"].startswith("host asks to wait")
+
+
+def test_good_images_are_valid_files_named_by_content(faulty_run):
+    workdir, db_path, _tag, _done = faulty_run
+    out = workdir / "yandex_images"
+    assert not temp_files(out)
+    done_rows = [r for r in ledger(db_path).values() if r["status"] == "done"]
+    assert done_rows
+    for row in done_rows:
+        path = workdir / row["path"]
+        assert path.parent == out and path.is_file()
+        assert re.match(NAME_SHAPE, path.name), path.name
+        with Image.open(path) as im:
+            im.load()
+            assert (im.width, im.height) == (row["width"], row["height"])
+            assert f"_{im.width}x{im.height}_" in path.name  # the size received, not the DB's
+            assert path.suffix == {"JPEG": ".jpg", "PNG": ".png"}[im.format]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+        assert path.stat().st_size == row["bytes"]
+        side = path.with_suffix(".txt").read_text(encoding="utf-8").splitlines()
+        keys = [line.split(": ", 1)[0] for line in side]
+        assert keys == [
+            "url", "origin_url", "image_id", "variant_type", "width", "height", "final_url",
+        ]  # fmt: skip
+        assert side[0] == f"url: {row['url']}"
+        assert path.name.startswith(row["image_id"] + "_")
+    # wrongtype: the extension and type come from the content, not the header
+    wrong = next(r for r in done_rows if "yr_fault=wrongtype" in r["url"])
+    assert wrong["content_type"] == "image/jpeg" and wrong["path"].endswith(".jpg")
+    # redirect: the sidecar names the URL the image finally came from
+    redirected = next(r for r in done_rows if "yr_fault=redirect" in r["url"])
+    side = (workdir / redirected["path"]).with_suffix(".txt").read_text(encoding="utf-8")
+    assert "final_url: http://sun9-" in side and "yr_fault" not in side.split("final_url:")[1]
+
+
+def test_permanent_failure_falls_back_to_another_copy_transient_does_not(faulty_run):
+    workdir, db_path, tag, _done = faulty_run
+    rows = ledger(db_path)
+    files = {p.name for p in (workdir / "yandex_images").iterdir()}
+    for i, (fault, (status, _reason, _retry, falls_back)) in enumerate(FAULT_EXPECTATIONS.items()):
+        eid = f"{tag}f{i}"
+        dup_url = f"http://i.pinimg.com/736x/ab/cd/{eid}.jpg"
+        if falls_back:
+            assert rows[dup_url]["status"] == "done", fault
+            assert any(n.startswith(f"{eid}_dups_736x552_") for n in files), fault
+        else:
+            assert dup_url not in rows, fault  # the best URL keeps its turn
+        if status == "done":
+            assert any(n.startswith(f"{eid}_original_640x480_") for n in files), fault
+    # Thumbnails are never fetched in the default mode.
+    assert not any("avatars.mds.yandex.net" in url for url in rows)
+
+
+def test_rerun_downloads_nothing_and_retry_failed_retries_only_transient(faulty_run, web, tmp_path):
+    src, _db, tag, _done = faulty_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(src, workdir)
+    db_path = workdir / "yandex_images.db"
+    before_files = images_on_disk(workdir / "yandex_images")
+    before_hits = sum(web.hits.values())
+
+    again = download(workdir, web, *FAST)
+    assert again.returncode == 0, again.stderr
+    assert sum(web.hits.values()) == before_hits  # not one request
+    assert images_on_disk(workdir / "yandex_images") == before_files
+    assert "may succeed (--retry-failed)" in again.stdout
+
+    counts = {f: hits(web, f"{tag}f{i}.jpg") for i, f in enumerate(FAULT_EXPECTATIONS)}
+    retried = download(workdir, web, *FAST, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    for i, fault in enumerate(FAULT_EXPECTATIONS):
+        asked = hits(web, f"{tag}f{i}.jpg") - counts[fault]
+        assert (asked > 0) == (fault in TRANSIENT), fault
+    rows = ledger(db_path)
+    for fault in TRANSIENT:
+        row = next(r for u, r in rows.items() if f"yr_fault={fault}" in u)
+        assert row["attempts"] == 4  # two per run, counted across runs
+    assert not temp_files(workdir / "yandex_images")
+
+
+# ------------------------------------------------------------------ sharing and dedup
+
+
+def test_same_url_fetched_once_and_same_content_stored_once(web, workdir):
+    tag = uid()
+    shared = result(f"{tag}s", host="sun9-20.userapi.com")
+    shared_url = shared["origUrl"]
+    twins = [
+        entity(f"{tag}t{i}", orig_url=shared_url, previews=[(shared_url, 640, 480)], dups=[])
+        for i in range(3)
+    ]
+    # Same picture name and size on two hosts: identical bytes.
+    a = image_url(f"{tag}same", host="a.example-cdn.com")
+    b = image_url(f"{tag}same", host="b.example-cdn.org")
+    same = [
+        entity(f"{tag}a", orig_url=a, previews=[(a, 640, 480)], dups=[]),
+        entity(f"{tag}b", orig_url=b, previews=[(b, 640, 480)], dups=[]),
+    ]
+    db_path = build_db(workdir, [shared, *twins, *same])
+    done = download(workdir, web, "--concurrency", "8")
+    assert done.returncode == 0, done.stderr
+    assert web.hits[shared_url] == 1
+    rows = ledger(db_path)
+    assert rows[a]["status"] == rows[b]["status"] == "done"
+    assert rows[a]["path"] == rows[b]["path"]  # the second points at the first file
+    files = images_on_disk(workdir / "yandex_images")
+    assert len(files) == len(set(files.values())) == 2  # the shared URL's file and a's
+    assert "same content as a file on disk" in done.stdout
+
+
+# ------------------------------------------------------------------ limits, filters, modes
+
+
+def test_limit_does_a_subset_and_the_next_run_goes_on(web, workdir):
+    tag = uid()
+    db_path = build_db(
+        workdir, [result(f"{tag}{i}", host=f"sun9-{30 + i}.userapi.com") for i in range(5)]
+    )
+    first = download(workdir, web, "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    assert len(images_on_disk(workdir / "yandex_images")) == 2
+    download(workdir, web, "--limit", "2")
+    assert len(images_on_disk(workdir / "yandex_images")) == 4
+    download(workdir, web)
+    assert len(images_on_disk(workdir / "yandex_images")) == 5
+    assert {r["status"] for r in ledger(db_path).values()} == {"done"}
+
+
+def test_min_side_skips_small_images_and_takes_a_larger_copy(web, workdir):
+    tag = uid()
+    small = result(f"{tag}small", host="sun9-40.userapi.com", size=(200, 150))
+    db_path = build_db(workdir, [small])
+    done = download(workdir, web, "--min-side", "300", "--min-bytes", "1000")
+    assert done.returncode == 0, done.stderr
+    rows = ledger(db_path)
+    row = rows[small["origUrl"]]
+    assert row["status"] == "skipped" and row["error"].startswith("smaller than --min-side 300")
+    assert rows[f"http://i.pinimg.com/736x/ab/cd/{tag}small.jpg"]["status"] == "done"
+    assert len(images_on_disk(workdir / "yandex_images")) == 1
+
+
+def test_all_variants_downloads_every_copy(web, workdir):
+    tag = uid()
+    db_path = build_db(workdir, [result(f"{tag}v", host="sun9-41.userapi.com")])
+    done = download(workdir, web, "--what", "all-variants")
+    assert done.returncode == 0, done.stderr
+    kinds = sorted(name.split("_")[1] for name in images_on_disk(workdir / "yandex_images"))
+    assert kinds == ["dups", "original", "thumb"]  # the preview is the original's URL
+    assert len(ledger(db_path)) == 3
+
+
+# ------------------------------------------------------------------ interruption
+
+
+def many_results(tag: str, n: int) -> list[dict]:
+    return [
+        result(f"{tag}{i:02d}", host=f"sun9-{50 + i % 4}.userapi.com", query="&yr_delay=0.1")
+        for i in range(n)
+    ]
+
+
+def comparable(db_path: Path) -> dict[str, tuple]:
+    keys = ("status", "bytes", "content_type", "sha256", "http_status", "width", "height", "error")
+    return {
+        url: (*(r[k] for k in keys), Path(r["path"]).name if r["path"] else None)
+        for url, r in ledger(db_path).items()
+    }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(web, tmp_path, sig):
+    tag = uid()
+    entities = many_results(tag, 24)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir()
+    cut.mkdir()
+    whole_db, cut_db = build_db(whole, entities), build_db(cut, entities)
+    args = ("--proxy", web.proxy_url, "--concurrency", "3", "--per-host", "2")
+    assert download(whole, web, "--concurrency", "3", "--per-host", "2").returncode == 0
+
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "5_Download_async.py"), *args],
+        cwd=cut,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = cut / "yandex_images"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.is_dir() and len(images_on_disk(out)) >= 5):
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert not temp_files(out)  # Ctrl-C cleans up after itself
+    assert 5 <= len(images_on_disk(out)) < 24, "the run was not cut mid-way"
+
+    again = download(cut, web, "--concurrency", "3", "--per-host", "2")
+    assert again.returncode == 0, again.stderr
+    assert not temp_files(out)
+    assert images_on_disk(out) == images_on_disk(whole / "yandex_images")
+    assert comparable(cut_db) == comparable(whole_db)
+    assert {r["status"] for r in ledger(cut_db).values()} == {"done"}
+
+
+def test_temp_files_left_by_a_crash_are_removed(web, workdir):
+    tag = uid()
+    build_db(workdir, [result(f"{tag}c", host="sun9-42.userapi.com")])
+    out = workdir / "yandex_images"
+    out.mkdir()
+    (out / ".dl-0123456789abcdef-999.part").write_bytes(b"\xff\xd8half")
+    keep = out / "someone_else.part"  # not ours: left alone
+    keep.write_bytes(b"x")
+    done = download(workdir, web)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in temp_files(out)] == [keep.name]
+    assert "Removed 1 temporary file" in done.stdout
+
+
+# ------------------------------------------------------------------ questions and errors
+
+
+def test_without_a_terminal_the_default_db_is_yandex_images(web, workdir):
+    tag = uid()
+    build_db(workdir, [result(f"{tag}d", host="sun9-43.userapi.com")])
+    done = download(workdir, web)  # no --db, stdin not a terminal
+    assert done.returncode == 0, done.stderr
+    assert len(images_on_disk(workdir / "yandex_images")) == 1
+
+
+def test_vk_db_goes_to_its_own_folder(web, workdir):
+    tag = uid()
+    build_db(workdir, [result(f"{tag}k", host="sun9-44.userapi.com")], db_name="vk_images.db")
+    done = download(workdir, web, "--db", "vk_images.db")
+    assert done.returncode == 0, done.stderr
+    assert len(images_on_disk(workdir / "vk_images")) == 1
+
+
+def test_missing_db_is_a_clear_error(workdir):
+    done = run_script("5_Download_async.py", "--db", "nope.db", cwd=workdir)
+    assert done.returncode == 1
+    assert "database not found: nope.db" in done.stderr
+    assert not (workdir / "nope.db").exists() and not (workdir / "nope").exists()
+
+
+def test_bad_flags_exit_2(workdir):
+    (workdir / "yandex_images.db").touch()
+    done = run_script("5_Download_async.py", "--concurrency", "0", cwd=workdir)
+    assert done.returncode == 2 and "--concurrency" in done.stderr
+
+
+def test_empty_db_reports_without_dividing_by_zero(web, workdir):
+    build_db(workdir, [])
+    done = download(workdir, web)
+    assert done.returncode == 0, done.stderr
+    assert "Download summary" in done.stdout and "0.0 files/s" in done.stdout
+
+
+# ------------------------------------------------------------------ checks as functions
+
+
+def test_retry_after_in_seconds_and_as_http_date():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_decompression_bomb_and_truncated_images_are_refused(tmp_path):
+    import io
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    )
+    with pytest.raises(Exception, match="decompression bomb"):
+        inspect_image(bomb)
+    good = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 10, 10)).save(good, "JPEG")
+    assert inspect_image(good.getvalue()) == ("JPEG", 400, 300)
+    with pytest.raises(Exception, match="broken image"):
+        inspect_image(good.getvalue()[: len(good.getvalue()) // 2])
+
+
+def test_on_a_terminal_it_asks_for_the_source_like_the_original(web, workdir):
+    tag = uid()
+    build_db(workdir, [result(f"{tag}y", host="sun9-45.userapi.com")])
+    build_db(workdir, [result(f"{tag}q", host="sun9-46.userapi.com")], db_name="vk_images.db")
+    primary, secondary = os.openpty()  # standard input is a terminal
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "5_Download_async.py"), "--proxy", web.proxy_url],
+            cwd=workdir,
+            stdin=secondary,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        os.write(primary, b"7\n2\n\n")  # a wrong answer, vk_images.db, the default mode
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert proc.returncode == 0, err
+    assert "Choose image source" in out and "Invalid choice" in out
+    assert len(images_on_disk(workdir / "vk_images")) == 1
+    assert not (workdir / "yandex_images").exists()
