@@ -107,9 +107,11 @@ def _urls(rng: random.Random, pic: str, w: int, h: int) -> tuple[str, list[tuple
     return orig, copies
 
 
-def _entity(rng: random.Random, pos: int, fault_rate: float) -> dict[str, Any]:
+def _entity(
+    rng: random.Random, pos: int, fault_rate: float, pic: str | None = None
+) -> dict[str, Any]:
     eid = _hex(rng, 16)
-    pic = _token(rng, 11)
+    pic = pic or _token(rng, 11)
     w, h = rng.choice(_SIZES)
     orig, copies = _urls(rng, pic, w, h)
     w, h = copies[0][1], copies[0][2]
@@ -177,18 +179,26 @@ def _pool(fault_rate: float) -> list[dict[str, Any]]:
 
 
 def all_results(
-    seed: str, total: int, *, shared_fraction: float = 0.1, fault_rate: float = 0.0
+    seed: str,
+    total: int,
+    *,
+    shared_fraction: float = 0.1,
+    repost_fraction: float = 0.15,
+    fault_rate: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Every result for one uploaded picture, in rank order (``pos`` 0..total-1).
 
     A ``shared_fraction`` of them come from one pool common to every query (the
-    same picture found from two photos), so downstream dedup has real work.
+    same result found from two photos), and a ``repost_fraction`` are reposts:
+    another result showing an earlier result's picture on another site, at
+    another size. So downstream dedup has real work.
     """
     rng = random.Random(seed)
     pool = _pool(fault_rate)
     count = min(int(total * shared_fraction), POOL_SIZE)
     shared = set(rng.sample(range(total), count)) if total else set()
     picks = iter(rng.sample(range(POOL_SIZE), len(shared)))
+    pics: list[str] = []  # picture stems of this query's own results, for reposts
     out = []
     for pos in range(total):
         if pos in shared:
@@ -196,7 +206,10 @@ def all_results(
             item["pos"] = pos
             item["alt"] = f"{item['alt'].split(' №')[0]} №{pos}"
         else:
-            item = _entity(rng, pos, fault_rate)
+            repost = pics and rng.random() < repost_fraction
+            pic = rng.choice(pics) if repost else _token(rng, 11)
+            pics.append(pic)
+            item = _entity(rng, pos, fault_rate, pic)
         if pos % 7 == 3:
             item["pos"] = str(pos)
         out.append(item)
