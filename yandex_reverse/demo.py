@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from .console import console, table
 from .fake_yandex.image_web import ImageWebServer
 from .fake_yandex.site import FakeYandex, ServerThread
-from .images import iter_images
+from .images import atomic_write_text, iter_images
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = 12
@@ -66,6 +66,7 @@ def run_step(
     command = [sys.executable, str(REPO / script), *map(str, args)]
     console.print("$ " + " ".join([f"python {script}", *map(str, args)]), style="dim")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("COLUMNS", str(max(console.width, 120)))
     started = time.perf_counter()
     code = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, env=env).returncode
     console.print(f"[dim]{script}: exit {code} in {time.perf_counter() - started:.1f} s[/dim]")
@@ -87,9 +88,18 @@ def count_images(folder: Path) -> int:
     return sum(1 for _ in iter_images(folder, recursive=True)) if folder.is_dir() else 0
 
 
-def run(demo: Path, *, quality_model: str) -> dict[str, int]:
-    photos = make_photos(demo / "photos")
-    fake = FakeYandex(pages=2, first_page=12, per_page=12, fault_rate=0.1)
+def run(
+    demo: Path,
+    *,
+    photos: int = PHOTOS,
+    per_page: int = 12,
+    pages: int = 2,
+    fault_rate: float = 0.1,
+    quality_model: str = "piqe",
+) -> dict[str, int]:
+    """Run steps 1 → 7.3 in ``demo``; return how many images reached each stage."""
+    made = make_photos(demo / "photos", photos)
+    fake = FakeYandex(pages=pages, first_page=per_page, per_page=per_page, fault_rate=fault_rate)
     with ServerThread(fake) as yandex, ImageWebServer() as web:
         console.print(f"Yandex imitation: {yandex.base_url}   image web (proxy): {web.proxy_url}")
         run_step(
@@ -147,9 +157,13 @@ def run(demo: Path, *, quality_model: str) -> dict[str, int]:
         eid for record in fake.served.values() for ids in record.pages.values() for eid in ids
     }
     return {
-        "query photos": len(photos),
+        "query photos": len(made),
         "XHR files": sum(1 for _ in (demo / "XHR").glob("*.json")),
-        "results served by the imitation (this run)": len(served),
+        "results served by the imitation (this run)": len(set().union(*per_photo)),
+        "photo → result links served (this run)": sum(map(len, per_photo)),
+        "photo → result links in yandex_images.db": scalar(
+            database, "SELECT count(*) FROM query_results"
+        ),
         "results in yandex_images.db": scalar(database, "SELECT count(*) FROM images"),
         "VK results in vk_images.db": scalar(demo / "vk_images.db", "SELECT count(*) FROM images"),
         "downloads done": scalar(database, "SELECT count(*) FROM downloads WHERE status = 'done'"),
@@ -174,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=Path("demo"), help="working folder (default: demo)"
     )
     parser.add_argument(
+        "--photos", type=int, default=PHOTOS, help=f"query photos (default {PHOTOS})"
+    )
+    parser.add_argument("--per-page", type=int, default=12, help="results per page (default 12)")
+    parser.add_argument(
+        "--pages", type=int, default=2, help="XHR pages after the first (default 2)"
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.1,
+        help="share of results whose original URL fails (404, 429, HTML ...; default 0.1)",
+    )
+    parser.add_argument(
         "--quality-model",
         default="piqe",
         help="pyiqa metric for step 7.3 (default piqe: needs no weights, so the demo runs offline)",
@@ -183,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        numbers = run(demo, quality_model=args.quality_model)
+        numbers = run(
+            demo,
+            photos=args.photos,
+            per_page=args.per_page,
+            pages=args.pages,
+            fault_rate=args.fault_rate,
+            quality_model=args.quality_model,
+        )
     except DemoFailed as exc:
         console.print(f"[red]Demo stopped: {exc}[/red]")
         return 1
@@ -197,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  domains_report.*   domain statistics (JSON, CSV, PNG)\n"
         f"  yandex_images/     downloaded originals; _duplicates/ holds the quarantine\n"
         f"  sorted/            orientation/, megapixels/, quality/ (+ quality_report.db/.json)\n"
+        f"  demo_summary.json  the table above\n"
         f"Total time: {time.perf_counter() - started:.0f} s. Run `make demo` again: every step resumes."
     )
-    console.print_json(json.dumps(numbers))
+    atomic_write_text(demo / "demo_summary.json", json.dumps(numbers, indent=2, ensure_ascii=False))
     return 0
 
 
