@@ -153,9 +153,9 @@ def run(
         cwd=demo,
     )  # fmt: skip
     database = demo / "yandex_images.db"
-    served = {
-        eid for record in fake.served.values() for ids in record.pages.values() for eid in ids
-    }
+    per_photo = [
+        {eid for ids in record.pages.values() for eid in ids} for record in fake.served.values()
+    ]
     return {
         "query photos": len(made),
         "XHR files": sum(1 for _ in (demo / "XHR").glob("*.json")),
