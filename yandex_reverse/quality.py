@@ -8,12 +8,12 @@ Why it looks like this:
   when pyiqa says ``lower_better``. "both" keeps the original's rule: the
   higher of the two scaled scores.
 - **Fast.** Images are decoded, EXIF-transposed and shrunk to ``--max-side``
-  in memory by DataLoader worker processes while the model scores the
-  previous batch. Batches only hold what a metric can take together: images of
+  in memory by worker threads while the model scores other batches (see
+  :func:`run_jobs`). Batches only hold what a metric can take together: images of
   the same size for every metric (a batch is exactly the stack of single
   images), and for MUSIQ any sizes, because the workers cut each image into
   MUSIQ's multi-scale patch sequence and pad it with masked tokens, which is
-  what MUSIQ itself does inside every scale.
+  what MUSIQ itself does inside every scale. ``torch.inference_mode`` throughout.
 - **Resumable.** ``quality_report.db`` is keyed by the path relative to the
   source; a row is reused while the file's size, mtime, the models and the
   max side are unchanged; every batch is committed, so Ctrl-C loses nothing.
@@ -32,9 +32,11 @@ import os
 import sqlite3
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--recursive", action="store_true", help="also score images in subfolders")
     parser.add_argument(
-        "--workers", type=int, help="decoding processes (default: half the CPU cores, 1-4)"
+        "--workers",
+        type=int,
+        help="worker threads (default: one per CPU core; with a GPU: decode threads)",
     )
     parser.add_argument(
         "--log-file",
@@ -413,7 +417,7 @@ def _orientation(image: Any) -> int:
 
 
 class DecodeSet:
-    """A map-style dataset for torch's DataLoader: item i is task i decoded (or its error)."""
+    """Item i is task i decoded (or its one-line error), ready for the metrics."""
 
     def __init__(self, tasks: Sequence[Task], max_side: int, musiq_opts: dict | None) -> None:
         self.tasks = tasks
@@ -444,9 +448,59 @@ def musiq_patches(image: Any, opts: dict) -> Any:
     return get_multiscale_patches((image.unsqueeze(0) - 0.5) * 2, **opts)[0]
 
 
-def collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the items as a list: grouping and padding happen per metric in the scorer."""
-    return items
+def run_jobs(
+    dataset: DecodeSet,
+    batches: Sequence[Sequence[int]],
+    scorer: Scorer,
+    threads: int,
+) -> Iterator[tuple[list[dict[str, Any]], dict[int, Any], float]]:
+    """Decode and score batches in a thread pool; yield them in order.
+
+    Each job decodes its batch, then scores it. On a GPU the scoring part holds
+    a lock, so while one batch is on the device the other threads decode the
+    next ones. On the CPU the jobs run side by side with one torch thread each:
+    one image per core beats splitting every small op over the cores (and stays
+    fast when other programs load the machine; 2 OpenMP threads per op were 2-3x
+    slower there). Threads, not processes: Pillow and torch release the GIL,
+    and nothing is pickled between processes.
+    """
+    import threading
+
+    import torch
+
+    gpu_lock = threading.Lock() if scorer.device.type == "cuda" else None
+
+    def job(batch: Sequence[int]) -> tuple[list[dict[str, Any]], dict[int, Any], float]:
+        if gpu_lock is None:
+            torch.set_num_threads(1)
+        items = [dataset[i] for i in batch]
+        decoded = [item for item in items if "error" not in item]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            if gpu_lock is None:
+                results = scorer.score(decoded) if decoded else {}
+            else:
+                with gpu_lock:
+                    started = time.perf_counter()
+                    results = scorer.score(decoded) if decoded else {}
+        return items, results, (time.perf_counter() - started) / max(1, len(decoded))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="quality")
+    pending: deque[Future] = deque()
+    queue = iter(batches)
+    try:
+        for batch in islice(queue, 2 * threads):
+            pending.append(pool.submit(job, batch))
+        while pending:
+            done = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(job, following))
+            yield done
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------ models
@@ -548,10 +602,26 @@ def create_metrics(names: Sequence[str], device: Any, weights_dir: Path | None) 
 def _takes_pretrained(config: dict) -> bool:
     import inspect
 
+    from pyiqa import archs
     from pyiqa.utils.registry import ARCH_REGISTRY
 
-    arch = ARCH_REGISTRY.get(config["metric_opts"]["type"])
+    kind = config["metric_opts"]["type"]
+    if kind not in ARCH_REGISTRY:
+        archs._lazy_import_arch(kind)  # pyiqa registers an architecture on first use
+    arch = ARCH_REGISTRY.get(kind)
     return "pretrained" in inspect.signature(arch.__init__).parameters
+
+
+class _Preprocessed:
+    """The MUSIQ net, seen with ``training = True`` so its forward takes patches."""
+
+    training = True
+
+    def __init__(self, net: Any) -> None:
+        self._net = net
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._net, name)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -657,13 +727,10 @@ class Scorer:
             ]
             batch = torch.stack(padded).to(self.device, non_blocking=non_blocking)
             net = metric.model.net
-            # The workers already did MUSIQ's preprocessing; its forward skips it only
-            # when the top module says "training" (children stay in eval mode).
-            net.training = True
-            try:
-                scores = net(batch)
-            finally:
-                net.training = False
+            # The patches are already MUSIQ's own preprocessing; its forward skips that
+            # step only when ``self.training`` is set, so it runs on a view of the net
+            # that says so (children stay in eval mode; thread-safe, the net is untouched).
+            scores = type(net).forward(_Preprocessed(net), batch)
         else:
             batch = torch.stack([item["image"] for item in chunk]).to(
                 self.device, non_blocking=non_blocking
@@ -782,36 +849,27 @@ def score_images(
 
     device = _pick_device(opts.device)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = opts.workers if opts.workers is not None else max(1, min(4, cpus // 2))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, cpus))
+    if device.type == "cuda":  # decode threads feed the one GPU
+        threads = opts.workers if opts.workers is not None else max(2, min(8, cpus))
+    else:  # one image per core, one torch thread each
+        threads = opts.workers if opts.workers is not None else cpus
+        torch.set_num_threads(1)
     metrics = create_metrics(opts.models, device, opts.weights_dir)
     scales = {m.name: m.scale for m in metrics}
     base["scale"] = "; ".join(
         m.scale.describe(m.name) if m.scale else f"{m.name}: raw" for m in metrics
     )
-    batch_size = opts.batch_size or (16 if device.type == "cuda" else 4)
+    batch_size = opts.batch_size or (16 if device.type == "cuda" else 2)
     only_musiq = all(m.is_musiq for m in metrics)
     musiq = next((m for m in metrics if m.is_musiq), None)
     musiq_opts = dict(musiq.model.net.data_preprocess_opts) if musiq else None
     batches = _batches(ready, batch_size, any_size=only_musiq)
-    loader = torch.utils.data.DataLoader(
-        DecodeSet(ready, opts.max_side, musiq_opts),
-        batch_sampler=batches,
-        num_workers=min(workers, len(batches)),
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=2 if workers else None,
-    )
+    dataset = DecodeSet(ready, opts.max_side, musiq_opts)
     scorer = Scorer(metrics, device, batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode(), console.progress("Scoring", total=len(ready)) as advance:
-        for items in loader:
-            started = time.perf_counter()
-            decoded = [item for item in items if "error" not in item]
-            results = scorer.score(decoded) if decoded else {}
-            each = (time.perf_counter() - started) / max(1, len(decoded))
+    with console.progress("Scoring", total=len(ready)) as advance:
+        for items, results, each in run_jobs(dataset, batches, scorer, threads):
             vram, ram = _memory_readings(device)
             now = time.strftime("%Y-%m-%dT%H:%M:%S")
             rows = []
