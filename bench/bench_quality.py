@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import report, work_dir  # noqa: E402
+from bench.common import report, work_dir
 
 
 def make_images(folder: Path, count: int) -> list[Path]:

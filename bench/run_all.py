@@ -32,11 +32,7 @@ def main(argv: list[str]) -> int:
         console.rule(script.name)
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
         proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=HERE.parent,
-            env=env,
+            [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=HERE.parent, env=env
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -47,9 +43,7 @@ def main(argv: list[str]) -> int:
             failed.append(script.name)
     table = Table(title="Benchmarks (ratio = ours / peer, higher is better)")
     for column in ("benchmark", "metric", "ours", "peer", "peer value", "ratio"):
-        table.add_column(
-            column, justify="right" if column in ("ours", "peer value", "ratio") else "left"
-        )
+        table.add_column(column, justify="right" if column in ("ours", "peer value", "ratio") else "left")
     for r in results:
         peer = r.get("peer")
         ratio = r.get("ratio")

@@ -34,9 +34,7 @@ def entity(
 ) -> dict[str, Any]:
     """One result entity. ``orig_url`` defaults to a VK userapi URL."""
     if orig_url is None:
-        orig_url = (
-            f"https://sun9-52.userapi.com/impg/{eid}/img.jpg?size=1280x960&quality=95&type=album"
-        )
+        orig_url = f"https://sun9-52.userapi.com/impg/{eid}/img.jpg?size=1280x960&quality=95&type=album"
     w, h = orig_size
 
     def num(v: int) -> int | str:
