@@ -1,8 +1,11 @@
 """Step 7.3 against pyiqa's own way: ``create_metric(name)`` then ``metric(path)`` per image.
 
 Same images (1024x768 JPEGs), same metric, same device (CPU here), one run.
-Ours is the whole step (scan, workers, batches, DB, reports; --dry-run so no
-files are copied); the peer is the plain loop. Metrics: piqe (no weights) and
+Ours is the whole step run as a command (imports, scan, workers, batches, DB,
+reports; --dry-run so no files are copied), timed end to end; the peer is the
+plain loop in its own process with torch's default settings, timed from
+``create_metric`` on. Each side runs in a fresh process so neither inherits the
+other's thread settings. Metrics: piqe (no weights) and
 MUSIQ's architecture with random weights (``pretrained=False``: the real
 compute). MUSIQ takes ~1 s per image on 2 CPU threads, so it uses fewer images
 (``--musiq-images``).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,45 +60,41 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def peer(name: str, paths: list[Path], pretrained: bool) -> float:
-    import pyiqa
-    import torch
+PEER = """
+import sys, time, pyiqa, torch
+name, pretrained, paths = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+start = time.perf_counter()
+metric = pyiqa.create_metric(name, device=torch.device("cpu"), **({} if pretrained else {"pretrained": False}))
+for path in paths:
+    float(metric(path))
+print(len(paths) / (time.perf_counter() - start))
+"""
 
-    start = time.perf_counter()
-    kwargs = {} if pretrained else {"pretrained": False}
-    metric = pyiqa.create_metric(name, device=torch.device("cpu"), **kwargs)
-    for path in paths:
-        float(metric(str(path)))
-    return len(paths) / (time.perf_counter() - start)
+
+def peer(name: str, paths: list[Path], pretrained: bool) -> float:
+    """pyiqa's own way in a fresh process with torch's defaults; timed from
+    ``create_metric`` on (the import of torch and pyiqa is not counted)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEER, name, "1" if pretrained else "0", *map(str, paths)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def ours(name: str, folder: Path, count: int, pretrained: bool) -> float:
-    from yandex_reverse import quality
-
+    """The whole step as a user runs it, timed from the command line to its exit
+    (python, torch and pyiqa imports, scan, scoring, DB, reports all counted)."""
     dest = folder.parent / f"{folder.name}_sorted_{name}"
     shutil.rmtree(dest, ignore_errors=True)
-    if not pretrained:
-        os.environ[quality.PRETRAINED_ENV] = "0"
+    env = {**os.environ, "YR_PYIQA_PRETRAINED": "1" if pretrained else "0"}
+    script = Path(__file__).resolve().parents[1] / "7_3_separate_images_by_quality.py"
     start = time.perf_counter()
-    code = quality.main(
-        [
-            "--source",
-            str(folder),
-            "--dest",
-            str(dest),
-            "--model",
-            name,
-            "--device",
-            "cpu",
-            "--dry-run",
-            "--log-file",
-            str(dest / "bench.log"),
-        ]
-    )
-    elapsed = time.perf_counter() - start
-    os.environ.pop(quality.PRETRAINED_ENV, None)
-    assert code == 0
-    return count / elapsed
+    subprocess.run(
+        [sys.executable, str(script), "--source", str(folder), "--dest", str(dest),
+         "--model", name, "--device", "cpu", "--dry-run", "--log-file", str(dest / "bench.log")],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return count / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -155,7 +155,7 @@ def test_scores_match_pyiqa_and_images_sort_by_thresholds(photos, workdir):
     assert summary_count(again.stdout, "scored now") == 0
     assert summary_count(again.stdout, "unchanged, score reused") == len(paths)
     assert {n: tuple(r) for n, r in db_rows(dest).items()} == before
-    sorted_files = sum((files_in(dest / c) for c in CATS), [])
+    sorted_files = [name for c in CATS for name in files_in(dest / c)]
     assert sorted(sorted_files) == sorted(
         p.name for k, p in paths.items() if k not in ("corrupt", "truncated")
     )
