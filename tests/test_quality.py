@@ -297,25 +297,30 @@ def test_musiq_architecture_scores_batches_of_mixed_sizes(workdir):
 
 
 def test_musiq_padded_batch_equals_one_image_at_a_time():
-    """Padding MUSIQ's patch sequences with masked tokens changes no score."""
+    """Padded patch sequences and fused attention change no score: the step's MUSIQ
+    on a batch of mixed sizes equals pyiqa's own MUSIQ (same weights) image by image."""
+    import copy
+
     import pyiqa
     import torch
 
     from yandex_reverse import quality
 
-    metric = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
-    opts = dict(metric.net.data_preprocess_opts)
+    reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
+    ours = copy.deepcopy(reference)
+    quality.fast_attention(ours.net)
+    opts = dict(ours.net.data_preprocess_opts)
     items = []
     for i, (w, h) in enumerate([(96, 64), (160, 120), (48, 200)]):
         image = torch.from_numpy(np.asarray(_photo(w, h, i)).copy()).permute(2, 0, 1).float() / 255
         items.append({"index": i, "image": image, "patches": quality.musiq_patches(image, opts)})
     scorer = quality.Scorer(
-        [quality.Metric("musiq", metric, None, is_musiq=True)], torch.device("cpu"), 3
+        [quality.Metric("musiq", ours, None, is_musiq=True)], torch.device("cpu"), 3
     )
     with torch.inference_mode():
         batched = scorer.score(items)
         for item in items:
-            alone = float(metric(item["image"][None]))
+            alone = float(reference(item["image"][None]))
             assert batched[item["index"]]["musiq"] == pytest.approx(alone, rel=1e-4, abs=1e-4)
 
 
