@@ -3,8 +3,8 @@
 Same images (1024x768 JPEGs), same metric, same device (CPU here), one run.
 Ours is the whole step run as a command (imports, scan, workers, batches, DB,
 reports; --dry-run so no files are copied), timed end to end; the peer is the
-plain loop in its own process with torch's default settings, timed from
-``create_metric`` on. Each side runs in a fresh process so neither inherits the
+plain loop in its own process with torch's default settings, also timed end
+to end (both pay the ~3 s import of torch and pyiqa). Each side runs in a fresh process so neither inherits the
 other's thread settings. Metrics: piqe (no weights) and
 MUSIQ's architecture with random weights (``pretrained=False``: the real
 compute). MUSIQ takes ~1 s per image on 2 CPU threads, so it uses fewer images
@@ -72,13 +72,14 @@ print(len(paths) / (time.perf_counter() - start))
 
 
 def peer(name: str, paths: list[Path], pretrained: bool) -> float:
-    """pyiqa's own way in a fresh process with torch's defaults; timed from
-    ``create_metric`` on (the import of torch and pyiqa is not counted)."""
-    done = subprocess.run(
+    """pyiqa's own way in a fresh process with torch's defaults, timed like ours:
+    from the command line to its exit (imports included on both sides)."""
+    start = time.perf_counter()
+    subprocess.run(
         [sys.executable, "-c", PEER, name, "1" if pretrained else "0", *map(str, paths)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return float(done.stdout.strip().splitlines()[-1])
+    return len(paths) / (time.perf_counter() - start)
 
 
 def ours(name: str, folder: Path, count: int, pretrained: bool) -> float:
