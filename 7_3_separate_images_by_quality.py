@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Step 7.3: score image quality with pyiqa (MUSIQ / CLIPIQA) and sort into high / medium / low."""
+"""Step 7.3: score image quality with pyiqa (MUSIQ / CLIPIQA / any metric) and sort into high / medium / low."""
 
 import sys
 
+from yandex_reverse.console import run_main
+from yandex_reverse.quality import main
+
 if __name__ == "__main__":
-    print("not yet implemented (issue #8)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_main(main))

@@ -1,0 +1,138 @@
+"""Step 7.3 against pyiqa's own way: ``create_metric(name)`` then ``metric(path)`` per image.
+
+Same images (1024x768 JPEGs), same metric, same device (CPU here), one run.
+Ours is the whole step run as a command (imports, scan, workers, batches, DB,
+reports; --dry-run so no files are copied), timed end to end; the peer is the
+plain loop in its own process with torch's default settings, also timed end
+to end (both pay the ~3 s import of torch and pyiqa). Each side runs in a fresh process so neither inherits the
+other's thread settings. Metrics: piqe (no weights) and
+MUSIQ's architecture with random weights (``pretrained=False``: the real
+compute). MUSIQ takes ~1 s per image on 2 CPU threads, so it uses fewer images
+(``--musiq-images``).
+
+    .venv/bin/python bench/bench_quality.py [--images 500] [--musiq-images 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import report, work_dir
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """Photo-like 1024x768 JPEGs: smooth gradients, shapes and grain, all different."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        path = folder / f"img_{i:04d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        y, x = np.mgrid[0:768, 0:1024]
+        base = np.stack(
+            [(x * (i % 7 + 1) / 40) % 255, (y * (i % 5 + 1) / 30) % 255, (x + y) / 7 % 255], -1
+        )
+        noise = rng.normal(0, 4 + i % 20, base.shape)
+        image = Image.fromarray(np.clip(base + noise, 0, 255).astype("uint8"))
+        draw = ImageDraw.Draw(image)
+        for _ in range(8):
+            x0, y0 = rng.integers(0, 900), rng.integers(0, 650)
+            draw.ellipse(
+                (x0, y0, x0 + 120, y0 + 100), fill=tuple(int(v) for v in rng.integers(0, 255, 3))
+            )
+        if i % 3 == 0:
+            image = image.filter(ImageFilter.GaussianBlur(1 + i % 4))
+        image.save(path, quality=90)
+    return paths
+
+
+PEER = """
+import sys, time, pyiqa, torch
+name, pretrained, paths = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+start = time.perf_counter()
+metric = pyiqa.create_metric(name, device=torch.device("cpu"), **({} if pretrained else {"pretrained": False}))
+for path in paths:
+    float(metric(path))
+print(len(paths) / (time.perf_counter() - start))
+"""
+
+
+def peer(name: str, paths: list[Path], pretrained: bool) -> float:
+    """pyiqa's own way in a fresh process with torch's defaults, timed like ours:
+    from the command line to its exit (imports included on both sides)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", PEER, name, "1" if pretrained else "0", *map(str, paths)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return len(paths) / (time.perf_counter() - start)
+
+
+def ours(name: str, folder: Path, count: int, pretrained: bool) -> float:
+    """The whole step as a user runs it, timed from the command line to its exit
+    (python, torch and pyiqa imports, scan, scoring, DB, reports all counted)."""
+    dest = folder.parent / f"{folder.name}_sorted_{name}"
+    shutil.rmtree(dest, ignore_errors=True)
+    env = {**os.environ, "YR_PYIQA_PRETRAINED": "1" if pretrained else "0"}
+    script = Path(__file__).resolve().parents[1] / "7_3_separate_images_by_quality.py"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(script), "--source", str(folder), "--dest", str(dest),
+         "--model", name, "--device", "cpu", "--dry-run", "--log-file", str(dest / "bench.log")],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--musiq-images", type=int, default=60)
+    parser.add_argument("--only", choices=("piqe", "musiq"))
+    args = parser.parse_args()
+    root = work_dir("quality")
+    all_paths = make_images(root / "images", max(args.images, args.musiq_images))
+    for name, count, pretrained in (
+        ("piqe", args.images, True),
+        ("musiq", args.musiq_images, False),
+    ):
+        if args.only and name != args.only:
+            continue
+        folder = root / f"set_{name}_{count}"
+        if not folder.exists():
+            folder.mkdir()
+            for path in all_paths[:count]:
+                os.link(path, folder / path.name)
+        paths = sorted(folder.glob("*.jpg"))
+        ours_rate = ours(name, folder, count, pretrained)
+        peer_rate = peer(name, paths, pretrained)
+        print(
+            f"{name}: {count} images, ours {ours_rate:.2f} img/s, pyiqa loop {peer_rate:.2f} img/s, "
+            f"ratio {ours_rate / peer_rate:.2f}x"
+        )
+        report(
+            "quality",
+            f"{name} images/s ({count} x 1024x768, CPU)",
+            "img/s",
+            ours_rate,
+            f"pyiqa create_metric('{name}')(path) loop",
+            peer_rate,
+        )
+
+
+if __name__ == "__main__":
+    main()

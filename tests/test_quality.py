@@ -1,0 +1,350 @@
+"""Step 7.3 driven as a user runs it: the real script, real images, real pyiqa metrics.
+
+No machine here can download weights, so the runs use pyiqa's weight-free
+``piqe`` and ``entropy``, and MUSIQ's real architecture with random weights
+(``YR_PYIQA_PRETRAINED=0``). ``HF_HUB_OFFLINE=1`` comes from ``run_script``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from tests.conftest import REPO, run_script
+
+SCRIPT = "7_3_separate_images_by_quality.py"
+CATS = ("high", "medium", "low")
+
+
+def _photo(width: int, height: int, seed: int) -> Image.Image:
+    """Edges, gradients and texture: something piqe and entropy can tell apart."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * 3) % 256, (y * 2) % 256, ((x // 16 + y // 16) % 2) * 200], -1)
+    base = base + rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype("uint8"))
+
+
+def make_images(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    sharp = _photo(320, 240, 1)
+    paths = {
+        "sharp": folder / "sharp.jpg",
+        "blurred": folder / "blurred.jpg",
+        "very_blurred": folder / "very_blurred.png",
+        "noisy": folder / "noisy.jpg",
+        "tiny": folder / "tiny.png",
+        "huge": folder / "huge.jpg",
+        "rotated": folder / "rotated.jpg",
+        "corrupt": folder / "corrupt.jpg",
+        "truncated": folder / "truncated.jpg",
+    }
+    sharp.save(paths["sharp"], quality=95)
+    sharp.filter(ImageFilter.GaussianBlur(2)).save(paths["blurred"], quality=95)
+    sharp.filter(ImageFilter.GaussianBlur(6)).save(paths["very_blurred"])
+    noise = np.random.default_rng(2).normal(0, 60, (240, 320, 3))
+    noisy = np.clip(np.asarray(sharp, dtype=float) + noise, 0, 255).astype("uint8")
+    Image.fromarray(noisy).save(paths["noisy"], quality=95)
+    _photo(40, 30, 3).save(paths["tiny"])
+    _photo(2400, 300, 4).save(paths["huge"], quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    _photo(320, 240, 5).save(paths["rotated"], quality=95, exif=exif)
+    paths["corrupt"].write_bytes(b"this is not a JPEG at all" * 10)
+    full = (folder / "sharp.jpg").read_bytes()
+    paths["truncated"].write_bytes(full[: len(full) // 3])
+    return paths
+
+
+def db_rows(dest: Path) -> dict[str, sqlite3.Row]:
+    conn = sqlite3.connect(dest / "quality_report.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["filename"]: r for r in conn.execute("SELECT * FROM image_quality")}
+    finally:
+        conn.close()
+
+
+def summary_count(stdout: str, label: str) -> int:
+    match = re.search(rf"{re.escape(label)}\s*│\s*([\d,]+)", stdout)
+    assert match, f"{label!r} not in summary:\n{stdout}"
+    return int(match.group(1).replace(",", ""))
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+def photos(workdir: Path) -> tuple[Path, dict[str, Path]]:
+    source = workdir / "photos"
+    return source, make_images(source)
+
+
+def test_scores_match_pyiqa_and_images_sort_by_thresholds(photos, workdir):
+    source, paths = photos
+    done = run_script(SCRIPT, "--source", source, "--model", "piqe", "--yes", cwd=workdir)
+    assert done.returncode == 0, done.stderr + done.stdout
+    dest = source / "quality_sorted"
+    rows = db_rows(dest)
+    assert len(rows) == len(paths)
+
+    import pyiqa
+    import torch
+
+    metric = pyiqa.create_metric("piqe", device="cpu")
+    for name in ("sharp", "blurred", "very_blurred", "noisy", "tiny"):
+        row = rows[paths[name].name]
+        raw = json.loads(row["scores_json"])["piqe"]["raw"]
+        assert raw == pytest.approx(float(metric(str(paths[name]))), rel=1e-4, abs=1e-3)
+        # one scale: piqe is lower-better on 0-100, so the score is 100 - piqe
+        assert row["max_score"] == pytest.approx(100 - raw, abs=1e-3)
+        expected = (
+            "high" if row["max_score"] >= 65 else "medium" if row["max_score"] >= 50 else "low"
+        )
+        assert row["category"] == expected
+        assert paths[name].exists()  # copy mode keeps the original
+        assert (dest / expected / paths[name].name).read_bytes() == paths[name].read_bytes()
+
+    # EXIF applied: sizes as shown, and the score is that of the upright picture
+    rotated = rows["rotated.jpg"]
+    assert (rotated["width"], rotated["height"]) == (240, 320)
+    upright = torch.from_numpy(
+        np.asarray(
+            Image.open(paths["rotated"]).transpose(Image.Transpose.ROTATE_270).convert("RGB")
+        ).copy()
+    )
+    expected_raw = float(metric(upright.permute(2, 0, 1)[None].float() / 255))
+    assert json.loads(rotated["scores_json"])["piqe"]["raw"] == pytest.approx(
+        expected_raw, rel=1e-4, abs=1e-3
+    )
+
+    # the huge image is scored (shrunk in memory), and no temporary file was left anywhere
+    assert rows["huge.jpg"]["category"] in CATS and rows["huge.jpg"]["width"] == 2400
+    assert not [p for p in source.iterdir() if "resized" in p.name]
+
+    # broken files: a one-line reason, listed, left in place, never sorted
+    for name in ("corrupt.jpg", "truncated.jpg"):
+        assert rows[name]["error_message"] and rows[name]["category"] is None
+        assert f"not scored: {name}" in done.stdout
+        assert (source / name).exists()
+        assert not any((dest / c / name).exists() for c in CATS)
+    assert "Traceback" not in done.stdout + done.stderr
+
+    report = json.loads((dest / "quality_report.json").read_text(encoding="utf-8"))
+    assert set(report) == set(rows)
+    assert report["sharp.jpg"]["scale"] == "piqe: (0..100) to 0..100, inverted (lower is better)"
+    assert (dest / "quality_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary_count(done.stdout, "scored now") == 7
+
+    # a re-run scores nothing and duplicates nothing
+    before = {name: tuple(row) for name, row in rows.items()}
+    again = run_script(SCRIPT, "--source", source, "--model", "piqe", "--yes", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert summary_count(again.stdout, "scored now") == 0
+    assert summary_count(again.stdout, "unchanged, score reused") == len(paths)
+    assert {n: tuple(r) for n, r in db_rows(dest).items()} == before
+    sorted_files = [name for c in CATS for name in files_in(dest / c)]
+    assert sorted(sorted_files) == sorted(
+        p.name for k, p in paths.items() if k not in ("corrupt", "truncated")
+    )
+
+    # a changed image is scored again
+    _photo(320, 240, 9).save(paths["sharp"], quality=95)
+    os.utime(paths["sharp"], ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = run_script(SCRIPT, "--source", source, "--model", "piqe", "--yes", cwd=workdir)
+    assert summary_count(third.stdout, "scored now") == 1
+
+
+def test_percentiles_rank_images_and_dry_run_moves_nothing(photos, workdir):
+    source, paths = photos
+    (source / "sub").mkdir()
+    _photo(200, 150, 11).save(source / "sub" / "nested.jpg")
+    dest = workdir / "out"
+    done = run_script(
+        SCRIPT, "--source", source, "--dest", dest, "--model", "entropy", "--mode", "move",
+        "--percentiles", "30,70", "--max-side", "400", "--dry-run", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = db_rows(dest)
+    assert "sub/nested.jpg" not in rows  # not --recursive
+    scored = sorted(
+        (r for r in rows.values() if r["max_score"] is not None), key=lambda r: r["max_score"]
+    )
+    assert len(scored) == 7
+    cats = [r["category"] for r in scored]
+    assert cats[0] == "low" and cats[-1] == "high"
+    assert cats == sorted(cats, key=["low", "medium", "high"].index)  # rank order
+    assert cats.count("low") == 2 and cats.count("high") == 2
+    # entropy is 0..8 bits: the 0-100 score is raw x 12.5
+    raw = json.loads(scored[0]["scores_json"])["entropy"]["raw"]
+    assert scored[0]["max_score"] == pytest.approx(raw * 12.5, abs=1e-3)
+    # dry run: every source file still there, no category folder
+    assert all(p.exists() for p in paths.values())
+    assert not any((dest / c).exists() for c in CATS)
+    assert "would be high: moved" in done.stdout
+
+    recursive = run_script(
+        SCRIPT, "--source", source, "--dest", dest, "--model", "entropy", "--recursive",
+        "--percentiles", "30,70", "--max-side", "400", "--dry-run", cwd=workdir,
+    )  # fmt: skip
+    assert summary_count(recursive.stdout, "scored now") == 1
+    assert "sub/nested.jpg" in db_rows(dest)
+
+
+def test_move_never_overwrites_and_sidecars_follow(photos, workdir):
+    source, paths = photos
+    (source / "sharp.txt").write_text("https://example.com/sharp.jpg", encoding="utf-8")
+    dest = workdir / "sorted"
+    for cat in CATS:  # a different picture already sits under the same name everywhere
+        (dest / cat).mkdir(parents=True)
+        _photo(64, 48, 20).save(dest / cat / "sharp.jpg")
+    done = run_script(
+        SCRIPT, "--source", source, "--dest", dest, "--model", "piqe", "--mode", "move",
+        "--errors-folder", "--yes", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    row = db_rows(dest)["sharp.jpg"]
+    folder = dest / row["category"]
+    assert {"sharp.jpg", "sharp_1.jpg", "sharp_1.txt"} <= set(files_in(folder))
+    assert Image.open(folder / "sharp.jpg").size == (64, 48)  # untouched
+    assert row["placed_path"] == str(folder / "sharp_1.jpg")
+    assert not paths["sharp"].exists() and not (source / "sharp.txt").exists()
+    # unscorable files went to errors/ on request
+    assert files_in(dest / "errors") == ["corrupt.jpg", "truncated.jpg"]
+    assert not any(p.exists() for p in paths.values())
+    report = json.loads((dest / "quality_report.json").read_text(encoding="utf-8"))
+    assert report["sharp.jpg"]["path"] == str(folder / "sharp_1.jpg")
+
+    # a re-run finds nothing to do; the report still holds every image
+    again = run_script(SCRIPT, "--source", source, "--dest", dest, "--model", "piqe",
+                       "--mode", "move", "--yes", cwd=workdir)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert summary_count(again.stdout, "images found") == 0
+    assert len(json.loads((dest / "quality_report.json").read_text(encoding="utf-8"))) == len(paths)
+
+
+def test_killed_run_resumes_without_losing_scores(workdir):
+    source = workdir / "many"
+    source.mkdir()
+    for i in range(20):
+        _photo(400, 300, 100 + i).save(source / f"p{i:02d}.png", compress_level=1)
+    dest = workdir / "q"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, str(REPO / SCRIPT), "--source", str(source), "--dest", str(dest),
+            "--model", "entropy", "--batch-size", "1", "--workers", "1", "--yes"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    first = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (dest / "quality_report.db").exists():
+                try:
+                    first = len(db_rows(dest))
+                except sqlite3.OperationalError:
+                    first = 0
+                if first >= 2:
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    kept = db_rows(dest)
+    assert 2 <= len(kept) < 20
+    assert all(r["max_score"] is not None for r in kept.values())
+
+    done = run_script(SCRIPT, "--source", source, "--dest", dest, "--model", "entropy", "--yes",
+                      cwd=workdir)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert summary_count(done.stdout, "unchanged, score reused") == len(kept)
+    assert summary_count(done.stdout, "scored now") == 20 - len(kept)
+    rows = db_rows(dest)
+    assert len(rows) == 20 and all(r["category"] in CATS for r in rows.values())
+    assert {n: r["processed_at"] for n, r in rows.items() if n in kept} == {
+        n: r["processed_at"] for n, r in kept.items()
+    }
+    assert sum(len(files_in(dest / c)) for c in CATS) == 20
+
+
+def test_musiq_architecture_scores_batches_of_mixed_sizes(workdir):
+    source = workdir / "m"
+    source.mkdir()
+    sizes = [(96, 64), (64, 96), (128, 128), (200, 90), (70, 70)]
+    for i, (w, h) in enumerate(sizes):
+        _photo(w, h, 40 + i).save(source / f"m{i}.jpg", quality=95)
+    done = run_script(
+        SCRIPT, "--source", source, "--model", "musiq", "--batch-size", "4", "--yes",
+        "--thresholds", "0,-100", cwd=workdir, env={"YR_PYIQA_PRETRAINED": "0"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    rows = db_rows(source / "quality_sorted")
+    assert len(rows) == 5
+    assert all(r["musiq_score"] is not None and r["models"] == "musiq" for r in rows.values())
+    assert all(r["scale"] == "musiq: as is" for r in rows.values())
+
+
+def test_musiq_padded_batch_equals_one_image_at_a_time():
+    """Padded patch sequences and fused attention change no score: the step's MUSIQ
+    on a batch of mixed sizes equals pyiqa's own MUSIQ (same weights) image by image."""
+    import copy
+
+    import pyiqa
+    import torch
+
+    from yandex_reverse import quality
+
+    reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
+    ours = copy.deepcopy(reference)
+    quality.fast_attention(ours.net)
+    opts = dict(ours.net.data_preprocess_opts)
+    items = []
+    for i, (w, h) in enumerate([(96, 64), (160, 120), (48, 200)]):
+        image = torch.from_numpy(np.asarray(_photo(w, h, i)).copy()).permute(2, 0, 1).float() / 255
+        items.append({"index": i, "image": image, "patches": quality.musiq_patches(image, opts)})
+    scorer = quality.Scorer(
+        [quality.Metric("musiq", ours, None, is_musiq=True)], torch.device("cpu"), 3
+    )
+    with torch.inference_mode():
+        batched = scorer.score(items)
+        for item in items:
+            alone = float(reference(item["image"][None]))
+            assert batched[item["index"]]["musiq"] == pytest.approx(alone, rel=1e-4, abs=1e-4)
+
+
+def test_missing_weights_end_with_one_clear_line(workdir):
+    source = workdir / "w"
+    source.mkdir()
+    _photo(64, 48, 1).save(source / "a.jpg")
+    hub = workdir / "empty_hub"
+    hub.mkdir()
+    done = run_script(SCRIPT, "--source", source, "--model", "musiq", "--weights-dir", hub,
+                      "--yes", cwd=workdir)  # fmt: skip
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "weights for musiq are missing" in message
+    assert f"Put it at {hub / 'pyiqa' / 'musiq_koniq_ckpt-e95806b9.pth'}" in message
+    assert "https://huggingface.co/" in message
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_without_terminal_or_yes_nothing_starts(photos, workdir):
+    source, _ = photos
+    done = run_script(SCRIPT, "--source", source, "--model", "piqe", cwd=workdir)
+    assert done.returncode == 2
+    assert "--yes" in done.stderr
+    assert not (source / "quality_sorted").exists()
+    bad = run_script(SCRIPT, "--source", source, "--thresholds", "50,65", "--yes", cwd=workdir)
+    assert bad.returncode == 2 and "--thresholds" in bad.stderr
