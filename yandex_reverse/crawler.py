@@ -473,7 +473,7 @@ class Crawler:
 
     async def attempt(self, path: Path, new_page: Any, *, last: bool) -> Outcome | None:
         job = ImageJob(self, path)
-        page, close = await new_page()
+        page, close = await asyncio.wait_for(new_page(), self.opts.timeout)
         try:
             end = await asyncio.wait_for(job.run(page), self.opts.tab_timeout)
         except CaptchaHit as exc:
@@ -494,8 +494,10 @@ class Crawler:
                 path.name, "failed", bad_files=job.bad_files, stage=job.stage, reason=reason
             )
         finally:
-            with contextlib.suppress(Exception):
-                await close()
+            # Closing a tab that was sent to a captcha page mid-upload can hang in
+            # Chromium: give up after a few seconds (the browser closes it at the end).
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(close(), min(5.0, self.opts.timeout))
         self.gate.ok()
         results = len(set().union(*job.pages.values())) if job.pages else 0
         out = Outcome(path.name, "done", len(job.pages), results, end, job.bad_files)
