@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +54,28 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+def rows(db_path: Path, sql: str, *params: object) -> list[tuple]:
+    """Query a SQLite file the way a user's sqlite3 shell would (a fresh connection)."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def dump(db_path: Path) -> list[str]:
+    """The whole DB as SQL text, to prove that a run changed nothing."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def count_of(stdout: str, label: str) -> int:
+    """A number from a step's summary table (``│ label │ 1,234 │``)."""
+    match = re.search(re.escape(label) + r"\s*│\s*([\d,]+)", stdout)
+    assert match, f"{label!r} not in output:\n{stdout}"
+    return int(match[1].replace(",", ""))

@@ -12,34 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr
 from yandex_reverse import db
 
 SCRIPT = "4_DB_cleanup.py"
 BACKUP_NAME = re.compile(r"yandex_images_backup_\d{8}_\d{6}(_\d+)?\.db")
-
-
-def dump(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
-
-
-def rows(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def count_of(stdout: str, label: str) -> int:
-    match = re.search(re.escape(label) + r"\s*│\s*([\d,]+)", stdout)
-    assert match, f"{label!r} not in output:\n{stdout}"
-    return int(match[1].replace(",", ""))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr
 from yandex_reverse import db
 from yandex_reverse.domains import Classifier
@@ -57,22 +57,6 @@ def source_db(workdir: Path) -> Path:
         "2_XHRtoDB.py", "--xhr-dir", xhr, "--db", "yandex_images.db", cwd=workdir, check=True
     )
     return workdir / "yandex_images.db"
-
-
-def dump(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
-
-
-def rows(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def test_counts_per_service_and_domain_exact(source_db: Path, workdir: Path) -> None:

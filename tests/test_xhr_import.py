@@ -11,21 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
 from yandex_reverse import db
 
 
 def import_xhr(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_script("2_XHRtoDB.py", *extra, cwd=workdir)
-
-
-def rows(db_path: Path, sql: str, *params: object) -> list[tuple]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def counts(db_path: Path) -> tuple[int, int, int]:
@@ -160,11 +152,7 @@ def test_bad_files_get_a_reason_and_the_run_goes_on(workdir: Path) -> None:
     for name, reason in expected.items():
         assert reason in ledger[name], (name, ledger[name])
         assert name in done.stdout
-    assert ("files failed", "6") in [
-        tuple(part.strip() for part in line.strip("│ ").split("│"))
-        for line in done.stdout.splitlines()
-        if "files failed" in line
-    ]
+    assert count_of(done.stdout, "files failed") == 6
     page = rows(
         database, "SELECT status, entities FROM xhr_files WHERE path = 'emptypage.jpg_xhr_003.json'"
     )
@@ -192,16 +180,15 @@ def test_second_run_adds_nothing_and_skips_by_ledger(workdir: Path) -> None:
     assert import_xhr(workdir).returncode == 0
     database = workdir / "yandex_images.db"
     first = counts(database)
-    dump_before = list(sqlite3.connect(database).iterdump())
+    dump_before = dump(database)
 
     again = import_xhr(workdir)
 
     assert again.returncode == 0
     assert counts(database) == first
-    assert "files skipped (unchanged)" in again.stdout
-    line = next(line for line in again.stdout.splitlines() if "files skipped" in line)
-    assert line.split("│")[2].strip() == "3"
-    dump_after = list(sqlite3.connect(database).iterdump())
+    assert count_of(again.stdout, "files skipped (unchanged)") == 3
+    assert count_of(again.stdout, "files imported") == 0
+    dump_after = dump(database)
     assert dump_after == dump_before
 
 
@@ -227,8 +214,7 @@ def test_touched_but_identical_file_is_not_reparsed(workdir: Path) -> None:
 
     done = import_xhr(workdir)
 
-    line = next(line for line in done.stdout.splitlines() if "files imported" in line)
-    assert line.split("│")[2].strip() == "0"
+    assert count_of(done.stdout, "files imported") == 0
     mtime = rows(workdir / "yandex_images.db", "SELECT mtime_ns FROM xhr_files")[0][0]
     assert mtime == path.stat().st_mtime_ns
 

@@ -8,6 +8,7 @@ the terminal: they go to the step's log file.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -297,8 +298,6 @@ def folder_option(value: str | None, question: str, *, flag: str) -> Path:
 
 def positive_int(text: str) -> int:
     """An ``argparse`` type for counts such as ``--workers``: 1 or more."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -306,3 +305,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
+
+
+def add_sort_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every folder-sorting step shares (7.1, 7.2)."""
+    parser.add_argument("--recursive", action="store_true", help="also sort images in subfolders")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show where every image would go; change nothing"
+    )
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="start without the final [y/N] (needed without a terminal)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="processes reading headers (default: all cores)",
+    )
+    parser.add_argument("--log-file", type=Path, default=None, help="write details here")

@@ -84,8 +84,8 @@ def scalar(db_path: Path, sql: str) -> int:
         conn.close()
 
 
-def count_images(folder: Path) -> int:
-    return sum(1 for _ in iter_images(folder, recursive=True)) if folder.is_dir() else 0
+def count_images(folder: Path, *, recursive: bool = True) -> int:
+    return sum(1 for _ in iter_images(folder, recursive=recursive)) if folder.is_dir() else 0
 
 
 def run(
@@ -170,13 +170,15 @@ def run(
         "downloads failed": scalar(
             database, "SELECT count(*) FROM downloads WHERE status = 'failed'"
         ),
-        "images downloaded (on disk)": count_images(downloads)
-        + count_images(downloads / "_duplicates"),
+        "images downloaded (on disk)": count_images(downloads),  # _duplicates/ is inside
         "duplicates in quarantine": count_images(downloads / "_duplicates"),
-        "images after deduplication": count_images(downloads),
+        "images after deduplication": count_images(downloads, recursive=False),
         "sorted by orientation": count_images(sorted_dir / "orientation"),
         "sorted by megapixels": count_images(sorted_dir / "megapixels"),
-        "sorted by quality": count_images(sorted_dir / "quality"),
+        "sorted by quality": sum(
+            count_images(sorted_dir / "quality" / category)
+            for category in ("high", "medium", "low")
+        ),
     }
 
 

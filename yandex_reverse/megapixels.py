@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from yandex_reverse.console import (
     UsageError,
+    add_sort_flags,
     ask_choice,
     ask_text,
     clean_path_answer,
@@ -31,7 +32,6 @@ from yandex_reverse.console import (
     console,
     folder_option,
     is_interactive,
-    positive_int,
     setup_logging,
 )
 from yandex_reverse.images import ImageInfo, iter_images, print_sort_report, sort_images
@@ -243,23 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1-7; default without a "
         f"terminal: {DEFAULT_STRATEGY}",
     )
-    parser.add_argument("--recursive", action="store_true", help="also sort images in subfolders")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="show where every image would go; change nothing"
-    )
-    parser.add_argument(
-        "--yes",
-        action="store_true",
-        help="start without the final [y/N] (needed without a terminal)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="processes reading headers (default: all cores)",
-    )
-    parser.add_argument("--log-file", type=Path, default=None, help="write details here")
+    add_sort_flags(parser)
     return parser
 
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from yandex_reverse.console import (
+    add_sort_flags,
     ask_choice,
     clean_path_answer,
     confirm,
     console,
     folder_option,
-    positive_int,
     setup_logging,
 )
 from yandex_reverse.images import (
@@ -85,23 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count an image as square when its long side is at most (1+T) times the short "
         "one, e.g. 0.02 for 2%% (default 0: equal sides only)",
     )
-    parser.add_argument("--recursive", action="store_true", help="also sort images in subfolders")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="show where every image would go; change nothing"
-    )
-    parser.add_argument(
-        "--yes",
-        action="store_true",
-        help="start without the final [y/N] (needed without a terminal)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="processes reading headers (default: all cores)",
-    )
-    parser.add_argument("--log-file", type=Path, default=None, help="write details here")
+    add_sort_flags(parser)
     return parser
 
 
