@@ -438,7 +438,8 @@ def count(conn: sqlite3.Connection, table_name: str) -> int:
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
+    """One parser per core: the writer mostly waits on SQLite, which releases the GIL."""
+    return max(1, os.cpu_count() or 1)
 
 
 def import_folder(
@@ -578,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="parser processes (default: all cores but one, for large folders)",
+        help="parser processes (default: one per core, for large folders)",
     )
     parser.add_argument(
         "--batch-files",
