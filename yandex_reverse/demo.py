@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -58,9 +57,7 @@ def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
     return made
 
 
-def run_step(
-    title: str, script: str, *args: str | os.PathLike[str], cwd: Path, ok: Sequence[int] = (0,)
-) -> None:
+def run_step(title: str, script: str, *args: str | os.PathLike[str], cwd: Path) -> None:
     """Run one numbered script in ``cwd``; its own summary is printed as it comes."""
     console.rule(f"[bold]{title}")
     command = [sys.executable, str(REPO / script), *map(str, args)]
@@ -70,7 +67,7 @@ def run_step(
     started = time.perf_counter()
     code = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, env=env).returncode
     console.print(f"[dim]{script}: exit {code} in {time.perf_counter() - started:.1f} s[/dim]")
-    if code not in ok:
+    if code != 0:
         raise DemoFailed(f"{script} exited {code}")
 
 
