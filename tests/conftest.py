@@ -79,3 +79,29 @@ def count_of(stdout: str, label: str) -> int:
     match = re.search(re.escape(label) + r"\s*│\s*([\d,]+)", stdout)
     assert match, f"{label!r} not in output:\n{stdout}"
     return int(match[1].replace(",", ""))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes, to prove that a run changed nothing."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def spawn(script: str, *args: str, cwd: Path):  # -> pexpect.spawn
+    """Run a numbered script on a pseudo-terminal, so that it asks its questions."""
+    import pexpect
+
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env.pop("YR_NONINTERACTIVE", None)
+    return pexpect.spawn(
+        sys.executable,
+        [str(REPO / script), *args],
+        cwd=str(cwd),
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 200),
+    )

@@ -3,16 +3,14 @@ sizes, flags or answers typed on a pseudo-terminal."""
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import pexpect
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, run_script
+from tests.conftest import run_script, spawn, tree
 
 SCRIPT = "7_2_separate_images_by_MegaPixels.py"
 _shade = iter(range(1, 10_000))
@@ -35,14 +33,6 @@ def make_image(path: Path, size: tuple[int, int], *, orientation: int | None = N
     else:
         image.save(path)
     return path
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 SIZES = {
@@ -264,23 +254,9 @@ def test_without_a_terminal_the_default_strategy_is_ranges(photos: Path, workdir
     assert (photos / "sorted_by_mpix" / "20.0MP+" / "big.png").exists()
 
 
-def _spawn(*args: str, cwd: Path) -> pexpect.spawn:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    env.pop("YR_NONINTERACTIVE", None)
-    return pexpect.spawn(
-        sys.executable,
-        [str(REPO / SCRIPT), *args],
-        cwd=str(cwd),
-        env=env,
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(50, 200),
-    )
-
-
 def test_prompts_in_the_original_order_on_a_terminal(photos: Path, workdir: Path) -> None:
     out = workdir / "elsewhere" / "by mp"
-    child = _spawn(cwd=workdir)
+    child = spawn(SCRIPT, cwd=workdir)
     child.expect("Folder with images")
     child.sendline(f'"{photos}"')
     child.expect("Output folder:")

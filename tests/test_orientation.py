@@ -13,7 +13,7 @@ import pexpect
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, run_script, spawn, tree
 
 SCRIPT = "7_1_separate_images_by_orientation.py"
 _shade = iter(range(1, 10_000))
@@ -31,14 +31,6 @@ def make_image(path: Path, size: tuple[int, int], *, orientation: int | None = N
     else:
         image.save(path)
     return path
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -237,22 +229,8 @@ def test_hundreds_of_images_are_read_in_parallel(workdir: Path) -> None:
     assert not list(src.glob("*.png"))
 
 
-def _spawn(*args: str, cwd: Path) -> pexpect.spawn:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    env.pop("YR_NONINTERACTIVE", None)
-    return pexpect.spawn(
-        sys.executable,
-        [str(REPO / SCRIPT), *args],
-        cwd=str(cwd),
-        env=env,
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(50, 200),
-    )
-
-
 def test_prompts_in_the_original_order_on_a_terminal(photos: Path, workdir: Path) -> None:
-    child = _spawn(cwd=workdir)
+    child = spawn(SCRIPT, cwd=workdir)
     child.expect("Folder with images")
     child.sendline(str(workdir / "missing"))
     child.expect("Not a folder")
@@ -282,7 +260,7 @@ def test_prompts_in_the_original_order_on_a_terminal(photos: Path, workdir: Path
 
 def test_answering_no_cancels_and_changes_nothing(photos: Path, workdir: Path) -> None:
     before = tree(photos)
-    child = _spawn("--source", str(photos), "--mode", "copy", cwd=workdir)
+    child = spawn(SCRIPT, "--source", str(photos), "--mode", "copy", cwd=workdir)
     child.expect(r"Square \(1:1\) images:")
     child.sendline("")  # Enter: the recommended separate folder
     child.expect(r"Squares:\s+separate")
