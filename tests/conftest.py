@@ -81,6 +81,33 @@ def count_of(stdout: str, label: str) -> int:
     return int(match[1].replace(",", ""))
 
 
+def run_on_terminal(
+    script: str, *args: str | os.PathLike[str], cwd: Path, answers: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a numbered script with a pseudo-terminal as standard input, typing ``answers``."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env.pop("YR_NONINTERACTIVE", None)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / script), *map(str, args)],
+            cwd=cwd,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        os.write(master, answers.encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes, to prove that a run changed nothing."""
     return {

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import pty
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, count_of, dump, rows, run_script
+from tests.conftest import count_of, dump, rows, run_on_terminal, run_script
 from tests.xhr_factory import entity, write_xhr
 from yandex_reverse import db
 
@@ -202,25 +198,10 @@ def test_legacy_db_duplicates_reported_and_archived(workdir: Path) -> None:
 
 
 def test_on_a_terminal_asks_which_db_like_the_original(damaged_db: Path, workdir: Path) -> None:
-    master, slave = pty.openpty()
-    try:
-        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-        env.pop("YR_NONINTERACTIVE", None)
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / SCRIPT), "--dry-run"],
-            cwd=workdir,
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        os.write(master, b"7\n1\n")  # a wrong answer asks again, then yandex_images.db
-        out, err = proc.communicate(timeout=120)
-    finally:
-        os.close(master)
-        os.close(slave)
-    assert proc.returncode == 0, err
+    # A wrong answer asks again, then 1 = yandex_images.db.
+    done = run_on_terminal(SCRIPT, "--dry-run", cwd=workdir, answers="7\n1\n")
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0, err
     assert "1) yandex_images.db" in out and "2) vk_images.db" in out
     assert "Invalid choice" in out
     assert count_of(out, "results without any usable URL") == 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import run_script
+from tests.conftest import run_on_terminal, run_script
 from yandex_reverse.dedup import index
 from yandex_reverse.dedup.hashing import perceptual_hash
 
@@ -325,47 +325,25 @@ def test_hash_index_finds_exactly_the_pairs_brute_force_finds(nbits: int, thresh
     assert len(i) >= 40
 
 
-def run_on_terminal(cwd: Path, answers: str, *args) -> tuple[int, str]:
-    """Run the script with a pseudo-terminal as standard input, typing ``answers``."""
-    import pty
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    master, slave = pty.openpty()
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("YR_NONINTERACTIVE", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / SCRIPT), *map(str, args)],
-        cwd=cwd,
-        stdin=slave,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    os.close(slave)
-    os.write(master, answers.encode())
-    out, _ = proc.communicate(timeout=120)
-    os.close(master)
-    return proc.returncode, out
+def on_terminal(cwd: Path, answers: str, *args) -> tuple[int, str]:
+    done = run_on_terminal(SCRIPT, *args, cwd=cwd, answers=answers)
+    return done.returncode, done.stdout + done.stderr
 
 
 def test_on_a_terminal_the_plan_is_shown_and_asked_once(photos: Path, workdir: Path):
     before = files_under(photos)
-    code, out = run_on_terminal(workdir, "n\n", photos, "--mode", "exact", "--report", "no.json")
+    code, out = on_terminal(workdir, "n\n", photos, "--mode", "exact", "--report", "no.json")
     assert code == 0, out
     assert out.count("Move 2 duplicate files") == 1
     assert "sub/a_copy.jpg" in out  # the plan
     assert files_under(photos) == before
-    code, out = run_on_terminal(workdir, "y\n", photos, "--mode", "exact", "--report", "yes.json")
+    code, out = on_terminal(workdir, "y\n", photos, "--mode", "exact", "--report", "yes.json")
     assert code == 0, out
     assert load(workdir / "yes.json")["counts"]["moved"] == 2
 
 
 def test_interactive_asks_for_each_file(photos: Path, workdir: Path):
-    code, out = run_on_terminal(
+    code, out = on_terminal(
         workdir, "y\nn\n", photos, "--mode", "exact", "--interactive", "--report", "r.json"
     )
     assert code == 0, out
