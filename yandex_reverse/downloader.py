@@ -542,11 +542,12 @@ class WorkReader:
                 return []
             self.after = rows[-1][0]
             if self.settings.what == "all-variants":
-                return [
-                    Unit(str(r[1]), [Candidate(u, "original", r[3])])
-                    for r in rows
-                    if (u := _first_url(r[2], r[3], r[4]))
-                ] + [Unit(str(r[1]), []) for r in rows if not _first_url(r[2], r[3], r[4])]
+                units = []
+                for _rowid, image_id, best_url, orig_url, img_href in rows:
+                    url = _first_url(best_url, orig_url, img_href)
+                    candidates = [Candidate(url, "original", orig_url)] if url else []
+                    units.append(Unit(str(image_id), candidates))
+                return units
             return self._originals(conn, rows)
         rows = conn.execute(
             "SELECT id, image_id, variant_type, url, origin_url FROM image_variants "
