@@ -31,8 +31,17 @@ def report(
     ours: float,
     peer_name: str | None = None,
     peer: float | None = None,
+    *,
+    aim: float | None = None,
+    skipped: str | None = None,
+    **extra: Any,
 ) -> None:
-    """Print one result line for ``run_all.py`` (ratio = ours / peer)."""
+    """Print one result line for ``run_all.py`` (ratio = ours / peer).
+
+    ``aim``: the least ratio the issue asks for (``run_all`` marks a ratio below it).
+    ``skipped``: why the peer could not run (then ``peer`` is None); ``run_all``
+    shows it as one line. ``extra`` keys are kept in the line as they are.
+    """
     ratio = (ours / peer) if peer else None
     line = {
         "bench": bench,
@@ -42,5 +51,8 @@ def report(
         "peer_name": peer_name,
         "peer": peer,
         "ratio": ratio,
+        **({"aim": aim} if aim is not None else {}),
+        **({"skipped": skipped} if skipped else {}),
+        **extra,
     }
     print(MARK + json.dumps(line), flush=True)

@@ -424,3 +424,53 @@ def test_out_of_memory_halves_the_batch_and_scores_stay():
         out = runner.score(items[:2])
     assert runner.batch_size == 1
     assert out[0] == "model: piqe out of memory at batch size 1"
+
+
+def test_fast_piqe_gives_pyiqa_numbers_bit_for_bit(photos):
+    """The step's PIQE (score only, strip-wise Gaussian) equals pyiqa's piqe exactly,
+    one image at a time and in a same-size batch, on sizes that need padding and not."""
+    import torch
+    from pyiqa.archs.piqe_arch import piqe
+    from pyiqa.utils.img_util import imread2tensor
+
+    from yandex_reverse.quality.metrics import FastPiqe
+
+    _, paths = photos
+    fast = FastPiqe.create()
+    images = [imread2tensor(str(paths[k]))[None] for k in ("sharp", "noisy", "tiny", "huge")]
+    images.append(torch.rand(2, 3, 200, 130, generator=torch.Generator().manual_seed(3)))
+    with torch.inference_mode():
+        for image in images:  # 320x240, 40x30 (pad), 2400x300, a batch of two 130x200
+            assert torch.equal(fast(image), piqe(image)[0])
+
+
+def test_musiq_bfloat16_is_checked_against_float32_on_the_first_batch():
+    """bfloat16 MUSIQ is used only while the first batch's scores stay within 0.05 of
+    float32; that batch keeps its float32 scores; a net whose scores move more stays
+    in float32."""
+    import copy
+
+    import pyiqa
+    import torch
+
+    from yandex_reverse.quality import metrics
+
+    reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
+    opts = dict(reference.net.data_preprocess_opts)
+    image = torch.from_numpy(np.asarray(_photo(96, 64, 1)).copy()).permute(2, 0, 1).float() / 255
+    patches = metrics.musiq_patches(image, opts)[None]
+    with torch.inference_mode():
+        exact = float(reference(image[None]))
+        checked = metrics.MusiqForward(copy.deepcopy(reference.net), low_precision=True)
+        assert float(checked(patches)) == pytest.approx(exact, abs=1e-5)
+        assert checked.bf16 is True and checked.difference is not None
+        assert 0 < checked.difference <= metrics.BF16_TOLERANCE
+        assert float(checked(patches)) == pytest.approx(exact, abs=metrics.BF16_TOLERANCE)
+
+        loud = copy.deepcopy(reference.net)  # scores x1000: bfloat16's error grows with them
+        loud.head.weight.mul_(1000)
+        loud.head.bias.mul_(1000)
+        guarded = metrics.MusiqForward(loud, low_precision=True)
+        first = float(guarded(patches))
+        assert guarded.bf16 is False and guarded.difference > metrics.BF16_TOLERANCE
+        assert float(guarded(patches)) == first  # float32 from then on

@@ -29,7 +29,7 @@ from .. import console
 from ..console import UsageError, log, one_line
 from ..images import ImageError
 from .decode import DecodeSet, Task, read_header
-from .metrics import PRETRAINED_ENV, Metric, Preprocessed, create_metrics
+from .metrics import PRETRAINED_ENV, Metric, create_metrics
 from .report import error_row, now_text, score_row
 
 
@@ -44,6 +44,7 @@ class ScoreSettings:
     weights_dir: Path | None = None
     workers: int | None = None  # threads; default one per core (decode threads on a GPU)
     pretrained: bool = True  # False: random weights (tests, benchmarks)
+    precision: str = "auto"  # auto: MUSIQ in bfloat16 where it pays and is checked; fp32
 
     @classmethod
     def from_env(cls, **fields: Any) -> ScoreSettings:
@@ -78,7 +79,11 @@ class Scorer:
             self.threads = settings.workers if settings.workers is not None else cpus
             torch.set_num_threads(1)
         self.metrics = create_metrics(
-            settings.models, self.device, settings.weights_dir, pretrained=settings.pretrained
+            settings.models,
+            self.device,
+            settings.weights_dir,
+            pretrained=settings.pretrained,
+            precision=settings.precision,
         )
         self.scales = {m.name: m.scale for m in self.metrics}
         self.base = {
@@ -350,16 +355,11 @@ class ModelRunner:
                 for item in chunk
             ]
             batch = torch.stack(padded).to(self.device, non_blocking=non_blocking)
-            net = metric.model.net
-            # The patches are already MUSIQ's own preprocessing; its forward skips that
-            # step only when ``self.training`` is set, so it runs on a view of the net
-            # that says so (children stay in eval mode; thread-safe, the net is untouched).
-            scores = type(net).forward(Preprocessed(net), batch)
         else:
             batch = torch.stack([item["image"] for item in chunk]).to(
                 self.device, non_blocking=non_blocking
             )
-            scores = metric.model(batch)
+        scores = metric(batch)
         if isinstance(scores, (tuple, list)):
             scores = scores[0]
         flat = scores.detach().float().reshape(-1).cpu()
