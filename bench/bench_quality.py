@@ -131,6 +131,7 @@ def main() -> None:
             ours_rate,
             f"pyiqa create_metric('{name}')(path) loop",
             peer_rate,
+            aim=2.0,
         )
 
 

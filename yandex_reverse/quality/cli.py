@@ -7,6 +7,7 @@ files are in :mod:`.report`.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from collections import defaultdict
@@ -18,12 +19,14 @@ from .. import console
 from ..console import UsageError, one_line
 from ..images import iter_images
 from .decode import Task
+from .metrics import PRETRAINED_ENV, weights_problem
 from .report import (
     CATEGORIES,
     DB_NAME,
     HISTOGRAM_NAME,
     JSON_NAME,
     assign_categories,
+    empty_category_hint,
     open_db,
     upsert,
     write_reports,
@@ -154,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MODEL_CHOICES = (
+    ("musiq", "MUSIQ only (recommended; needs its weights file)"),
+    ("clipiqa", "CLIPIQA only (faster, less accurate; needs CLIP's weights)"),
+    ("both", "both (the higher score is used)"),
+    ("piqe", "PIQE (needs no weights; fast, judges blur, noise and blocking only)"),
+)
+
+
+def _ask_model(default: str) -> str:
+    return console.ask_choice("Quality model", list(MODEL_CHOICES), flag="--model", default=default)
+
+
+def _models(answer: str) -> tuple[str, ...]:
+    model = answer.strip().lower()
+    return ("musiq", "clipiqa") if model == "both" else (model,)
+
+
+def _pretrained() -> bool:
+    return os.environ.get(PRETRAINED_ENV, "1") != "0"
+
+
 def resolve_options(args: argparse.Namespace) -> Options:
     """Flags first; questions (as in the original) only on a terminal."""
     source: Path
@@ -171,18 +195,18 @@ def resolve_options(args: argparse.Namespace) -> Options:
         console.console.print(f"[yellow]No images in {source}. Try again.[/yellow]")
     console.console.print(f"Found {count} image(s) in {source}")
 
-    model = args.model or console.ask_choice(
-        "Quality model",
-        [
-            ("musiq", "MUSIQ only (recommended)"),
-            ("clipiqa", "CLIPIQA only (faster, less accurate)"),
-            ("both", "both (the higher score is used)"),
-        ],
-        flag="--model",
-        default="musiq",
-    )
-    model = model.strip().lower()
-    models = ("musiq", "clipiqa") if model == "both" else (model,)
+    weights = args.weights_dir.expanduser().absolute() if args.weights_dir else None
+    if weights is not None and not weights.is_dir():
+        raise UsageError(f"--weights-dir is not a folder: {weights}")
+    models = _models(args.model or _ask_model("musiq"))
+    # On a terminal the weights are checked now, before the other questions; without
+    # one the step stops with the same line when it loads the metric.
+    while console.is_interactive():
+        problem = weights_problem(models, weights, pretrained=_pretrained())
+        if problem is None:
+            break
+        console.console.print(f"[yellow]{problem}[/yellow]")
+        models = _models(_ask_model("piqe"))
     mode = args.mode or console.ask_choice(
         "Sort mode",
         [("copy", "copy (originals stay)"), ("move", "move")],
@@ -216,9 +240,6 @@ def resolve_options(args: argparse.Namespace) -> Options:
         raise UsageError("--batch-size must be at least 1")
     if args.max_side < 0:
         raise UsageError("--max-side must be 0 (never shrink) or a positive number")
-    weights = args.weights_dir.expanduser().absolute() if args.weights_dir else None
-    if weights is not None and not weights.is_dir():
-        raise UsageError(f"--weights-dir is not a folder: {weights}")
     return Options(
         source=source,
         dest=dest,
@@ -362,6 +383,15 @@ def print_report(
             rows,
         )
     )
+    hint = None if opts.percentiles else empty_category_hint(per, cut)
+    if hint:
+        empty, lowest, highest, (high, medium) = hint
+        console.console.print(
+            f"[yellow]No image is {empty}: with {'+'.join(opts.models)} the scores run from "
+            f"{lowest:.1f} to {highest:.1f}, and the thresholds are {cut[0]:g},{cut[1]:g}. "
+            f"Try --percentiles 30,70 (rank the images) or --thresholds "
+            f"{high:.1f},{medium:.1f} (30% high, 30% low on these scores).[/yellow]"
+        )
     for name, reason in failed[:20]:
         console.console.print(f"[yellow]not scored:[/yellow] {name}: {reason}")
     if len(failed) > 20:

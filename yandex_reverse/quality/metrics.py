@@ -61,6 +61,10 @@ def parse_score_range(text: str | None, lower_better: bool) -> Scale | None:
     return Scale(low, high, lower_better)
 
 
+class WeightsMissingError(StepFailed):
+    """The step cannot run this metric here: its weights are absent (one line why)."""
+
+
 class WeightsMissing(Exception):
     def __init__(self, url: str, target: str) -> None:
         super().__init__(url)
@@ -153,10 +157,11 @@ def create_metrics(
         except WeightsMissing as exc:
             file_name = os.path.basename(exc.url.split("?")[0])
             sub = Path(exc.target).parent.name
-            raise StepFailed(
+            raise WeightsMissingError(
                 f"weights for {name} are missing and cannot be downloaded: {file_name}. "
                 f"Put it at {exc.target} (or at DIR/{sub}/{file_name} with --weights-dir DIR); "
-                f"download it on a machine with internet from {exc.url}"
+                f"download it on a machine with internet from {exc.url}. "
+                f"Or use --model piqe, which needs no weights"
             ) from exc
         except Exception as exc:
             log.exception("cannot create %s", name)
@@ -179,6 +184,20 @@ def create_metrics(
         )
         metrics.append(Metric(name, model, scale, is_musiq=is_musiq, fast=fast))
     return metrics
+
+
+def weights_problem(
+    names: Sequence[str], weights_dir: Path | None, *, pretrained: bool = True
+) -> str | None:
+    """Why these metrics cannot run here for want of weights (one line), or None.
+    Builds them once on the CPU, which is what finds the files pyiqa needs."""
+    import torch
+
+    try:
+        create_metrics(names, torch.device("cpu"), weights_dir, pretrained=pretrained)
+    except WeightsMissingError as exc:
+        return str(exc)
+    return None
 
 
 def _takes_pretrained(config: dict) -> bool:
