@@ -42,7 +42,8 @@ from typing import Any
 
 from . import console
 from .console import StepFailed, UsageError, log, one_line
-from .images import ImageError, atomic_write_bytes, atomic_write_text, iter_images, open_image
+from .fsutil import atomic_write_bytes, atomic_write_text
+from .imageinfo import ImageError, iter_images, open_image
 
 DB_NAME = "quality_report.db"
 JSON_NAME = "quality_report.json"
@@ -1035,7 +1036,7 @@ def sort_files(
     tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
 ) -> list[tuple[str, str]]:
     """Place every present, scored image into its category folder; return the failures."""
-    from .images import place_file
+    from .fsutil import place_file
 
     failed: list[tuple[str, str]] = []
     names = [t.filename for t in tasks]
