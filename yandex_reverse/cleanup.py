@@ -41,6 +41,7 @@ from .console import (
     ask_choice,
     confirm,
     console,
+    esc,
     human_bytes,
     one_line,
     print_summary,
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         raise StepFailed(f"database not found: {path}")
     legacy, _ = probe(path)
     size_before = db_size(path)
-    console.print(f"Database: {path} ({human_bytes(size_before)})")
+    console.print(f"Database: {esc(path)} ({human_bytes(size_before)})")
     if legacy:
         console.print("Legacy schema (original scripts): it is migrated first.")
 
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
     backup = db.backup(path)
-    console.print(f"Backup: {backup}")
+    console.print(f"Backup: {esc(backup)}")
     with opened(path, scratch=False) as (conn, dups):
         try:
             out = clean(conn, dry_run=False, archive=args.archive, show=0)

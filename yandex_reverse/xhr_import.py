@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import db
-from .console import StepFailed, console, log, print_summary, progress, setup_logging, table
+from .console import StepFailed, console, esc, log, print_summary, progress, setup_logging, table
 from .urls import normalize_url
 
 ADAPTER_BLOCK = "i-react-ajax-adapter:ajax"
@@ -549,7 +549,7 @@ def report(stats: Stats, db_path: Path) -> None:
             console.print(
                 f"... and {len(stats.failures) - len(shown)} more (see the xhr_files table)"
             )
-    console.print(f"Database: {db_path}")
+    console.print(f"Database: {esc(db_path)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
