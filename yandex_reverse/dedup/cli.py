@@ -21,8 +21,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from ..console import (
     StepFailed,
     UsageError,
@@ -30,6 +28,7 @@ from ..console import (
     ask_folder,
     confirm,
     console,
+    esc,
     human_bytes,
     is_interactive,
     log,
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             use_cache=not args.no_cache,
         )
     for note in found.notes:
-        console.print(note, style="yellow", markup=False)
+        console.print(f"[yellow]{esc(note)}[/yellow]")
     _show_plan(groups, found)
     removals = [m for g in groups for m in g.removed]
     report: dict[str, Any] = {
@@ -282,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     print_summary("Duplicates" + (" (dry run)" if args.dry_run else ""), rows)
     if report_path is not None:
-        console.print(f"Report: {report_path}", markup=False)
+        console.print(f"Report: {esc(report_path)}", soft_wrap=True)
     if counts["moved"]:
-        console.print(f"Undo with: 6_duplicate_finder.py --undo {report_path}", markup=False)
+        console.print(f"Undo with: 6_duplicate_finder.py --undo {esc(report_path)}", soft_wrap=True)
     return 1 if counts["failed"] else 0
 
 
@@ -319,7 +318,7 @@ def _show_plan(groups: list[find.Group], found: find.Scan, limit: int = 15) -> N
     if found.unreadable:
         console.print(f"[yellow]{len(found.unreadable)} unreadable files (left alone):[/yellow]")
         for path, reason in found.unreadable[:10]:
-            console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+            console.print(f"  {esc(path)}: {esc(reason)}", soft_wrap=True)
         if len(found.unreadable) > 10:
             console.print(f"  … and {len(found.unreadable) - 10} more (see the report)")
     if not groups:
@@ -390,7 +389,7 @@ def _apply(
                     reason = None
                     if args.interactive:
                         verb = "Delete" if args.action == "delete" else "Move"
-                        question = f"{verb} {escape(entry.rel)} (kept: {escape(kept.rel)})?"
+                        question = f"{verb} {esc(entry.rel)} (kept: {esc(kept.rel)})?"
                         if not confirm(question):
                             reason = "declined"
                     reason = reason or _refuse(entry, kept, group, args.action)
