@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-ADAPTER = "i-react-ajax-adapter:ajax"
+from yandex_reverse import serp
+
+ADAPTER = serp.ADAPTER_BLOCK
 
 
 def entity(
@@ -89,38 +91,18 @@ def entity(
 
 def xhr_payload(entities: list[dict[str, Any]], *, with_extra_content: bool = True) -> dict:
     """A ``serpList/fetch`` answer; the adapter block is blocks[1] or blocks[0]."""
-    adapter = {
-        "name": {"block": ADAPTER},
-        "params": {
-            "ok": True,
-            "adapterData": {
-                "serpList": {
-                    "items": {"entities": {e["id"]: e for e in entities}},
-                    "loadNextState": "idle",
-                    "pending": False,
-                }
-            },
-        },
-        "html": "",
-    }
-    blocks = [adapter]
-    if with_extra_content:
-        blocks.insert(0, {"name": {"block": "extra-content"}, "params": {}, "html": ""})
-    return {"blocks": blocks}
+    return serp.adapter_payload(entities, extra_content=with_extra_content)
 
 
 def first_page_payload(entities: list[dict[str, Any]]) -> dict:
     """The parsed ``data-state`` of the server-rendered first page."""
-    return {
-        "location": "/images/search?cbir_page=similar&rpt=imagelike",
-        "initialState": {"serpList": {"items": {"entities": {e["id"]: e for e in entities}}}},
-    }
+    return serp.data_state("/images/search?cbir_page=similar&rpt=imagelike", entities)
 
 
 def write_xhr(xhr_dir: Path, query: str, page: int, entities: list[dict[str, Any]]) -> Path:
     """Save a page as step 1 names it: ``<query>_xhr_<NNN>.json``."""
     xhr_dir.mkdir(parents=True, exist_ok=True)
     payload = first_page_payload(entities) if page == 0 else xhr_payload(entities)
-    path = xhr_dir / f"{query}_xhr_{page:03d}.json"
+    path = xhr_dir / serp.saved_name(query, page)
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
     return path

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from . import console
+from . import console, serp
 from .browser import BrowserNotFound, find_browser
 from .console import StepFailed, UsageError, log
 from .db import now_iso
@@ -209,22 +209,6 @@ def log_failure(name: str, stage: str, exc: BaseException | str) -> None:
     )
 
 
-def entities_of(data: Any, adapter: str) -> dict[str, Any]:
-    """The result entities of a saved page: data-state or serpList/fetch shape."""
-    if not isinstance(data, dict):
-        return {}
-    if "initialState" in data:
-        found = data["initialState"].get("serpList", {}).get("items", {}).get("entities")
-        return found if isinstance(found, dict) else {}
-    for block in data.get("blocks") or []:
-        name = block.get("name") if isinstance(block, dict) else None
-        if isinstance(name, dict) and name.get("block") == adapter:
-            serp = (block.get("params") or {}).get("adapterData", {}).get("serpList", {})
-            found = serp.get("items", {}).get("entities")
-            return found if isinstance(found, dict) else {}
-    return {}
-
-
 # ----------------------------------------------------------------- one photo
 
 
@@ -316,7 +300,10 @@ class ImageJob:
     def save(self, page: int, data: Any) -> None:
         path = self.opts.xhr_dir / f"{self.name}_xhr_{page:03d}.json"
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
-        self.pages[page] = set(entities_of(data, self.sel["adapter_block"]))
+        try:
+            self.pages[page] = set(serp.find_entities(data))
+        except serp.FormatError:
+            self.pages[page] = set()
 
     # ---------------------------------------------- the flow
 

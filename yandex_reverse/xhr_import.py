@@ -31,9 +31,10 @@ from typing import Any, TypeVar
 
 from . import db
 from .console import StepFailed, console, log, print_summary, progress, setup_logging, table
+from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
+from .serp import find_entities
 from .urls import normalize_url
 
-ADAPTER_BLOCK = "i-react-ajax-adapter:ajax"
 XHR_NAME = re.compile(r"^(?P<query>.+)_xhr_(?P<page>\d+)\.json$", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
 
@@ -80,10 +81,6 @@ UPSERT_LEDGER = (
     "entities = excluded.entities, status = excluded.status, error = excluded.error, "
     "imported_at = excluded.imported_at"
 )
-
-
-class BadFile(Exception):
-    """A file that holds no results, with a one-line reason for the ledger."""
 
 
 # ------------------------------------------------------------ normalising
@@ -237,33 +234,6 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         best_original(orig_url, img_href, variants),
     )
     return image, variants
-
-
-def find_entities(data: Any) -> dict[str, Any]:
-    """The entities of an XHR answer or of a saved first page; :class:`BadFile` if none."""
-    if not isinstance(data, dict):
-        raise BadFile(f"JSON is a {type(data).__name__}, not an object")
-    if data.get("type") == "captcha" or ("captcha" in data and "blocks" not in data):
-        raise BadFile("captcha answer, not results (step 1 hit a captcha)")
-    if "blocks" in data:
-        for block in _list(data["blocks"]):
-            name = _dict(_dict(block).get("name")).get("block")
-            if name == ADAPTER_BLOCK:
-                params = _dict(block.get("params"))
-                serp = _dict(_dict(params.get("adapterData")).get("serpList"))
-                return _entities_of(serp)
-        raise BadFile(f"no '{ADAPTER_BLOCK}' block")
-    state = data.get("initialState")
-    if isinstance(state, dict):
-        return _entities_of(_dict(state.get("serpList")))
-    raise BadFile("unrecognised JSON: neither 'blocks' nor 'initialState'")
-
-
-def _entities_of(serp: dict[str, Any]) -> dict[str, Any]:
-    entities = _dict(serp.get("items")).get("entities")
-    if isinstance(entities, list):  # tolerate a list form
-        return {str(_dict(e).get("id", i)): e for i, e in enumerate(entities)}
-    return entities if isinstance(entities, dict) else {}
 
 
 def decode(raw: bytes) -> Any:

@@ -16,7 +16,9 @@ import random
 from functools import lru_cache
 from typing import Any
 
-ADAPTER = "i-react-ajax-adapter:ajax"
+from .. import serp
+
+ADAPTER = serp.ADAPTER_BLOCK
 POOL_SEED = "shared-web-pool"
 POOL_SIZE = 40  # small: popular pictures turn up for many queries
 FAULTS = ("404", "410", "500once", "429", "503", "html200", "wrongtype", "truncated", "redirect")
@@ -226,39 +228,14 @@ def page_slices(first_page: int, per_page: int, pages: int) -> list[tuple[int, i
 
 
 def adapter_payload(
-    entities: list[dict[str, Any]], *, last: bool, extra_content: bool = True
+    entities: list[dict[str, Any]], *, last: bool, extra_content: bool = True, **shape: Any
 ) -> dict:
-    """A ``serpList/fetch`` answer; the adapter block is found by name, not index."""
-    adapter = {
-        "name": {"block": ADAPTER},
-        "params": {
-            "ok": True,
-            "adapterData": {
-                "serpList": {
-                    "items": {"entities": {e["id"]: e for e in entities}},
-                    "loadNextState": "finished" if last else "idle",
-                    "pending": False,
-                }
-            },
-        },
-        "html": "",
-    }
-    blocks: list[dict[str, Any]] = [adapter]
-    if extra_content:
-        blocks.insert(0, {"name": {"block": "extra-content"}, "params": {}, "html": ""})
-    return {"blocks": blocks}
+    """A ``serpList/fetch`` answer (built by :mod:`yandex_reverse.serp`)."""
+    return serp.adapter_payload(entities, last=last, extra_content=extra_content, **shape)
 
 
-def data_state(location: str, entities: list[dict[str, Any]], *, has_more: bool) -> dict:
-    """The server-rendered ``data-state`` of the similar page."""
-    return {
-        "location": location,
-        "initialState": {
-            "serpList": {
-                "items": {"entities": {e["id"]: e for e in entities}},
-                "loadNextState": "idle" if has_more else "finished",
-                "pending": False,
-            },
-            "cbirNavigation": {"activeTab": "similar"},
-        },
-    }
+def data_state(
+    location: str, entities: list[dict[str, Any]], *, has_more: bool, **shape: Any
+) -> dict:
+    """The server-rendered ``data-state`` of the similar page (built by serp)."""
+    return serp.data_state(location, entities, has_more=has_more, **shape)

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from .. import serp
 from . import results
 
 CONTROL_PREFIX = "/__"
@@ -204,15 +205,9 @@ class FakeYandex:
         """A captcha as the request expects it: JSON for XHR/upload, else a redirect."""
         page = self.captcha_url(request, retpath)
         if request.method == "POST" or request.query.get("format") == "json":
-            body = {
-                "type": "captcha",
-                "captcha": {
-                    "img-url": f"{request.url.origin()}/captchaimg?{uuid.uuid4().hex}",
-                    "key": uuid.uuid4().hex,
-                    "status": "failed",
-                    "captcha-page": page,
-                },
-            }
+            body = serp.captcha_reply(
+                page, f"{request.url.origin()}/captchaimg?{uuid.uuid4().hex}", uuid.uuid4().hex
+            )
             return web.json_response(body, headers={CAPTCHA_HEADER: "captcha"})
         raise web.HTTPFound(page)
 
@@ -302,21 +297,7 @@ class FakeYandex:
         out = await self._upload(request, data, name)
         if isinstance(out, web.Response):
             return out
-        avatar = f"https://avatars.mds.yandex.net/get-images-cbir/{out['shard']}/{out['id']}"
-        return web.json_response(
-            {
-                "image_id": out["id"],
-                "image_shard": out["shard"],
-                "cbir_id": out["cbir_id"],
-                "url": f"{avatar}/preview",
-                "width": out["w"],
-                "height": out["h"],
-                "sizes": {
-                    "orig": {"path": f"/get-images-cbir/{out['shard']}/{out['id']}/orig"},
-                    "preview": {"path": f"/get-images-cbir/{out['shard']}/{out['id']}/preview"},
-                },
-            }
-        )
+        return web.json_response(serp.upload_reply_a(out["shard"], out["id"], out["w"], out["h"]))
 
     async def upload_b(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -327,17 +308,7 @@ class FakeYandex:
         if isinstance(out, web.Response):
             return out
         orig = f"https://avatars.mds.yandex.net/get-images-cbir/{out['shard']}/{out['id']}/orig"
-        return web.json_response(
-            {
-                "blocks": [
-                    {
-                        "name": {"block": "cbir-uploader__get-cbir-id"},
-                        "params": {"cbirId": out["cbir_id"], "originalImageUrl": orig},
-                        "html": "",
-                    }
-                ]
-            }
-        )
+        return web.json_response(serp.upload_reply_b(out["cbir_id"], orig))
 
     async def search(self, request: web.Request) -> web.Response:
         cbir_id = request.query.get("cbir_id", "")
