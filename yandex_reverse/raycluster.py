@@ -27,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -145,7 +146,8 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         log.exception("ray.init failed")
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
         raise StepFailed(f"could not start or join {where}: {one_line(exc)}") from exc
-    _route_driver_messages(ray)
+    quiet_loggers()
+    _route_driver_messages()
     try:
         yield _cluster(ray, address)
     finally:
@@ -195,21 +197,28 @@ def _stderr_to_log() -> Iterator[None]:
         os.close(saved)
 
 
-def _route_driver_messages(ray: Any) -> None:
+def quiet_loggers() -> None:
+    """Ray's Python loggers and warnings into the step's log file, not the terminal.
+
+    Call again after importing ``ray.data``: it sets up its own handlers then.
+    """
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = False
+        for handler in log.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+
+
+def _route_driver_messages() -> None:
     """Worker deaths and task retries go to the log file, not the terminal.
 
     Ray's driver prints them from a listener thread through
     ``ray._private.worker.print_to_stdstream``; that one function is replaced
-    (for this process) by one that logs the lines. Ray's Python loggers get
-    the same treatment.
+    (for this process) by one that logs the lines.
     """
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = False
-        for handler in logging.getLogger("yandex_reverse").handlers:
-            logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
     with suppress(ImportError, AttributeError):
         from ray._private import worker
 
