@@ -32,7 +32,7 @@ from ..console import (
     setup_logging,
     table,
 )
-from ..images import atomic_write_text, place_file, same_content, sidecars_of
+from ..fsutil import atomic_write_text, place_file, same_content, sidecars_of
 from . import find
 from .hashing import METHODS
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import console, raycluster
 from ..console import UsageError, one_line
-from ..images import iter_images
+from ..imageinfo import iter_images
 from .decode import Task
 from .report import (
     CATEGORIES,
@@ -293,7 +293,7 @@ def sort_files(
     tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
 ) -> list[tuple[str, str]]:
     """Place every present, scored image into its category folder; return the failures."""
-    from ..images import place_file
+    from ..fsutil import place_file
 
     failed: list[tuple[str, str]] = []
     names = [t.filename for t in tasks]
