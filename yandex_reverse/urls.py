@@ -21,6 +21,8 @@ def normalize_url(value: object) -> str | None:
     ``//host/p`` becomes ``https://host/p``; anything without a host, any other
     scheme (``javascript:``, ``data:``, ``ftp:``) and non-strings are refused.
     """
+    if type(value) is str and _SIMPLE.fullmatch(value):
+        return value  # the common case: already clean
     if not isinstance(value, str):
         return None
     url = value.strip()
