@@ -60,9 +60,10 @@ from .console import (
 )
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
-from .urls import host_of, normalize_url
+from .urls import SIMPLE_URL, host_of, normalize_url
 
 _TAG = re.compile(r"<[^>]*>")
+_clean_url = SIMPLE_URL.fullmatch  # a URL normalize_url would return unchanged
 
 # One transaction per batch: big enough to amortise the commit, small enough
 # that an interrupt loses little.
@@ -123,11 +124,13 @@ def to_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return to_int(int(text))
-        except BadValue:
-            raise
+            whole = int(text)
         except ValueError:  # not an integer, or more digits than Python converts
             pass
+        else:
+            if _INT_MIN <= whole <= _INT_MAX:
+                return whole
+            raise BadValue("integer beyond 64 bits")
         try:
             number = float(text)
         except ValueError:
@@ -198,32 +201,42 @@ def _list(value: Any) -> list[Any]:
     return value if type(value) is list else []
 
 
+def _int(value: Any) -> int | None:
+    """:func:`to_int` with the common case (a plain int in range) answered first."""
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return value
+    return None if value is None else to_int(value)
+
+
 def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
-    url = normalize_url(item.get("url"))
-    if url is None:
-        return None
-    width, height = item.get("w"), item.get("h")
+    get = item.get
+    url = get("url")
+    if not (type(url) is str and _clean_url(url)):
+        url = normalize_url(url)
+        if url is None:
+            return None
+    width, height = get("w"), get("h")
     if width is None and height is None and "size" in item:
         size = _dict(item["size"])
         width, height = size.get("width"), size.get("height")
-    origin = item.get("origin")
+    origin = get("origin")
     if origin is None:
         origin_row: tuple[Any, ...] = (None, None, None)
     else:
         origin = _dict(origin)
         origin_row = (
             normalize_url(origin.get("url")),
-            to_int(origin.get("w")),
-            to_int(origin.get("h")),
+            _int(origin.get("w")),
+            _int(origin.get("h")),
         )
-    mixed = item.get("isMixedImage")
+    mixed = get("isMixedImage")
     return (
         image_id,
         kind,
         url,
-        to_int(width),
-        to_int(height),
-        to_int(item.get("fileSizeInBytes")),
+        _int(width),
+        _int(height),
+        _int(get("fileSizeInBytes")),
         None if mixed is None else to_bool(mixed),
         *origin_row,
     )
@@ -286,19 +299,19 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         to_text(get("documentid")),
         to_text(get("reqid")),
         to_text(get("rimId")),
-        to_int(get("pos")),
+        _int(get("pos")),
         normalize_url(url) or to_text(url),
         orig_url,
         normalize_url(get("image")),
         plain_text(get("alt")),
-        to_int(get("width")),
-        to_int(get("height")),
-        to_int(get("origWidth")),
-        to_int(get("origHeight")),
+        _int(get("width")),
+        _int(get("height")),
+        _int(get("origWidth")),
+        _int(get("origHeight")),
         plain_text(title_raw),
         to_text(snippet.get("domain")),
         normalize_url(snippet_url) or to_text(snippet_url),
-        to_int(get("freshnessCounter")),
+        _int(get("freshnessCounter")),
         to_bool(get("gifLabel")),
         to_bool(get("ecomShield")),
         to_bool(get("censored")),
