@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
-from yandex_reverse import db
+from yandex_reverse import db, serp
 
 
 def import_xhr(workdir: Path, *extra: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
@@ -454,3 +454,124 @@ def test_first_import_in_bulk_gives_the_rows_of_upserts(workdir: Path, tmp_path:
     assert rows(bulk, "SELECT origWidth FROM images WHERE id = 'shared'") == [(1280,)]
     names = {r[0] for r in rows(bulk, "SELECT name FROM sqlite_master")}
     assert set(db.DEFERRED_INDEXES) <= names and db.PENDING_VARIANTS not in names
+
+
+# ------------------------------------------------ the sites tab and search by URL (issue 12.5)
+
+
+def write_sites(xhr: Path, query: str, sites: list[dict], *, legacy: bool = False) -> Path:
+    xhr.mkdir(parents=True, exist_ok=True)
+    state = (
+        serp.legacy_sites_state(sites)
+        if legacy
+        else serp.data_state("/images/search?cbir_page=sites&rpt=imageview", None, sites=sites)
+    )
+    path = xhr / serp.saved_name(query, 0, serp.KIND_SITES)
+    path.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+CAT_SITES = [
+    serp.site(
+        "https://vk.com/wall-1_2",
+        "Рыжий <b>кот</b>",
+        domain="vk.com",
+        description="Фото &laquo;кот&raquo;",
+        thumb="//avatars.mds.yandex.net/i?id=s1",
+        width="1280",
+        height=960,
+    ),
+    serp.site("https://blog.example.org/cats", "Cats", domain="blog.example.org"),
+    {"title": "no url at all", "domain": "x.example"},  # skipped, with its reason
+    serp.site("https://vk.com/wall-1_2", "the same page again", domain="vk.com"),
+]
+
+
+DOG_SITES = "dog.jpg_sites_000.json"
+
+
+def test_sites_tab_is_imported_into_its_own_table(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    write_xhr(xhr, "cat.jpg", 0, [entity("c1")])
+    sites_file = write_sites(xhr, "cat.jpg", CAT_SITES)
+    write_sites(
+        xhr, "dog.jpg", [{"url": "//ok.ru/dog", "title": "Dog", "thumb": {"url": "x"}}], legacy=True
+    )
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = workdir / "yandex_images.db"
+    got = rows(
+        database,
+        "SELECT query, url, page, position, title, title_raw, domain, description, thumb_url, "
+        "orig_width, orig_height, xhr_file FROM query_sites ORDER BY query, position",
+    )
+    assert got == [
+        (
+            "cat.jpg",
+            "https://vk.com/wall-1_2",
+            0,
+            0,
+            "Рыжий кот",
+            "Рыжий <b>кот</b>",
+            "vk.com",
+            "Фото «кот»",
+            "https://avatars.mds.yandex.net/i?id=s1",
+            1280,
+            960,
+            "cat.jpg_sites_000.json",
+        ),
+        (
+            "cat.jpg",
+            "https://blog.example.org/cats",
+            0,
+            1,
+            "Cats",
+            "Cats",
+            "blog.example.org",
+            None,
+            None,
+            0,
+            0,
+            "cat.jpg_sites_000.json",
+        ),
+        ("dog.jpg", "https://ok.ru/dog", 0, 0, "Dog", "Dog", "ok.ru", *[None] * 4, DOG_SITES),
+    ]
+    assert counts(database) == (1, 3, 1)  # the sites are not results
+    assert count_of(done.stdout, "sites tab pages imported") == 2
+    assert count_of(done.stdout, "sites new") == 3
+    assert count_of(done.stdout, "empty result pages") == 0
+    error = rows(database, "SELECT error FROM xhr_files WHERE path = 'cat.jpg_sites_000.json'")
+    assert "1 skipped: site without a usable URL" in error[0][0]
+    before = dump(database)
+    assert import_xhr(workdir).returncode == 0
+    assert dump(database) == before
+
+    write_sites(xhr, "cat.jpg", [*CAT_SITES, serp.site("https://new.example/p", "New", domain="")])
+    os.utime(sites_file, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    assert import_xhr(workdir).returncode == 0
+    assert rows(database, "SELECT count(*), count(DISTINCT url) FROM query_sites") == [(4, 4)]
+    assert rows(database, "SELECT domain FROM query_sites WHERE url LIKE '%new.example%'") == [
+        ("new.example",)  # no domain sent: the URL's host
+    ]
+
+
+def test_search_by_url_keeps_the_url_of_each_query(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    url = "https://example.org/photos/cat.jpg"
+    name = serp.url_query_name(url)
+    write_xhr(xhr, name, 0, [entity("u1")])
+    write_sites(xhr, name, [serp.site("https://vk.com/wall-9_9", "VK", domain="vk.com")])
+    (xhr / serp.URL_QUERIES_FILE).write_text(
+        json.dumps({"version": 1, "queries": {name: url}}), encoding="utf-8"
+    )
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = workdir / "yandex_images.db"
+    assert rows(database, "SELECT query, image_url FROM query_sources") == [(name, url)]
+    assert rows(database, "SELECT query, image_id FROM query_results") == [(name, "u1")]
+    assert rows(database, "SELECT query FROM query_sites") == [(name,)]
+    assert count_of(done.stdout, "searches by URL") == 1
