@@ -51,6 +51,7 @@ from . import db, serp
 from .console import (
     StepFailed,
     console,
+    esc,
     log,
     one_line,
     print_summary,
@@ -867,7 +868,7 @@ def report(stats: Stats, db_path: Path) -> None:
             console.print(
                 f"... and {len(stats.failures) - len(shown)} more (see the xhr_files table)"
             )
-    console.print(f"Database: {db_path}")
+    console.print(f"Database: {esc(db_path)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import one_line
-from ..images import ImageError, open_image
+from ..imageinfo import ImageError, open_image
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import console
 from ..console import UsageError, log, one_line
-from ..images import ImageError
+from ..imageinfo import ImageError
 from .decode import DecodeSet, Task, read_header
 from .metrics import PRETRAINED_ENV, Metric, Preprocessed, create_metrics
 from .report import error_row, now_text, score_row
