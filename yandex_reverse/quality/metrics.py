@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import console
 from ..console import StepFailed, UsageError, log, one_line
+from ..i18n import _
 
 # Hidden test hook (documented in docs/architecture.md): "0" builds the
 # metrics with random weights (``pretrained=False``) so MUSIQ's real compute
@@ -146,31 +147,45 @@ def create_metrics(
         config = DEFAULT_CONFIGS.get(name)
         if config is None:
             raise UsageError(
-                f"unknown pyiqa metric {name!r} (--model); see pyiqa.list_models('NR')"
+                _("unknown pyiqa metric {name!r} (--model); see pyiqa.list_models('NR')").format(
+                    name=name
+                )
             )
         if config.get("metric_mode") != "NR":
-            raise UsageError(f"{name} needs a reference image; --model takes no-reference metrics")
+            raise UsageError(
+                _("{name} needs a reference image; --model takes no-reference metrics").format(
+                    name=name
+                )
+            )
         kwargs = {} if pretrained or not _takes_pretrained(config) else {"pretrained": False}
-        console.console.print(f"Loading {name} on {device} ...")
+        console.console.print(_("Loading {name} on {device} ...").format(name=name, device=device))
         try:
             model = pyiqa.create_metric(name, device=device, as_loss=False, **kwargs)
         except WeightsMissing as exc:
             file_name = os.path.basename(exc.url.split("?")[0])
             sub = Path(exc.target).parent.name
             raise WeightsMissingError(
-                f"weights for {name} are missing and cannot be downloaded: {file_name}. "
-                f"Put it at {exc.target} (or at DIR/{sub}/{file_name} with --weights-dir DIR); "
-                f"download it on a machine with internet from {exc.url}. "
-                f"Or use --model piqe, which needs no weights"
+                _(
+                    "weights for {name} are missing and cannot be downloaded: {file}. "
+                    "Put it at {target} (or at DIR/{sub}/{file} with --weights-dir DIR); "
+                    "download it on a machine with internet from {url}. "
+                    "Or use --model piqe, which needs no weights"
+                ).format(name=name, file=file_name, target=exc.target, sub=sub, url=exc.url)
             ) from exc
         except Exception as exc:
             log.exception("cannot create %s", name)
-            raise StepFailed(f"cannot create metric {name}: {one_line(exc)}") from exc
+            raise StepFailed(
+                _("cannot create metric {name}: {reason}").format(name=name, reason=one_line(exc))
+            ) from exc
         scale = parse_score_range(model.score_range, bool(model.lower_better))
         if scale is None:
             console.console.print(
-                f"[yellow]{name} has no documented score range; raw scores are used "
-                f"(prefer --percentiles)[/yellow]"
+                "[yellow]"
+                + _(
+                    "{name} has no documented score range; raw scores are used "
+                    "(prefer --percentiles)"
+                ).format(name=name)
+                + "[/yellow]"
             )
         is_musiq = type(model.net).__name__ == "MUSIQ"
         fast: Any = None
@@ -313,9 +328,13 @@ class MusiqForward:
             self.bf16 = self.difference <= BF16_TOLERANCE
             log.info("MUSIQ bfloat16 vs float32 on the first batch: %.5f", self.difference)
             console.console.print(
-                f"MUSIQ: bfloat16 (first batch within {self.difference:.4f} of float32)"
+                _("MUSIQ: bfloat16 (first batch within {difference:.4f} of float32)").format(
+                    difference=self.difference
+                )
                 if self.bf16
-                else f"MUSIQ: float32 (bfloat16 differed by {self.difference:.3f})"
+                else _("MUSIQ: float32 (bfloat16 differed by {difference:.3f})").format(
+                    difference=self.difference
+                )
             )
             return exact
         return self._run(patches, bf16=self.bf16)

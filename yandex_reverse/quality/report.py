@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..i18n import _, ngettext
 
 if TYPE_CHECKING:
     from .decode import Task
@@ -271,12 +272,15 @@ def _histogram(
 
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
     axes.hist(scores, bins=50, color="#4c72b0")
-    for value, label, colour in ((cut[0], "high", "#2ca02c"), (cut[1], "medium", "#ff7f0e")):
+    for value, label, colour in (
+        (cut[0], _("high"), "#2ca02c"),
+        (cut[1], _("medium"), "#ff7f0e"),
+    ):
         if math.isfinite(value):
             axes.axvline(value, color=colour, linestyle="--", label=f"{label} >= {value:.1f}")
-    axes.set_xlabel(f"quality score 0-100 ({'+'.join(models)})")
-    axes.set_ylabel("images")
-    axes.set_title(f"{len(scores)} images")
+    axes.set_xlabel(_("quality score 0-100 ({models})").format(models="+".join(models)))
+    axes.set_ylabel(_("images"))
+    axes.set_title(ngettext("{n} image", "{n} images", len(scores)).format(n=len(scores)))
     axes.legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")

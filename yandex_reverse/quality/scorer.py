@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import console
 from ..console import UsageError, log, one_line
+from ..i18n import _
 from ..imageinfo import ImageError
 from .decode import DecodeSet, Task, read_header
 from .metrics import PRETRAINED_ENV, Metric, create_metrics
@@ -155,14 +156,16 @@ def pick_device(choice: str) -> Any:
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available to torch here")
+        raise UsageError(_("--device cuda: no CUDA GPU is available to torch here"))
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(choice)
     if device.type == "cuda":
-        console.console.print(f"Device: CUDA ({torch.cuda.get_device_name(device)})")
+        console.console.print(
+            _("Device: CUDA ({name})").format(name=torch.cuda.get_device_name(device))
+        )
     else:
-        console.console.print("Device: CPU (no GPU in use; MUSIQ/CLIPIQA are slow on a CPU)")
+        console.console.print(_("Device: CPU (no GPU in use; MUSIQ/CLIPIQA are slow on a CPU)"))
     return device
 
 
@@ -300,7 +303,9 @@ class ModelRunner:
                     self.batch_size = max(1, self.batch_size // 2)
                     self.halvings += 1
                     console.console.print(
-                        f"[yellow]Out of memory: batch size now {self.batch_size}[/yellow]"
+                        "[yellow]"
+                        + _("Out of memory: batch size now {n}").format(n=self.batch_size)
+                        + "[/yellow]"
                     )
                     continue
                 if len(chunk) > 1:  # find the one image that fails; score the rest
