@@ -9,21 +9,20 @@ cached hashes of unchanged files.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
-import stat
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import progress
 from ..fsutil import is_pipeline_output
-from ..imageinfo import ImageError, iter_images, read_info
+from ..imageinfo import ImageError, iter_image_entries, read_info
 from . import hashing
 
 _IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)
@@ -54,7 +53,7 @@ def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]
 class Entry:
     """One image file as scanned (a hard-linked file appears once)."""
 
-    path: Path
+    name: str  # the full path as text; ``path`` makes the Path when needed
     rel: str
     size: int
     mtime_ns: int
@@ -67,6 +66,10 @@ class Entry:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 @dataclass
@@ -121,15 +124,16 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
             return True
         return False
 
+    walk = iter_image_entries(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir)
     with ticking("Scanning") as advance:
-        for path in iter_images(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir):
-            name = str(path)
+        for item in walk:
+            name = item.path
             rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
             try:
-                st = os.lstat(name)
-                if stat.S_ISLNK(st.st_mode):
+                if item.is_symlink():
                     links.append((rel, name))
                     continue
+                st = item.stat(follow_symlinks=False)
             except OSError as exc:
                 result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
                 continue
@@ -138,7 +142,7 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
                 result.hard_links.append((rel, inodes[inode]))
                 continue
             inodes[inode] = rel
-            result.entries.append(Entry(path, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
+            result.entries.append(Entry(name, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
             advance()
     for rel, name in links:
         try:
@@ -198,12 +202,12 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
     tied = [group for group in by_size.values() if len(group) > 1]
     # 8 KiB reads: a thread hand-off costs more than the read itself
     tied = _refine(
-        tied, lambda e: hashing.edge_hash(e.path, e.size), "Comparing file edges", found, 1
+        tied, lambda e: hashing.edge_hash(e.name, e.size), "Comparing file edges", found, 1
     )
     whole = [g for g in tied if g[0].size > 2 * hashing.EDGE_BLOCK]
     done = [g for g in tied if g[0].size <= 2 * hashing.EDGE_BLOCK]  # edges were the whole file
     done += _refine(
-        whole, lambda e: hashing.full_hash(e.path), "Hashing whole files", found, workers
+        whole, lambda e: hashing.full_hash(e.name), "Hashing whole files", found, workers
     )
     for number, group in enumerate(done):
         for entry in group:
@@ -228,6 +232,8 @@ def _refine(
             return entry, fingerprint(entry), None
         except OSError as exc:
             return entry, None, f"unreadable: {exc.strerror or exc}"
+
+    from concurrent.futures import ThreadPoolExecutor
 
     prints: dict[int, bytes] = {}
     with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
@@ -274,11 +280,13 @@ def hash_pictures(
             found.cached += 1
         else:
             todo.append(entry)
-    args = [(str(e.path), method, hash_size, draft) for e in todo]
+    args = [(e.name, method, hash_size, draft) for e in todo]
     pending: list[tuple] = []
     results: Iterable[tuple]
-    pool: ProcessPoolExecutor | None = None
+    pool = None
     if workers > 1 and len(todo) > 2 * workers:
+        from concurrent.futures import ProcessPoolExecutor
+
         # Started before the progress bar's thread; workers leave Ctrl-C to us.
         pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
         results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
@@ -435,6 +443,8 @@ def filename_groups(found: Scan, *, keep: str, workers: int) -> list[Group]:
             return entry, str(exc)
         entry.width, entry.height = info.width, info.height
         return entry, None
+
+    from concurrent.futures import ThreadPoolExecutor
 
     bad: set[int] = set()
     with (
