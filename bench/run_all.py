@@ -21,6 +21,16 @@ HERE = Path(__file__).resolve().parent
 MARK = "BENCH_RESULT "
 
 
+def _aim(result: dict) -> str:
+    """The aim, marked when the ratio falls short of it (or has no peer figure)."""
+    aim, ratio = result.get("aim"), result.get("ratio")
+    if aim is None:
+        return ""
+    if ratio is None:
+        return f"≥ {aim:g}x (no peer figure)"
+    return f"≥ {aim:g}x" + ("" if ratio >= aim else " SHORT")
+
+
 def main(argv: list[str]) -> int:
     only = set(argv)
     console = Console()
@@ -46,9 +56,9 @@ def main(argv: list[str]) -> int:
         if proc.wait() != 0:
             failed.append(script.name)
     table = Table(title="Benchmarks (ratio = ours / peer, higher is better)")
-    for column in ("benchmark", "metric", "ours", "peer", "peer value", "ratio"):
+    for column in ("benchmark", "metric", "ours", "peer", "peer value", "ratio", "aim"):
         table.add_column(
-            column, justify="right" if column in ("ours", "peer value", "ratio") else "left"
+            column, justify="right" if column in ("ours", "peer value", "ratio", "aim") else "left"
         )
     for r in results:
         peer = r.get("peer")
@@ -60,6 +70,7 @@ def main(argv: list[str]) -> int:
             r.get("peer_name") or "",
             "" if peer is None else f"{peer:,.1f}",
             "" if ratio is None else f"{ratio:.2f}x",
+            _aim(r),
         )
     console.print(table)
     if failed:

@@ -60,7 +60,7 @@ class _LazyConsole:
         return getattr(self.real, name)
 
 
-def _terminal_output() -> bool:
+def progress_shown() -> bool:
     """Will progress bars be drawn? (Without importing rich when they will not.)"""
     forced = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
     if console._real is None and not any(os.environ.get(k) for k in forced):
@@ -215,7 +215,7 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
 
     On a non-terminal output rich prints nothing per item, so logs stay short.
     """
-    if not _terminal_output():  # nothing to draw: counting per item would only cost time
+    if not progress_shown():  # nothing to draw: counting per item would only cost time
         yield lambda n=1, **fields: None
         return
     from rich.progress import (

@@ -145,7 +145,7 @@ def iter_image_entries(
                         sub = Path(entry.path)
                         if sub.resolve() not in excluded and not (skip_dir and skip_dir(sub)):
                             subdirs.append(entry.path)
-                elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
+                elif name[name.rfind(".") :].lower() in extensions and entry.is_file():
                     yield entry
             except OSError:
                 continue

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..console import progress
+from ..console import progress, progress_shown
 from ..fsutil import is_pipeline_output
 from ..imageinfo import ImageError, iter_image_entries, read_info
 from . import hashing
@@ -33,6 +33,9 @@ KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
 def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]]:
     """A progress bar updated at most ten times a second: per-file redraws cost
     more than hashing a cached file."""
+    if not progress_shown():  # no bar: not even a clock read per file
+        yield lambda: None
+        return
     with progress(label, total) as advance:
         pending, last = 0, time.monotonic()
 
@@ -190,25 +193,26 @@ def keep_key(rule: str, *, by_name: bool = False) -> Callable[[Entry], tuple]:
 
 
 def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
-    """Byte-identical files: same size, then same edges, then same xxh3_128.
+    """Byte-identical files: same size, then same xxh3_128 of the whole file.
 
-    Zero-byte files are never duplicates of anything worth keeping; they are
-    left alone (as jdupes does). Files are read in threads: the work is I/O.
+    Files up to 256 KiB are hashed whole at once (one open and read costs
+    less than reading their edges first and opening them again); bigger
+    ones are compared by their first and last 4 KiB first. Zero-byte files
+    are never duplicates of anything worth keeping; they are left alone (as
+    jdupes does). Files are read in threads, in a few chunks each.
     """
     by_size: dict[int, list[Entry]] = defaultdict(list)
     for entry in found.entries:
         if entry.size > 0:
             by_size[entry.size].append(entry)
     tied = [group for group in by_size.values() if len(group) > 1]
-    # 8 KiB reads: a thread hand-off costs more than the read itself
-    tied = _refine(
-        tied, lambda e: hashing.edge_hash(e.name, e.size), "Comparing file edges", found, 1
+    small = [g for g in tied if g[0].size <= hashing.WHOLE_AT_ONCE]
+    big = [g for g in tied if g[0].size > hashing.WHOLE_AT_ONCE]
+    done = _refine(small, lambda e: hashing.full_hash(e.name), "Hashing files", found, workers)
+    big = _refine(
+        big, lambda e: hashing.edge_hash(e.name, e.size), "Comparing file edges", found, workers
     )
-    whole = [g for g in tied if g[0].size > 2 * hashing.EDGE_BLOCK]
-    done = [g for g in tied if g[0].size <= 2 * hashing.EDGE_BLOCK]  # edges were the whole file
-    done += _refine(
-        whole, lambda e: hashing.full_hash(e.name), "Hashing whole files", found, workers
-    )
+    done += _refine(big, lambda e: hashing.full_hash(e.name), "Hashing whole files", found, workers)
     for number, group in enumerate(done):
         for entry in group:
             entry.content = number
@@ -227,17 +231,28 @@ def _refine(
     if not todo:
         return []
 
-    def one(entry: Entry) -> tuple[Entry, bytes | None, str | None]:
-        try:
-            return entry, fingerprint(entry), None
-        except OSError as exc:
-            return entry, None, f"unreadable: {exc.strerror or exc}"
+    def chunk(entries: list[Entry]) -> list[tuple[Entry, bytes | None, str | None]]:
+        out = []
+        for entry in entries:
+            try:
+                out.append((entry, fingerprint(entry), None))
+            except OSError as exc:
+                out.append((entry, None, f"unreadable: {exc.strerror or exc}"))
+        return out
 
-    from concurrent.futures import ThreadPoolExecutor
-
+    # A few chunks per thread, not one task per file: a hand-off costs more
+    # than reading a small file. Interleaved, so each chunk gets big and small.
+    parts = max(1, min(len(todo) // 32, 8 * workers)) if workers > 1 else 1
+    chunks = [todo[i::parts] for i in range(parts)]
     prints: dict[int, bytes] = {}
-    with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(one, todo) if workers > 1 else map(one, todo)
+    with ticking(label, len(todo)) as advance:
+        if parts > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                results = [r for part in pool.map(chunk, chunks) for r in part]
+        else:
+            results = chunk(todo)
         for entry, value, error in results:
             if error:
                 found.unreadable.append((entry.rel, error))
