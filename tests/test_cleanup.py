@@ -295,3 +295,11 @@ def test_a_tampered_backup_ledger_deletes_nothing_it_names(
     assert not (workdir / second["name"]).exists()  # a genuine old backup of step 4 goes
     assert count_of(done.stdout, "old backups deleted") == 1
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_step4_speaks_russian_under_a_russian_locale(damaged_db: Path, workdir: Path) -> None:
+    env = {"LANG": "ru_RU.UTF-8", "LC_ALL": ""}
+    done = run_script(SCRIPT, "--db", damaged_db, "--dry-run", cwd=workdir, env=env, check=True)
+    assert "Пробный запуск: ничего не изменено." in done.stdout
+    assert "Строки, которые были бы удалены" in done.stdout
+    assert "варианты с пустым URL" in done.stdout

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..console import progress, progress_shown
 from ..fsutil import is_pipeline_output
+from ..i18n import _
 from ..imageinfo import ImageError, iter_image_entries, read_info
 from . import hashing
 
@@ -123,12 +124,14 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
 
     def skip_dir(path: Path) -> bool:
         if is_pipeline_output(path):
-            result.notes.append(f"not scanned (written by the pipeline): {path}")
+            result.notes.append(
+                _("not scanned (written by the pipeline): {path}").format(path=path)
+            )
             return True
         return False
 
     walk = iter_image_entries(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir)
-    with ticking("Scanning") as advance:
+    with ticking(_("Scanning")) as advance:
         for item in walk:
             name = item.path
             rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
@@ -138,7 +141,9 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
                     continue
                 st = item.stat(follow_symlinks=False)
             except OSError as exc:
-                result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
+                result.unreadable.append(
+                    (rel, _("cannot stat: {reason}").format(reason=exc.strerror or exc))
+                )
                 continue
             inode = (st.st_dev, st.st_ino)
             if inode in inodes:  # a hard link of a file already seen
@@ -152,7 +157,7 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
             st = os.stat(name)
             target = inodes.get((st.st_dev, st.st_ino)) or os.path.realpath(name)
         except OSError:
-            target = "(dangling symlink)"
+            target = _("(dangling symlink)")
         result.hard_links.append((rel, target))
     return result
 
@@ -208,11 +213,13 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
     tied = [group for group in by_size.values() if len(group) > 1]
     small = [g for g in tied if g[0].size <= hashing.WHOLE_AT_ONCE]
     big = [g for g in tied if g[0].size > hashing.WHOLE_AT_ONCE]
-    done = _refine(small, lambda e: hashing.full_hash(e.name), "Hashing files", found, workers)
+    done = _refine(small, lambda e: hashing.full_hash(e.name), _("Hashing files"), found, workers)
     big = _refine(
-        big, lambda e: hashing.edge_hash(e.name, e.size), "Comparing file edges", found, workers
+        big, lambda e: hashing.edge_hash(e.name, e.size), _("Comparing file edges"), found, workers
     )
-    done += _refine(big, lambda e: hashing.full_hash(e.name), "Hashing whole files", found, workers)
+    done += _refine(
+        big, lambda e: hashing.full_hash(e.name), _("Hashing whole files"), found, workers
+    )
     for number, group in enumerate(done):
         for entry in group:
             entry.content = number
@@ -237,7 +244,9 @@ def _refine(
             try:
                 out.append((entry, fingerprint(entry), None))
             except OSError as exc:
-                out.append((entry, None, f"unreadable: {exc.strerror or exc}"))
+                out.append(
+                    (entry, None, _("unreadable: {reason}").format(reason=exc.strerror or exc))
+                )
         return out
 
     # A few chunks per thread, not one task per file: a hand-off costs more
@@ -307,7 +316,7 @@ def hash_pictures(
         results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
     else:
         results = map(_hash_star, args)
-    with ticking("Perceptual hashing", len(todo)) as advance:
+    with ticking(_("Perceptual hashing"), len(todo)) as advance:
         try:
             for entry, (value, width, height, error) in zip(todo, results, strict=True):
                 _apply(found, entry, value, width, height, error)
@@ -376,8 +385,8 @@ def similar_groups(
     position = {id(e): n for n, e in enumerate(nodes)}
     hashed = [n for n, e in enumerate(nodes) if e.hash is not None]
     packed = index.pack([nodes[n].hash for n in hashed])  # type: ignore[misc]
-    with progress("Searching the hash index", 1) as advance:
-        pi, pj, _ = index.close_pairs(packed, threshold, nbits=hash_size * hash_size)
+    with progress(_("Searching the hash index"), 1) as advance:
+        pi, pj, _dist = index.close_pairs(packed, threshold, nbits=hash_size * hash_size)
         advance()
     rows = np.asarray(hashed, dtype=np.int64)
     edge_i = [rows[pi]] if len(pi) else []
@@ -463,7 +472,7 @@ def filename_groups(found: Scan, *, keep: str, workers: int) -> list[Group]:
 
     bad: set[int] = set()
     with (
-        ticking("Reading sizes", len(candidates)) as advance,
+        ticking(_("Reading sizes"), len(candidates)) as advance,
         ThreadPoolExecutor(max(1, workers)) as pool,
     ):
         for entry, error in pool.map(one, candidates):
