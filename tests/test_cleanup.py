@@ -232,7 +232,7 @@ def test_keep_backups_deletes_only_backups_step4_recorded_making(
     # The last run listed the one it deleted before the summary said so.
     listing = done.stdout.index("Old backups made by step 4 to delete (keeping the newest 1):")
     assert done.stdout.index(made[1], listing) < done.stdout.index("old backups deleted")
-    assert "2 other backup(s) in the folder were not made by step 4: kept." in done.stdout
+    assert "2 other backups in the folder were not made by step 4: kept." in done.stdout
     assert count_of(done.stdout, "old backups deleted") == 1
 
 
