@@ -66,6 +66,8 @@ def crawl(workdir: Path, server: ServerThread, *args: str, timeout: float = 90):
         server.base_url,
         "--timeout",
         "15",
+        "--quiet-period",
+        "1.5",
         *args,
         cwd=workdir,
         timeout=timeout,
