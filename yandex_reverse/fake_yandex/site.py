@@ -145,6 +145,7 @@ class FakeYandex:
             self.upload_count = 0
             self.requests = 0
             self.latency_total = 0.0
+            self.cookie_requests = 0
 
     def configure(self, **changes: Any) -> None:
         with self.lock:
@@ -216,6 +217,9 @@ class FakeYandex:
                 captcha = True
         if delay:
             await asyncio.sleep(delay)
+        if "gdpr" in request.cookies:
+            with self.lock:
+                self.cookie_requests += 1  # the browser kept the cookie popup's answer
         host = (request.host or "").rsplit(":", 1)[0].lower()
         if self.settings.under_construction and host.endswith("yandex.com"):
             return _html(_UNDER_CONSTRUCTION)
