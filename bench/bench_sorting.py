@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import report, timed, work_dir
-from yandex_reverse.images import ImageError, ImageInfo, read_info, read_infos
+from yandex_reverse.imageinfo import ImageError, ImageInfo, read_info, read_infos
 from yandex_reverse.megapixels import Strategy
 from yandex_reverse.orientation import orientation_of
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -205,3 +206,92 @@ def test_on_a_terminal_asks_which_db_like_the_original(damaged_db: Path, workdir
     assert "1) yandex_images.db" in out and "2) vk_images.db" in out
     assert "Invalid choice" in out
     assert count_of(out, "results without any usable URL") == 1
+
+
+def _step4_backups(workdir: Path) -> list[str]:
+    return sorted(p.name for p in workdir.glob("yandex_images_backup_*"))
+
+
+def test_keep_backups_deletes_only_backups_step4_recorded_making(
+    damaged_db: Path, workdir: Path
+) -> None:
+    """A user's own files under the backup pattern survive any --keep-backups;
+    what goes is listed before it goes."""
+    mine = workdir / "yandex_images_backup_20000101_000000.db"
+    mine.write_bytes(b"the user's own copy")
+    also = workdir / "yandex_images_backup_20000102_000000.db"
+    also.write_bytes(b"another")
+    made = []
+    for _ in range(3):
+        done = run_script(
+            SCRIPT, "--db", damaged_db, "--yes", "--keep-backups", "1", cwd=workdir, check=True
+        )
+        made.append(re.search(r"Backup: (\S+)", done.stdout).group(1))
+    assert mine.read_bytes() == b"the user's own copy" and also.read_bytes() == b"another"
+    assert _step4_backups(workdir) == sorted([mine.name, also.name, Path(made[-1]).name])
+    # The last run listed the one it deleted before the summary said so.
+    listing = done.stdout.index("Old backups made by step 4 to delete (keeping the newest 1):")
+    assert done.stdout.index(made[1], listing) < done.stdout.index("old backups deleted")
+    assert "2 other backup(s) in the folder were not made by step 4: kept." in done.stdout
+    assert count_of(done.stdout, "old backups deleted") == 1
+
+
+def test_dry_run_lists_the_backups_that_would_go_and_deletes_none(
+    damaged_db: Path, workdir: Path
+) -> None:
+    for _ in range(2):
+        run_script(SCRIPT, "--db", damaged_db, "--yes", cwd=workdir, check=True)
+    before = _step4_backups(workdir)
+    done = run_script(
+        SCRIPT, "--db", damaged_db, "--dry-run", "--keep-backups", "2", cwd=workdir, check=True
+    )
+    assert "Old backups made by step 4 would be deleted (keeping the newest 2):" in done.stdout
+    assert before[0] in done.stdout and before[1] not in done.stdout
+    assert _step4_backups(workdir) == before
+
+
+def test_a_tampered_backup_ledger_deletes_nothing_it_names(
+    damaged_db: Path, workdir: Path, tmp_path: Path
+) -> None:
+    """Entries pointing outside the folder, at another DB's name, at a symlink
+    or at a file changed since step 4 made it are refused with a reason."""
+    from yandex_reverse.cleanup import ledger_path
+
+    outside = tmp_path / "outside.db"
+    outside.write_bytes(b"keep me")
+    run_script(SCRIPT, "--db", damaged_db, "--yes", cwd=workdir, check=True)
+    run_script(SCRIPT, "--db", damaged_db, "--yes", cwd=workdir, check=True)
+    ledger = json.loads(ledger_path(damaged_db).read_text())
+    first, second = ledger["backups"]
+    changed = workdir / first["name"]
+    changed.write_bytes(b"replaced by the user")
+    link = workdir / "yandex_images_backup_20000101_000000.db"
+    link.symlink_to(outside)
+    other_db = workdir / "vk_images_backup_20000101_000000.db"
+    other_db.write_bytes(b"not this DB's")
+    st = outside.stat()
+    forged = [
+        {"name": str(outside), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        {"name": "../outside.db", "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        {"name": other_db.name, "size": 13, "mtime_ns": other_db.stat().st_mtime_ns},
+        {"name": link.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        {"name": "/proc/self/environ", "size": 0, "mtime_ns": 0},
+        first,
+    ]
+    ledger["backups"] = [*forged, second]
+    ledger_path(damaged_db).write_text(json.dumps(ledger))
+    done = run_script(
+        SCRIPT, "--db", damaged_db, "--yes", "--keep-backups", "1", cwd=workdir, check=True
+    )
+    assert outside.read_bytes() == b"keep me" and link.is_symlink()
+    assert other_db.exists() and changed.read_bytes() == b"replaced by the user"
+    for reason in (
+        f"{outside}: not a backup name of this DB",
+        "../outside.db: not a backup name of this DB",
+        f"{link.name}: not a regular file",
+        f"{first['name']}: changed since step 4 made it",
+    ):
+        assert f"Not deleted (refused backup ledger entry): {reason}" in done.stdout
+    assert not (workdir / second["name"]).exists()  # a genuine old backup of step 4 goes
+    assert count_of(done.stdout, "old backups deleted") == 1
+    assert "Traceback" not in done.stdout + done.stderr

@@ -20,7 +20,8 @@ from PIL import Image
 
 from tests.conftest import REPO, run_script
 from tests.xhr_factory import entity, write_xhr
-from yandex_reverse.downloader import inspect_image, parse_retry_after
+from yandex_reverse.download.checks import inspect_image
+from yandex_reverse.download.fetch import parse_retry_after
 from yandex_reverse.fake_yandex.image_web import ImageWebServer
 
 NAME_SHAPE = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, rows
-from yandex_reverse.images import iter_images
+from yandex_reverse.imageinfo import iter_images
 
 pytestmark = pytest.mark.browser
 

@@ -304,21 +304,21 @@ def test_musiq_padded_batch_equals_one_image_at_a_time():
     import pyiqa
     import torch
 
-    from yandex_reverse import quality
+    from yandex_reverse.quality import metrics, scorer
 
     reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
     ours = copy.deepcopy(reference)
-    quality.fast_attention(ours.net)
+    metrics.fast_attention(ours.net)
     opts = dict(ours.net.data_preprocess_opts)
     items = []
     for i, (w, h) in enumerate([(96, 64), (160, 120), (48, 200)]):
         image = torch.from_numpy(np.asarray(_photo(w, h, i)).copy()).permute(2, 0, 1).float() / 255
-        items.append({"index": i, "image": image, "patches": quality.musiq_patches(image, opts)})
-    scorer = quality.Scorer(
-        [quality.Metric("musiq", ours, None, is_musiq=True)], torch.device("cpu"), 3
+        items.append({"index": i, "image": image, "patches": metrics.musiq_patches(image, opts)})
+    runner = scorer.ModelRunner(
+        [metrics.Metric("musiq", ours, None, is_musiq=True)], torch.device("cpu"), 3
     )
     with torch.inference_mode():
-        batched = scorer.score(items)
+        batched = runner.score(items)
         for item in items:
             alone = float(reference(item["image"][None]))
             assert batched[item["index"]]["musiq"] == pytest.approx(alone, rel=1e-4, abs=1e-4)
@@ -348,3 +348,79 @@ def test_without_terminal_or_yes_nothing_starts(photos, workdir):
     assert not (source / "quality_sorted").exists()
     bad = run_script(SCRIPT, "--source", source, "--thresholds", "50,65", "--yes", cwd=workdir)
     assert bad.returncode == 2 and "--thresholds" in bad.stderr
+
+
+def test_scorer_from_settings_turns_tasks_into_rows(photos):
+    """The interface a Ray actor uses: settings (picklable) -> Scorer -> rows per task,
+    the same rows the step writes, broken files as rows with a reason."""
+    import pickle
+
+    import pyiqa
+
+    from yandex_reverse.quality.decode import Task
+    from yandex_reverse.quality.scorer import Scorer, ScoreSettings
+
+    _, paths = photos
+    settings = pickle.loads(pickle.dumps(ScoreSettings(models=("piqe",), device="cpu")))
+    tasks = [
+        Task(path, path.name, path.stat().st_size, path.stat().st_mtime_ns)
+        for path in paths.values()
+    ]
+    rows = {row["filename"]: row for row in Scorer(settings).score(tasks)}
+    assert set(rows) == {p.name for p in paths.values()}
+    metric = pyiqa.create_metric("piqe", device="cpu")
+    for name in ("sharp", "noisy", "tiny"):
+        row = rows[paths[name].name]
+        raw = json.loads(row["scores_json"])["piqe"]["raw"]
+        assert raw == pytest.approx(float(metric(str(paths[name]))), rel=1e-4, abs=1e-3)
+        assert row["max_score"] == pytest.approx(100 - raw, abs=1e-3)
+        assert row["models"] == "piqe" and row["error_message"] is None
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (240, 320)
+    for name in ("corrupt.jpg", "truncated.jpg"):
+        assert rows[name]["error_message"] and rows[name]["error_stage"] == "decode"
+
+
+def test_out_of_memory_halves_the_batch_and_scores_stay():
+    """The GPU path's batch halving, driven on the CPU: a model that runs out of memory
+    above two images per call gets its batch halved (8 -> 4 -> 2) and every image
+    still gets the score it has alone; one image that cannot fit fails with a reason."""
+    import pyiqa
+    import torch
+
+    from yandex_reverse.quality import metrics, scorer
+
+    piqe = pyiqa.create_metric("piqe", device="cpu")
+
+    class Tight(torch.nn.Module):
+        def __init__(self, limit: int) -> None:
+            super().__init__()
+            self.limit = limit
+            self.calls: list[int] = []
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            self.calls.append(len(batch))
+            if len(batch) > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return piqe(batch)
+
+    images = [
+        torch.from_numpy(np.asarray(_photo(96, 64, i)).copy()).permute(2, 0, 1).float() / 255
+        for i in range(6)
+    ]
+    items = [{"index": i, "image": image} for i, image in enumerate(images)]
+    model = Tight(limit=2)
+    runner = scorer.ModelRunner(
+        [metrics.Metric("piqe", model, None)], torch.device("cpu"), batch_size=8
+    )
+    with torch.inference_mode():
+        out = runner.score(items)
+        alone = [float(piqe(image[None])) for image in images]
+    assert runner.halvings == 2 and runner.batch_size == 2
+    assert model.calls == [6, 4, 2, 2, 2]
+    assert [out[i]["piqe"] for i in range(6)] == pytest.approx(alone, rel=1e-5, abs=1e-5)
+
+    model.limit = 0  # not even one image fits: a reason per image, no exception
+    with torch.inference_mode():
+        out = runner.score(items[:2])
+    assert runner.batch_size == 1
+    assert out[0] == "model: piqe out of memory at batch size 1"

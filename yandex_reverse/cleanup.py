@@ -26,8 +26,11 @@ preview's counts are exactly what a real run removes.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,12 +44,14 @@ from .console import (
     ask_choice,
     confirm,
     console,
+    esc,
     human_bytes,
     one_line,
     print_summary,
     setup_logging,
     table,
 )
+from .fsutil import atomic_write_text
 from .urls import normalize_url
 
 LEGACY_DUP_REASON = "duplicate variant (legacy import)"
@@ -247,18 +252,130 @@ def opened(path: Path, *, scratch: bool) -> Iterator[tuple[sqlite3.Connection, i
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prune_backups(path: Path, keep: int, current: Path) -> list[Path]:
-    """Delete all but the newest ``keep`` backups of ``path`` (0 keeps all).
+# ------------------------------------------------------------ own backups
 
-    ``current`` (this run's backup) always stays, even beside the one a
-    legacy DB's migration made in the same second.
-    """
-    if keep <= 0:
+
+def ledger_path(path: Path) -> Path:
+    """Where step 4 records the backups it made of ``path``: ``<db>.backups.json``."""
+    return path.with_name(f"{path.name}.backups.json")
+
+
+def _backup_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(re.escape(path.stem) + r"_backup_\d{8}_\d{6}(_\d+)?" + re.escape(path.suffix))
+
+
+def _read_ledger(path: Path) -> list[dict]:
+    try:
+        data = json.loads(ledger_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return []
-    old = [b for b in db.list_backups(path)[:-keep] if b != current]
-    for backup in old:
-        backup.unlink(missing_ok=True)
-    return old
+    except (OSError, ValueError) as exc:
+        raise StepFailed(
+            f"the backup ledger {ledger_path(path)} is unreadable ({one_line(exc)}); "
+            "move it away to continue (no backup is deleted without it)"
+        ) from exc
+    entries = data.get("backups") if isinstance(data, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _write_ledger(path: Path, entries: list[dict]) -> None:
+    text = json.dumps({"db": path.name, "backups": entries}, ensure_ascii=False, indent=1)
+    atomic_write_text(ledger_path(path), text + "\n")
+
+
+def record_backup(path: Path, backup: Path) -> None:
+    """Add this run's backup to the ledger, with what identifies the file."""
+    st = backup.lstat()
+    entries = _read_ledger(path)
+    entries.append({"name": backup.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    _write_ledger(path, entries)
+
+
+@dataclass
+class Pruning:
+    """Which recorded backups go, which stay and why."""
+
+    delete: list[Path] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (ledger name, reason)
+    keep: list[dict] = field(default_factory=list)  # ledger entries that stay
+    others: int = 0  # backups in the folder that step 4 did not record
+
+
+def plan_pruning(path: Path, keep: int, *, adding: int = 0) -> Pruning:
+    """All but the newest ``keep`` backups step 4 recorded making (0 keeps all);
+    ``adding``: backups about to be made (a preview counts this run's own).
+
+    A ledger entry is deleted only if it names a backup of this DB in the
+    DB's own folder (a bare name of the backup pattern), and the file there
+    is still a regular file of the recorded size and modification time. Any
+    other entry is refused with a reason and nothing of it is touched; files
+    the ledger does not name (the migration's backups, the user's copies)
+    are never candidates.
+    """
+    plan = Pruning()
+    entries = _read_ledger(path)
+    pattern = _backup_pattern(path)
+    recorded = {e.get("name") for e in entries}
+    plan.others = sum(1 for b in db.list_backups(path) if b.name not in recorded)
+    if keep <= 0:
+        plan.keep = entries
+        return plan
+    split = max(0, len(entries) - max(0, keep - adding))
+    plan.keep = entries[split:]
+    for entry in entries[:split]:
+        name = entry.get("name")
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            plan.refused.append((str(name), "not a backup name of this DB"))
+            continue
+        target = path.with_name(name)
+        try:
+            st = target.lstat()
+        except FileNotFoundError:
+            continue  # gone already: dropped from the ledger
+        except OSError as exc:
+            plan.refused.append((name, f"cannot check it: {exc.strerror or exc}"))
+            plan.keep.insert(0, entry)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            plan.refused.append((name, "not a regular file"))
+        elif (st.st_size, st.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
+            plan.refused.append((name, "changed since step 4 made it"))
+        else:
+            plan.delete.append(target)
+    return plan
+
+
+def prune_backups(path: Path, plan: Pruning) -> list[Path]:
+    """Delete what :func:`plan_pruning` chose; the ledger keeps the rest."""
+    deleted = []
+    for target in plan.delete:
+        try:
+            target.unlink()
+            deleted.append(target)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            plan.refused.append((target.name, f"could not delete it: {exc.strerror or exc}"))
+    _write_ledger(path, plan.keep)
+    return deleted
+
+
+def print_pruning(plan: Pruning, *, keep: int, dry_run: bool) -> None:
+    """The backups that go (before they go), the refused entries, the others kept."""
+    if plan.delete:
+        verb = "would be deleted" if dry_run else "to delete"
+        console.print(
+            f"Old backups made by step 4 {verb} (keeping the newest {keep}):", markup=False
+        )
+        for target in plan.delete:
+            console.print(f"  {target}", markup=False)
+    for name, reason in plan.refused:
+        console.print(f"Not deleted (refused backup ledger entry): {name}: {reason}", markup=False)
+    if plan.others:
+        console.print(
+            f"{plan.others} other backup(s) in the folder were not made by step 4: kept.",
+            markup=False,
+        )
 
 
 # ---------------------------------------------------------------- report
@@ -319,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         metavar="N",
-        help="keep only the newest N backups of this DB (default: 5; 0 keeps all)",
+        help=(
+            "keep only the newest N backups that this step made of this DB (recorded in "
+            "<db>.backups.json; others are never deleted) (default: 5; 0 keeps all)"
+        ),
     )
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument(
@@ -359,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         raise StepFailed(f"database not found: {path}")
     legacy, _ = probe(path)
     size_before = db_size(path)
-    console.print(f"Database: {path} ({human_bytes(size_before)})")
+    console.print(f"Database: {esc(path)} ({human_bytes(size_before)})")
     if legacy:
         console.print("Legacy schema (original scripts): it is migrated first.")
 
@@ -368,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             preview = clean(conn, dry_run=True, archive=args.archive, show=args.show)
         preview.legacy_duplicates = dups
         print_outcome(preview, dry_run=True, show=args.show if args.dry_run else 0)
+        # This run adds one backup: the newest keep-1 recorded ones stay beside it.
+        pruning = plan_pruning(path, args.keep_backups, adding=1)
+        print_pruning(pruning, keep=args.keep_backups, dry_run=True)
         if args.dry_run:
             console.print("Dry run: nothing was changed.")
             return 0
@@ -379,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
     backup = db.backup(path)
-    console.print(f"Backup: {backup}")
+    record_backup(path, backup)
+    console.print(f"Backup: {esc(backup)}")
     with opened(path, scratch=False) as (conn, dups):
         try:
             out = clean(conn, dry_run=False, archive=args.archive, show=0)
@@ -391,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         if out.total or dups:
             conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    pruned = prune_backups(path, args.keep_backups, backup)
+    plan = plan_pruning(path, args.keep_backups)
+    if args.yes:  # else the preview listed them before the question
+        print_pruning(plan, keep=args.keep_backups, dry_run=False)
+    pruned = prune_backups(path, plan)
     size_after = db_size(path)
     print_outcome(out, dry_run=False, show=0)
     print_summary(

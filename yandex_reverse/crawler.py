@@ -52,7 +52,7 @@ from . import console, serp
 from .browser import BrowserNotFound, find_browser
 from .console import StepFailed, UsageError, log
 from .db import now_iso
-from .images import atomic_write_text
+from .fsutil import atomic_write_text
 
 DEFAULT_SELECTORS = Path(__file__).with_name("selectors.json")
 QUERY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

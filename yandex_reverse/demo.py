@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 from .console import console, table
 from .fake_yandex.image_web import ImageWebServer
 from .fake_yandex.site import FakeYandex, ServerThread
-from .images import atomic_write_text, iter_images
+from .fsutil import atomic_write_text
+from .imageinfo import iter_images
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = 12

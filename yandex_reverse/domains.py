@@ -30,7 +30,7 @@ from typing import Any
 
 from . import db
 from .console import StepFailed, UsageError, console, progress, setup_logging, table
-from .images import atomic_write_bytes, atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_text
 from .urls import host_of
 
 SERVICES_FILE = Path(__file__).with_name("services.json")

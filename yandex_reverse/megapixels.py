@@ -34,7 +34,8 @@ from yandex_reverse.console import (
     is_interactive,
     setup_logging,
 )
-from yandex_reverse.images import ImageInfo, iter_images, print_sort_report, sort_images
+from yandex_reverse.imageinfo import ImageInfo, iter_images
+from yandex_reverse.sorting import print_sort_report, sort_images
 
 DEFAULT_OUTPUT = "sorted_by_mpix"
 DEFAULT_STRATEGY = "ranges"
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _ask_dest(source: Path, dry_run: bool) -> Path:
     choice = ask_choice(
         "Output folder:",
-        (("default", escape(str(source / DEFAULT_OUTPUT))), ("other", "Another path")),
+        (("default", str(source / DEFAULT_OUTPUT)), ("other", "Another path")),
         flag="--dest",
         default="default" if not is_interactive() else None,
     )

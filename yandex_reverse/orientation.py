@@ -24,12 +24,8 @@ from yandex_reverse.console import (
     folder_option,
     setup_logging,
 )
-from yandex_reverse.images import (
-    ImageInfo,
-    iter_images,
-    print_sort_report,
-    sort_images,
-)
+from yandex_reverse.imageinfo import ImageInfo, iter_images
+from yandex_reverse.sorting import print_sort_report, sort_images
 
 FOLDERS = ("landscape", "portrait", "square")
 MODES = (

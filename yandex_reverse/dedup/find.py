@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import progress
-from ..images import ImageError, iter_images, read_info
+from ..imageinfo import ImageError, iter_images, read_info
 from . import hashing
 
 _IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)

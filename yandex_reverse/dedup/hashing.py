@@ -19,7 +19,11 @@ from pathlib import Path
 
 import xxhash
 
-from ..images import ImageError, exif_orientation, open_image
+from ..imageinfo import ImageError, exif_orientation, open_image
+
+# Pillow's EXIF/ICC chatter ("Corrupt EXIF data"): real failures raise. Set
+# once for the process (a ``catch_warnings`` per call is not thread-safe).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 METHODS = ("phash", "dhash", "ahash", "whash")
 EDGE_BLOCK = 4096
@@ -83,8 +87,7 @@ def perceptual_hash(
     except ImageError as exc:
         return None, 0, 0, str(exc)
     try:
-        with image, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/ICC chatter; real failures raise
+        with image:
             width, height = image.size
             orientation = exif_orientation(image)
             if draft and image.format in ("JPEG", "MPO"):

@@ -1,0 +1,371 @@
+"""The HTTP side of step 5: one GET with its reasons, retries, limits, the checks.
+
+Nothing here touches the DB or names a final file: a :class:`Fetcher` turns a
+:class:`Candidate` into a :class:`Body` (or a :class:`FetchFailure` with the
+reason), and :func:`check_body` turns a body into a :class:`Checked` image
+(or a failure). A worker on another machine can run both and hand the
+:class:`Checked` (its body spilled to a temporary file in the output folder
+with :meth:`Checked.spill`) back to the driver, which alone settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+
+import aiofiles
+import aiohttp
+
+from ..console import one_line
+from ..urls import host_of
+from .checks import FetchFailure, file_type, inspect_image, refuse_text, sniff
+from .store import temp_path
+
+DEFAULT_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
+CHUNK = 64 * 1024
+SPILL_AT = 1024 * 1024  # bodies up to this size stay in memory until verified
+MAX_HOST_WAIT = 120.0  # a host asking for a longer pause fails its URLs as retryable
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+BACKOFF_STATUS = frozenset({429, 503})
+
+
+@dataclass
+class Candidate:
+    url: str
+    variant_type: str  # original, preview, dups, thumb
+    origin_url: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """What the HTTP side and the checks need from the settings (picklable)."""
+
+    concurrency: int = 40
+    per_host: int = 4
+    timeout: float = 40.0
+    max_bytes: int = 50 * 1024 * 1024
+    retries: int = 3
+    proxy: str | None = None
+    user_agent: str = DEFAULT_USER_AGENT
+    min_side: int = 0
+    min_bytes: int = 0
+
+
+@dataclass
+class Body:
+    """A body received in full: in memory, or spilled to a temporary file."""
+
+    buffer: bytearray
+    temp: Path | None
+    size: int
+    sha256: str
+    head: bytes
+    content_type: str
+    http_status: int
+    final_url: str
+    attempts: int = 0
+
+
+@dataclass
+class Checked:
+    """A body that passed every check: a whole image of a known format."""
+
+    body: Body
+    fmt: str
+    width: int
+    height: int
+    ext: str
+    mime: str
+
+    def spill(self, out: Path, url: str) -> Path:
+        """Move an in-memory body to a temporary file in ``out`` (for a remote driver)."""
+        body = self.body
+        if body.temp is None:
+            temp = temp_path(out, url)
+            try:
+                temp.write_bytes(body.buffer)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            body.temp = temp
+        elif body.buffer:
+            with body.temp.open("ab") as handle:
+                handle.write(body.buffer)
+        body.buffer = bytearray()
+        return body.temp
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def check_body(body: Body, opts: FetchOptions) -> Checked:
+    """In a worker thread: hash, the filters, a real image; :class:`FetchFailure` if not.
+
+    A spilled body has its remaining bytes appended to its temporary file.
+    """
+    if body.size < opts.min_bytes:
+        raise FetchFailure(
+            f"smaller than --min-bytes {opts.min_bytes:,}", f"{body.size:,} bytes", skipped=True
+        )
+    if body.temp is not None and body.buffer:
+        with body.temp.open("ab") as handle:
+            handle.write(body.buffer)
+        body.buffer = bytearray()
+    if not body.sha256:
+        body.sha256 = hashlib.sha256(body.buffer).hexdigest()
+    fmt, width, height = inspect_image(body.temp if body.temp is not None else bytes(body.buffer))
+    if opts.min_side and min(width, height) < opts.min_side:
+        raise FetchFailure(
+            f"smaller than --min-side {opts.min_side}", f"{width}x{height}", skipped=True
+        )
+    ext, mime = file_type(fmt)
+    return Checked(body, fmt, width, height, ext, mime)
+
+
+@dataclass
+class HostState:
+    sem: asyncio.Semaphore
+    resume_at: float = 0.0
+    strikes: int = 0
+    users: int = 0
+
+
+class Fetcher:
+    """One HTTP session with global and per-host limits, pauses and retries.
+
+    ``async with Fetcher(opts, out) as f: body = await f.fetch(url)``. A host
+    that answers 429/503 is paused (Retry-After in seconds or as an HTTP-date,
+    with jitter) without any task holding a connection slot while it waits.
+    """
+
+    def __init__(self, opts: FetchOptions, out: Path) -> None:
+        self.opts = opts
+        self.out = out
+        self.hosts: dict[str, HostState] = {}
+        self.global_sem = asyncio.Semaphore(opts.concurrency)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Fetcher:
+        o = self.opts
+        timeout = aiohttp.ClientTimeout(
+            total=o.timeout, connect=min(10.0, o.timeout), sock_read=o.timeout
+        )
+        connector = aiohttp.TCPConnector(limit=o.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": o.user_agent, "Accept": ACCEPT},
+            trust_env=o.proxy is None,
+        )
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _host(self, host: str) -> HostState:
+        state = self.hosts.get(host)
+        if state is None:
+            state = self.hosts[host] = HostState(asyncio.Semaphore(self.opts.per_host))
+        state.users += 1
+        return state
+
+    def _release_host(self, host: str, state: HostState) -> None:
+        state.users -= 1
+        if state.users == 0 and state.resume_at <= time.monotonic():
+            self.hosts.pop(host, None)
+
+    async def fetch(self, url: str) -> Body:
+        """Retries with exponential backoff for transient failures; never for 404/410.
+
+        :class:`FetchFailure` carries ``attempts``; a body carries them too.
+        """
+        host = host_of(url) or ""
+        state = self._host(host)
+        attempts = 0
+        try:
+            while True:
+                wait = state.resume_at - time.monotonic()
+                if wait > MAX_HOST_WAIT:
+                    failure = FetchFailure(
+                        "host asks to wait",
+                        f"{wait:.0f} s (Retry-After)",
+                        retryable=True,
+                        http_status=429,
+                    )
+                    failure.attempts = attempts
+                    raise failure
+                if wait > 0:
+                    await asyncio.sleep(wait)  # holding no slot
+                    continue
+                async with self.global_sem, state.sem:
+                    if state.resume_at > time.monotonic():
+                        continue  # the host said "slow down" while we queued
+                    attempts += 1
+                    try:
+                        body = await self._get(url)
+                    except FetchFailure as exc:
+                        failure = exc
+                        failure.attempts = attempts
+                    else:
+                        state.strikes = 0
+                        body.attempts = attempts
+                        return body
+                if failure.http_status in BACKOFF_STATUS:
+                    state.strikes += 1
+                    delay = failure.retry_after
+                    if delay is None:
+                        delay = min(60.0, 2.0**state.strikes)
+                    delay *= 1 + random.uniform(0.05, 0.25)  # jitter: not all at once
+                    state.resume_at = max(state.resume_at, time.monotonic() + delay)
+                if not failure.retryable or attempts > self.opts.retries:
+                    raise failure
+                if failure.http_status not in BACKOFF_STATUS:
+                    base = min(30.0, 0.5 * 2 ** (attempts - 1))
+                    await asyncio.sleep(base * random.uniform(0.5, 1.0))
+        finally:
+            self._release_host(host, state)
+
+    async def fetch_checked(self, url: str) -> Checked:
+        """:meth:`fetch`, then :func:`check_body` in a thread, the body spilled to a
+        temporary file in the output folder: what a remote worker hands back."""
+        body = await self.fetch(url)
+        try:
+            checked = await asyncio.to_thread(check_body, body, self.opts)
+            await asyncio.to_thread(checked.spill, self.out, url)
+        except FetchFailure as exc:
+            exc.attempts, exc.received = body.attempts, body.size
+            exc.http_status, exc.content_type = body.http_status, body.content_type or None
+            if body.temp is not None:
+                body.temp.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            if body.temp is not None:
+                body.temp.unlink(missing_ok=True)
+            raise
+        return checked
+
+    async def _get(self, url: str) -> Body:
+        """One GET, the body streamed and hashed; :class:`FetchFailure` on any problem."""
+        assert self.session is not None, "use the Fetcher as an async context manager"
+        o = self.opts
+        temp: Path | None = None
+        handle = None
+        try:
+            async with self.session.get(url, proxy=o.proxy, max_redirects=10) as resp:
+                ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if resp.status != 200:
+                    raise FetchFailure(
+                        f"HTTP {resp.status}",
+                        resp.reason or "",
+                        retryable=resp.status in RETRYABLE_STATUS,
+                        http_status=resp.status,
+                        content_type=ctype or None,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
+                declared = resp.content_length
+                if declared is not None and declared > o.max_bytes:
+                    raise FetchFailure(
+                        "too large",
+                        f"Content-Length {declared:,} > --max-bytes {o.max_bytes:,}",
+                        http_status=200,
+                        content_type=ctype,
+                    )
+                digest = None  # bodies kept in memory are hashed in the checking thread
+                buffer = bytearray()
+                head = b""
+                size = 0
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if len(head) < 64:
+                        head = (head + chunk)[:64]
+                        if len(head) >= 64 and not sniff(head):
+                            refuse_text(head, ctype)
+                    size += len(chunk)
+                    if size > o.max_bytes:
+                        raise FetchFailure(
+                            "too large",
+                            f"more than --max-bytes {o.max_bytes:,}",
+                            http_status=200,
+                            content_type=ctype,
+                        )
+                    buffer += chunk
+                    if digest is not None:
+                        digest.update(chunk)
+                    if len(buffer) >= SPILL_AT:
+                        if digest is None:
+                            digest = hashlib.sha256(buffer)
+                        if handle is None:
+                            temp = temp_path(self.out, url)
+                            handle = await aiofiles.open(temp, "wb")
+                        await handle.write(bytes(buffer))
+                        buffer.clear()
+                if not sniff(head):
+                    refuse_text(head, ctype)
+                if handle is not None:
+                    await handle.close()
+                    handle = None
+                sha = digest.hexdigest() if digest is not None else ""
+                body = Body(buffer, temp, size, sha, head, ctype, 200, str(resp.url))
+                temp = None  # the body owns it now
+                return body
+        except FetchFailure:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise FetchFailure(
+                "timeout", f"no complete answer in {o.timeout:g} s", retryable=True
+            ) from exc
+        except aiohttp.TooManyRedirects as exc:
+            raise FetchFailure("too many redirects") from exc
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            raise FetchFailure("invalid URL", one_line(exc, 120)) from exc
+        except aiohttp.ClientPayloadError as exc:
+            text = repr(exc)
+            if "Reset" in text or "reset" in text:
+                raise FetchFailure("connection reset", "during the body", retryable=True) from exc
+            raise FetchFailure("truncated body", one_line(exc, 120), retryable=True) from exc
+        except (aiohttp.ClientConnectionResetError, ConnectionResetError) as exc:
+            raise FetchFailure("connection reset", retryable=True) from exc
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise FetchFailure("proxy unreachable", one_line(exc, 120), retryable=True) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise FetchFailure("connection closed", "by the server", retryable=True) from exc
+        except aiohttp.ClientResponseError as exc:
+            raise FetchFailure(
+                "bad HTTP response", one_line(exc, 120), http_status=exc.status
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise FetchFailure("network error", one_line(exc, 120), retryable=True) from exc
+        except OSError as exc:
+            raise FetchFailure("disk error", one_line(exc, 120), retryable=True) from exc
+        finally:
+            if handle is not None:
+                with suppress(OSError):
+                    await handle.close()
+            if temp is not None:
+                temp.unlink(missing_ok=True)

@@ -1,0 +1,303 @@
+"""The driver of step 5: work streamed from the DB into a bounded pool of tasks,
+each unit's URLs tried in order, every outcome settled here and written to the ledger.
+
+Work is read page by page; the network is limited globally and per host
+(:class:`~.fetch.Fetcher`); bodies are checked in a worker thread
+(:func:`~.fetch.check_body`) and settled by :class:`~.store.Store` (one file
+per content); ledger writes are batched in a writer thread, off the event
+loop, and flushed on exit and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..console import log, progress
+from .checks import FetchFailure
+from .fetch import Body, Candidate, Checked, Fetcher, FetchOptions, check_body
+from .ledger import LedgerReader, LedgerWriter, Outcome, Unit, WorkReader, now
+from .store import Store
+
+
+@dataclass
+class Settings:
+    db_path: Path
+    out: Path
+    what: str
+    limit: int | None
+    retry_failed: bool
+    concurrency: int
+    per_host: int
+    timeout: float
+    max_bytes: int
+    proxy: str | None
+    user_agent: str
+    min_side: int
+    min_bytes: int
+    retries: int
+
+    def fetch_options(self) -> FetchOptions:
+        return FetchOptions(
+            concurrency=self.concurrency,
+            per_host=self.per_host,
+            timeout=self.timeout,
+            max_bytes=self.max_bytes,
+            retries=self.retries,
+            proxy=self.proxy,
+            user_agent=self.user_agent,
+            min_side=self.min_side,
+            min_bytes=self.min_bytes,
+        )
+
+
+@dataclass
+class Stats:
+    """What this run did, for the progress bar and the summary."""
+
+    units: int = 0
+    satisfied_before: int = 0
+    failed_before_retryable: int = 0
+    failed_before_permanent: int = 0
+    no_url: int = 0
+    worked: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    units_without_file: int = 0
+    received: int = 0
+    stored_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def failed_outcome(candidate: Candidate, image_id: str, exc: FetchFailure) -> Outcome:
+    """The ledger outcome of a URL that gave no usable image."""
+    return Outcome(
+        url=candidate.url,
+        image_id=image_id,
+        variant_type=candidate.variant_type,
+        status="skipped" if exc.skipped else "failed",
+        reason=exc.reason,
+        error=str(exc),
+        retryable=exc.retryable,
+        http_status=exc.http_status,
+        content_type=exc.content_type,
+        attempts=exc.attempts,
+        received=exc.received,
+    )
+
+
+def settle(store: Store, checked: Checked, candidate: Candidate, image_id: str) -> Outcome:
+    """Driver side: a checked body becomes a file (or points at one) and its ledger outcome."""
+    stored, duplicate = store.settle(checked, candidate, image_id)
+    body = checked.body
+    return Outcome(
+        url=candidate.url,
+        image_id=image_id,
+        variant_type=candidate.variant_type,
+        status="done",
+        http_status=body.http_status,
+        content_type=stored.mime,
+        path=stored.path,
+        size=body.size,
+        sha256=body.sha256,
+        width=stored.width,
+        height=stored.height,
+        attempts=body.attempts,
+        duplicate=duplicate,
+        received=body.size,
+    )
+
+
+class Downloader:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.opts = settings.fetch_options()
+        self.stats = Stats()
+        self.inflight: dict[str, asyncio.Future[Outcome]] = {}
+        self.unflushed: dict[str, Outcome] = {}  # outcomes queued but not yet committed
+        self.out = settings.out.resolve()
+        self.ledger = LedgerReader(settings.db_path)
+        self.store = Store(self.out, self.ledger.db_dir, self.ledger.stored_with_sha)
+        self.advance: Callable[..., None] = lambda *a, **k: None
+        self.run_started = now()
+        self._ticks = 0
+        self._last_tick = 0.0
+        self.fetcher: Fetcher
+        self.writer: LedgerWriter
+
+    # ---- bookkeeping
+
+    def _on_flushed(self, urls: list[str], shas: list[str]) -> None:
+        for url in urls:
+            self.unflushed.pop(url, None)
+        self.store.forget(shas)
+
+    def _record(self, outcome: Outcome) -> Outcome:
+        self.unflushed[outcome.url] = outcome
+        self.writer.final(outcome)
+        self.stats.received += outcome.received
+        if outcome.status == "done":
+            if outcome.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.stored += 1
+                self.stats.stored_bytes += outcome.size or 0
+        elif outcome.status == "skipped":
+            self.stats.skipped[outcome.reason] += 1
+        else:
+            self.stats.failed[outcome.reason] += 1
+            log.info("failed %s: %s", outcome.url, outcome.error)
+        return outcome
+
+    async def _ledger_state(self, url: str) -> tuple[str, int, bool]:
+        """(status, retryable, settled in this run) of a URL, unflushed outcomes first."""
+        known = self.unflushed.get(url)
+        if known is not None:
+            return known.status, int(known.retryable), True
+        row = await asyncio.to_thread(self.ledger.state, url)
+        if row is None:
+            return "new", 0, False
+        return row[0], row[1], row[0] != "pending" and (row[2] or "") >= self.run_started
+
+    def _progress_info(self) -> str:
+        elapsed = max(time.monotonic() - self.stats.started, 1e-9)
+        errors = sum(self.stats.failed.values())
+        return f"{self.stats.received / elapsed / 1e6:,.1f} MB/s · {errors:,} errors"
+
+    def _tick(self, n: int, *, force: bool = False) -> None:
+        """Advance the bar at most every 0.2 s: redrawing per file costs more than a file."""
+        self._ticks += n
+        now_ = time.monotonic()
+        if self._ticks and (force or now_ - self._last_tick >= 0.2):
+            self.advance(self._ticks, info=self._progress_info())
+            self._ticks, self._last_tick = 0, now_
+
+    # ---- per unit
+
+    async def handle(self, unit: Unit) -> None:
+        try:
+            got_file = False
+            for candidate in unit.candidates:
+                status, retryable, this_run = await self._ledger_state(candidate.url)
+                if status == "done":
+                    got_file = True
+                    break
+                if status == "failed" and retryable and (this_run or not self.s.retry_failed):
+                    break  # transient: no worse fallback meanwhile, one retry per run
+                if status in ("failed", "skipped") and not retryable:
+                    continue
+                outcome = await self.fetch_shared(candidate, unit.image_id)
+                if outcome.status == "done":
+                    got_file = True
+                    break
+                if outcome.status == "failed" and outcome.retryable:
+                    break  # may succeed later (--retry-failed): keep the best URL's turn
+            if not got_file:
+                self.stats.units_without_file += 1
+        finally:
+            self._tick(1)
+
+    async def fetch_shared(self, candidate: Candidate, image_id: str) -> Outcome:
+        """One fetch per URL even when several results share it."""
+        running = self.inflight.get(candidate.url)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.inflight[candidate.url] = future
+        try:
+            outcome = self._record(await self.attempt(candidate, image_id))
+            future.set_result(outcome)
+            return outcome
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            self.inflight.pop(candidate.url, None)
+
+    async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
+        """Fetch, check and settle one URL: its outcome (not yet recorded)."""
+        self.writer.pending(candidate.url, image_id, candidate.variant_type)
+        body: Body | None = None
+        try:
+            body = await self.fetcher.fetch(candidate.url)
+            return await asyncio.to_thread(self._check_and_settle, body, candidate, image_id)
+        except FetchFailure as exc:
+            if body is not None:  # the body failed its checks
+                exc.attempts, exc.received = body.attempts, body.size
+                exc.http_status, exc.content_type = body.http_status, body.content_type or None
+            return failed_outcome(candidate, image_id, exc)
+        finally:
+            if body is not None and body.temp is not None:
+                body.temp.unlink(missing_ok=True)
+
+    def _check_and_settle(self, body: Body, candidate: Candidate, image_id: str) -> Outcome:
+        """In a worker thread: one hop for both halves (a remote worker splits them)."""
+        return settle(self.store, check_body(body, self.opts), candidate, image_id)
+
+    # ---- the run
+
+    async def run(self) -> None:
+        s = self.s
+        reader = WorkReader(s.db_path, s.what, s.retry_failed)
+        self.writer = LedgerWriter(s.db_path, self._on_flushed)
+        tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(max(4 * s.concurrency, 64))  # bounded pool of tasks
+        started = 0
+        try:
+            total = await asyncio.get_running_loop().run_in_executor(
+                reader.executor, reader.count_units
+            )
+            self.stats.units = total
+            async with Fetcher(self.opts, self.out) as self.fetcher:
+                bar_total = min(total, s.limit) if s.limit is not None else total
+                try:
+                    with progress("Download", bar_total) as advance:
+                        self.advance = advance
+                        while not reader.finished and (s.limit is None or started < s.limit):
+                            units, counts = await reader.next_page()
+                            self._count_before(counts)
+                            if s.limit is None:
+                                self._tick(sum(counts.values()))
+                            for unit in units:
+                                if s.limit is not None and started >= s.limit:
+                                    break
+                                await slots.acquire()
+                                task = asyncio.create_task(self.handle(unit))
+                                tasks.add(task)
+                                task.add_done_callback(
+                                    lambda t: (tasks.discard(t), slots.release())
+                                )
+                                started += 1
+                            if self.writer.error is not None:
+                                break
+                        if tasks:
+                            await asyncio.gather(*tasks)
+                        self._tick(0, force=True)
+                finally:
+                    # Before the session closes: a cancelled download records nothing
+                    # (its URL stays pending) and removes its temporary file.
+                    for task in tasks:
+                        task.cancel()
+                    if tasks:
+                        await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self.stats.worked = started
+            reader.close()
+            self.writer.close()
+            self.ledger.close()
+
+    def _count_before(self, counts: Counter[str]) -> None:
+        self.stats.satisfied_before += counts["done_before"]
+        self.stats.failed_before_retryable += counts["failed_retryable"]
+        self.stats.failed_before_permanent += counts["failed_permanent"]
+        self.stats.no_url += counts["no_url"]

@@ -1,0 +1,189 @@
+"""Where step 5's files go: names from the content, temporary files, the folder lock,
+and :class:`Store`, which settles a checked body (one file per content) on the driver.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..console import StepFailed
+from .checks import FetchFailure
+
+if TYPE_CHECKING:
+    from .fetch import Candidate, Checked
+
+TEMP_PREFIX = ".dl-"
+TEMP_SUFFIX = ".part"
+LOCK_NAME = ".download.lock"
+_SAFE = re.compile(r"[^A-Za-z0-9-]+")
+
+
+@dataclass(frozen=True)
+class Stored:
+    path: str  # as recorded in the ledger
+    width: int
+    height: int
+    mime: str
+
+
+def safe_id(image_id: str) -> str:
+    """The image id as a file-name prefix: no ``_`` (step 6 splits on it), bounded."""
+    cleaned = _SAFE.sub("-", image_id).strip("-") or "noid"
+    if len(cleaned) > 80:
+        digest = hashlib.md5(image_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        cleaned = f"{cleaned[:71]}-{digest}"
+    return cleaned
+
+
+def file_name(image_id: str, variant_type: str, width: int, height: int, url: str, ext: str) -> str:
+    """``{image_id}_{variant_type}_{W}x{H}_{md5(url)[:8]}{ext}`` in safe characters."""
+    digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    variant = _SAFE.sub("-", variant_type)[:16] or "variant"
+    return f"{safe_id(image_id)}_{variant}_{width}x{height}_{digest}{ext}"
+
+
+def temp_path(out: Path, url: str, kind: str = "") -> Path:
+    """A temporary name in ``out`` for ``url`` (this process's; never a final name)."""
+    digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return out / f"{TEMP_PREFIX}{digest}-{os.getpid()}{kind}{TEMP_SUFFIX}"
+
+
+def remove_temp_files(out: Path) -> int:
+    """Temporary files a crashed run left (never a final name)."""
+    removed = 0
+    for path in out.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        with suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """One download per folder at a time (temp files of a live run are not leftovers)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one run at a time by convention
+        yield
+        return
+    with (out / LOCK_NAME).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise StepFailed(f"another download is running into {out}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _one_line_value(value: object) -> str:
+    return " ".join(str(value).split()) if value not in (None, 0) else ""
+
+
+class Store:
+    """Puts checked bodies under their final names, one file per content (driver side).
+
+    ``known(sha256)`` answers from the ledger whether a file with that content
+    is already stored. Two threads with the same content meet at a claim: the
+    second waits for the first and records its file. :meth:`forget` drops
+    claims once the ledger holds them.
+    """
+
+    def __init__(self, out: Path, db_dir: Path, known: Callable[[str], Stored | None]) -> None:
+        self.out = out.resolve()
+        self.db_dir = db_dir
+        self.known = known
+        self.claims: dict[str, concurrent.futures.Future[Stored | None]] = {}
+        self.claims_lock = threading.Lock()
+
+    def forget(self, shas: list[str]) -> None:
+        with self.claims_lock:
+            for sha in shas:
+                claim = self.claims.get(sha)
+                if claim is not None and claim.done():
+                    self.claims.pop(sha, None)
+
+    def settle(self, checked: Checked, candidate: Candidate, image_id: str) -> tuple[Stored, bool]:
+        """In a worker thread: point at a file with the same content, or store it.
+
+        Returns (where the content is, whether it was there already).
+        """
+        sha = checked.body.sha256
+        with self.claims_lock:
+            claim = self.claims.get(sha)
+            mine: concurrent.futures.Future[Stored | None] | None = None
+            if claim is None:
+                mine = self.claims[sha] = concurrent.futures.Future()
+        if claim is not None:
+            stored = claim.result()
+            if stored is not None:
+                return stored, True
+            return self.place(checked, candidate, image_id), False  # the first one failed
+        assert mine is not None
+        try:
+            stored = self.known(sha)
+            duplicate = stored is not None
+            if stored is None:
+                stored = self.place(checked, candidate, image_id)
+        except BaseException:
+            mine.set_result(None)
+            with self.claims_lock:
+                self.claims.pop(sha, None)
+            raise
+        mine.set_result(stored)
+        return stored, duplicate
+
+    def place(self, checked: Checked, candidate: Candidate, image_id: str) -> Stored:
+        """The name from the content, the sidecar, then the image, each renamed into place."""
+        body = checked.body
+        name = file_name(
+            image_id, candidate.variant_type, checked.width, checked.height, candidate.url,
+            checked.ext,
+        )  # fmt: skip
+        final = self.out / name
+        if final.parent != self.out:  # cannot happen with safe names; never write outside
+            raise FetchFailure("unsafe file name", name)
+        temp = body.temp
+        if temp is None:
+            temp = temp_path(self.out, candidate.url)
+            try:
+                temp.write_bytes(body.buffer)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        sidecar = "".join(
+            f"{key}: {_one_line_value(value)}\n"
+            for key, value in (
+                ("url", candidate.url),
+                ("origin_url", candidate.origin_url),
+                ("image_id", image_id),
+                ("variant_type", candidate.variant_type),
+                ("width", checked.width),
+                ("height", checked.height),
+                ("final_url", body.final_url),
+            )
+        )
+        side_temp = temp_path(self.out, candidate.url, "-txt")
+        try:
+            side_temp.write_text(sidecar, encoding="utf-8")
+            os.replace(side_temp, final.with_suffix(".txt"))
+            os.replace(temp, final)
+        finally:
+            side_temp.unlink(missing_ok=True)
+            if temp is not body.temp:
+                temp.unlink(missing_ok=True)
+        try:
+            recorded = final.relative_to(self.db_dir).as_posix()
+        except ValueError:
+            recorded = str(final)
+        return Stored(recorded, checked.width, checked.height, checked.mime)

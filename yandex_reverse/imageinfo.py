@@ -1,0 +1,302 @@
+"""Which files are images, and opening them safely: shared by steps 5-7.
+
+* Only the formats the project accepts reach Pillow (``Image.open(formats=...)``):
+  a file whose content is EPS, PDF or another format outside the list is
+  refused whatever its name says.
+* The pixel guard reads the size from the header and refuses an image above
+  the limit, per call, before any pixel is decoded. It keeps no process-wide
+  state (no ``warnings.catch_warnings``, which is not thread-safe, and no
+  change to ``Image.MAX_IMAGE_PIXELS``), so any number of threads may open
+  images at once and every bomb is refused. Pillow's own check stays on
+  behind ours (``DecompressionBombError`` above twice its limit).
+* Sizes come from headers (no pixel decode) with the EXIF orientation
+  applied, so a portrait photo stored sideways counts as portrait.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+# The extensions every step accepts (the originals disagreed: 7.1 had no webp,
+# 7.3 no gif). Pillow's other readable formats are added below.
+COMMON_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+# Readable by Pillow but not photos users collect, or needing external tools
+# (EPS and PS run Ghostscript).
+_EXCLUDED = frozenset(
+    {
+        ".eps",
+        ".ps",
+        ".pdf",
+        ".fit",
+        ".fits",
+        ".h5",
+        ".hdf",
+        ".grib",
+        ".bufr",
+        ".mpeg",
+        ".mpg",
+        ".emf",
+        ".wmf",
+    }
+)
+_EXCLUDED_FORMATS = frozenset({"EPS", "PDF", "FITS", "HDF5", "GRIB", "BUFR", "MPEG", "WMF"})
+
+
+def _pillow_extensions() -> dict[str, str]:
+    Image.init()
+    return {
+        ext.lower(): fmt
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and ext.lower() not in _EXCLUDED and fmt not in _EXCLUDED_FORMATS
+    }
+
+
+_EXTENSION_FORMATS = _pillow_extensions()
+IMAGE_EXTENSIONS: frozenset[str] = COMMON_EXTENSIONS | frozenset(_EXTENSION_FORMATS)
+# The Pillow openers a file may reach (by content, whatever its name). The
+# JPEG opener also returns MPO (camera multi-picture files).
+ACCEPTED_FORMATS: tuple[str, ...] = tuple(sorted(set(_EXTENSION_FORMATS.values())))
+# The formats a web photo comes in: what step 5 stores.
+WEB_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+# Pillow's default limit (its ``MAX_IMAGE_PIXELS``), about 89 megapixels: a
+# 1 GB RGB decode. A caller may pass its own per call.
+MAX_PIXELS = 89_478_485
+
+# EXIF orientations 5-8 swap width and height.
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+# Pillow warns between its limit and twice it; we refuse those ourselves, by
+# size, before the warning could matter, so the warning is noise (on stderr,
+# once per place). This filter only silences it: no decision depends on it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageError(Exception):
+    """An image that cannot be used, with a one-line reason."""
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def iter_images(
+    root: Path, *, recursive: bool = True, exclude: Iterable[Path] = ()
+) -> Iterator[Path]:
+    """Image files under ``root`` in a stable (sorted) order.
+
+    Hidden files and folders and the ``exclude`` folders (a step's own output
+    or quarantine inside the source) are skipped.
+    """
+    root = Path(root)
+    excluded = {Path(p).resolve() for p in exclude}
+    if root.resolve() in excluded:
+        return
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return
+    subdirs: list[Path] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive and path.resolve() not in excluded:
+                    subdirs.append(path)
+            elif entry.is_file() and is_image(path):
+                yield path
+        except OSError:
+            continue
+    for sub in subdirs:
+        yield from iter_images(sub, recursive=True, exclude=excluded)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header says: displayed size (EXIF applied), format, mode."""
+
+    width: int
+    height: int
+    format: str | None
+    mode: str
+    orientation: int  # EXIF orientation, 1 when absent
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1_000_000
+
+
+def exif_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return int(value) if value in range(1, 9) else 1
+    except Exception:
+        return 1
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse a size above ``max_pixels`` (``None``: no limit of ours) as a bomb."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"refused as a decompression bomb: {width}x{height} = {width * height} pixels, "
+            f"limit {max_pixels}"
+        )
+
+
+def open_image(
+    source: Path | str | object,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    formats: Sequence[str] | None = ACCEPTED_FORMATS,
+) -> Image.Image:
+    """``Image.open`` of a path or binary file object, header only, guarded.
+
+    Only ``formats`` reach Pillow; an image whose header size is above
+    ``max_pixels`` is refused before its pixels are decoded. Every failure is
+    an :class:`ImageError` with a one-line reason. The caller decides how
+    much to decode (and closes the image).
+    """
+    try:
+        image = Image.open(source, formats=list(formats) if formats is not None else None)  # type: ignore[arg-type]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # The warning arrives as an exception only where some code turned
+        # warnings into errors; it is a refusal either way (above Pillow's limit).
+        raise ImageError(f"refused as a decompression bomb: {one_line(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image Pillow can read") from exc
+    except FileNotFoundError as exc:
+        raise ImageError("file not found") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"unreadable: {one_line(exc)}") from exc
+    try:
+        check_pixels(image.size, max_pixels)
+    except ImageError:
+        image.close()
+        raise
+    return image
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (its text, else its type)."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
+def read_info(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> ImageInfo:
+    """Size from the header only, EXIF orientation applied. Raises :class:`ImageError`."""
+    image = open_image(path, max_pixels=max_pixels)
+    try:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageError(f"invalid size {width}x{height}")
+        orientation = exif_orientation(image)
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        return ImageInfo(width, height, image.format, image.mode, orientation)
+    except ImageError:
+        raise
+    except Exception as exc:  # broken EXIF and the like
+        raise ImageError(f"unreadable header: {one_line(exc)}") from exc
+    finally:
+        image.close()
+
+
+def verify_image(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Fully decode the image; raises :class:`ImageError` for truncated or corrupt data."""
+    image = open_image(path, max_pixels=max_pixels)
+    try:
+        image.load()
+    except Exception as exc:
+        raise ImageError(f"corrupt or truncated: {one_line(exc)}") from exc
+    finally:
+        image.close()
+
+
+# ------------------------------------------------------ many headers at once
+
+
+def _info_or_reason(path: Path) -> ImageInfo | str:
+    try:
+        return read_info(path)
+    except ImageError as exc:
+        return str(exc)
+    except Exception as exc:  # one odd file never stops the run
+        return f"unreadable: {type(exc).__name__}: {one_line(exc)}"
+
+
+def _info_chunk(paths: list[Path]) -> list[ImageInfo | str]:
+    return [_info_or_reason(path) for path in paths]
+
+
+# Between processes: plain strings and tuples pickle ~10x faster than Path
+# objects and dataclasses, which mattered at thousands of files per second.
+_Packed = tuple[int, int, str | None, str, int] | str
+
+
+def _indexed_chunk(job: tuple[int, list[str]]) -> tuple[int, list[_Packed]]:
+    index, names = job
+    return index, [
+        (i.width, i.height, i.format, i.mode, i.orientation) if isinstance(i, ImageInfo) else i
+        for i in _info_chunk([Path(name) for name in names])
+    ]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is handled once, by the parent, which cancels the rest.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Below this many files a process pool costs more to start than it saves.
+PARALLEL_FROM = 400
+
+
+def read_infos(
+    paths: Sequence[Path],
+    *,
+    workers: int | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> list[ImageInfo | str]:
+    """:func:`read_info` of many files, in order: an :class:`ImageInfo` or a one-line reason.
+
+    Header parsing is Python work that holds the GIL (threads measured slower
+    than one thread, see ``bench/bench_sorting.py``), so chunks of files go
+    to worker processes, one per core.
+    """
+    paths = list(paths)
+    workers = workers or os.cpu_count() or 1
+    step = advance or (lambda _n: None)
+    if workers <= 1 or len(paths) < PARALLEL_FROM:
+        results: list[ImageInfo | str] = []
+        for path in paths:
+            results.append(_info_or_reason(path))
+            step(1)
+        return results
+    size = max(16, min(512, len(paths) // (workers * 8)))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    done: list[list[ImageInfo | str] | None] = [None] * len(chunks)
+    try:
+        # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are
+        # daemons and leaving the block terminates them, so Ctrl-C at any
+        # moment (even while they start) cannot leave the parent waiting on them.
+        with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+            jobs = ((i, [str(p) for p in chunk]) for i, chunk in enumerate(chunks))
+            for index, packed in pool.imap_unordered(_indexed_chunk, jobs):
+                done[index] = [x if isinstance(x, str) else ImageInfo(*x) for x in packed]
+                step(len(packed))
+    except OSError:  # no processes here: finish in this one
+        for index, chunk in enumerate(chunks):
+            if done[index] is None:
+                done[index] = _info_chunk(chunk)
+                step(len(chunk))
+    return [info for chunk_infos in done for info in chunk_infos or ()]

@@ -1,0 +1,418 @@
+"""Step 7.3's command: flags and questions, then scan, score, categorise, sort, report.
+
+The scoring itself is :class:`~.scorer.Scorer`; the DB, categories and report
+files are in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import console
+from ..console import UsageError, one_line
+from ..imageinfo import iter_images
+from .decode import Task
+from .report import (
+    CATEGORIES,
+    DB_NAME,
+    HISTOGRAM_NAME,
+    JSON_NAME,
+    assign_categories,
+    open_db,
+    upsert,
+    write_reports,
+)
+from .scorer import Scorer, ScoreSettings
+
+DEFAULT_THRESHOLDS = (65.0, 50.0)
+
+
+@dataclass
+class Options:
+    source: Path
+    dest: Path
+    models: tuple[str, ...]
+    mode: str
+    device: str
+    batch_size: int | None
+    max_side: int
+    thresholds: tuple[float, float] | None
+    percentiles: tuple[float, float] | None
+    weights_dir: Path | None
+    dry_run: bool
+    errors_folder: bool
+    recursive: bool
+    workers: int | None
+
+    def settings(self) -> ScoreSettings:
+        return ScoreSettings.from_env(
+            models=self.models,
+            device=self.device,
+            batch_size=self.batch_size,
+            max_side=self.max_side,
+            weights_dir=self.weights_dir,
+            workers=self.workers,
+        )
+
+
+def _pair(text: str, flag: str) -> tuple[float, float]:
+    try:
+        first, second = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes two numbers separated by a comma, not {text!r}") from None
+    return first, second
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="7_3_separate_images_by_quality.py",
+        description=(
+            "Score every image with pyiqa (MUSIQ, CLIPIQA or any no-reference metric) and "
+            "sort it into high/, medium/ and low/. All scores are put on one 0-100 scale, "
+            "higher is better: MUSIQ as is, CLIPIQA x100, any other metric through its "
+            "documented score range, inverted when lower is better (piqe: 100 - piqe). "
+            "'both' uses the higher of MUSIQ and CLIPIQA x100. Re-runs score only new or "
+            "changed images."
+        ),
+    )
+    parser.add_argument("--source", type=Path, help="folder with the images (asked if missing)")
+    parser.add_argument(
+        "--dest", type=Path, help="output folder (default: <source>/quality_sorted)"
+    )
+    parser.add_argument(
+        "--model",
+        help="musiq (default), clipiqa, both, or any pyiqa no-reference metric name "
+        "(e.g. piqe, entropy, topiq_nr)",
+    )
+    parser.add_argument("--mode", choices=("copy", "move"), help="copy (default) or move")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per model call (default 16 on a GPU, 2 on the CPU); halved on out-of-memory",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=1920,
+        help="longer side is shrunk to this in memory before scoring (default 1920, 0 = never)",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--thresholds",
+        help="HIGH,MEDIUM on the 0-100 scale: >= HIGH is high, >= MEDIUM medium, "
+        "else low (default 65,50)",
+    )
+    group.add_argument(
+        "--percentiles",
+        help="LOW,HIGH percent ranks instead of scores, e.g. 30,70: bottom 30%% low, "
+        "top 30%% high (ranked over every scored image in the report)",
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="torch hub folder with the weight files (pyiqa/<file>, clip/<file>, "
+        "checkpoints/<file>) for machines without internet; default: torch's own "
+        "($TORCH_HOME/hub, ~/.cache/torch/hub)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="score and write the reports, move nothing"
+    )
+    parser.add_argument("--yes", action="store_true", help="start without asking")
+    parser.add_argument(
+        "--errors-folder",
+        action="store_true",
+        help="put images that cannot be scored into <dest>/errors (default: leave in place)",
+    )
+    parser.add_argument("--recursive", action="store_true", help="also score images in subfolders")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker threads (default: one per CPU core; with a GPU: decode threads)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path("7_3_separate_images_by_quality.log"),
+        help="details and tracebacks (default: 7_3_separate_images_by_quality.log)",
+    )
+    return parser
+
+
+def resolve_options(args: argparse.Namespace) -> Options:
+    """Flags first; questions (as in the original) only on a terminal."""
+    source: Path
+    while True:
+        source = (
+            args.source.expanduser().absolute()
+            if args.source
+            else console.ask_folder("Folder with the images", flag="--source")
+        )
+        if not source.is_dir():
+            raise UsageError(f"not a folder: {source} (--source)")
+        count = sum(1 for _ in iter_images(source, recursive=args.recursive))
+        if count or args.source or not console.is_interactive():
+            break
+        console.console.print(f"[yellow]No images in {console.esc(source)}. Try again.[/yellow]")
+    console.console.print(f"Found {count} image(s) in {console.esc(source)}")
+
+    model = args.model or console.ask_choice(
+        "Quality model",
+        [
+            ("musiq", "MUSIQ only (recommended)"),
+            ("clipiqa", "CLIPIQA only (faster, less accurate)"),
+            ("both", "both (the higher score is used)"),
+        ],
+        flag="--model",
+        default="musiq",
+    )
+    model = model.strip().lower()
+    models = ("musiq", "clipiqa") if model == "both" else (model,)
+    mode = args.mode or console.ask_choice(
+        "Sort mode",
+        [("copy", "copy (originals stay)"), ("move", "move")],
+        flag="--mode",
+        default="copy",
+    )
+    default_dest = source / "quality_sorted"
+    if args.dest:
+        dest = args.dest.expanduser().absolute()
+    else:
+        where = console.ask_choice(
+            "Output folder",
+            [("default", f"{default_dest}"), ("other", "another path")],
+            flag="--dest",
+            default="default",
+        )
+        dest = default_dest
+        if where == "other":
+            dest = console.clean_path_answer(console.ask_text("Output folder", flag="--dest"))
+    thresholds = percentiles = None
+    if args.percentiles:
+        percentiles = _pair(args.percentiles, "--percentiles")
+        if not 0 <= percentiles[0] <= percentiles[1] <= 100:
+            raise UsageError("--percentiles LOW,HIGH need 0 <= LOW <= HIGH <= 100")
+    else:
+        thresholds = _pair(args.thresholds, "--thresholds") if args.thresholds else None
+        thresholds = thresholds or DEFAULT_THRESHOLDS
+        if thresholds[0] < thresholds[1]:
+            raise UsageError("--thresholds HIGH,MEDIUM need HIGH >= MEDIUM")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.max_side < 0:
+        raise UsageError("--max-side must be 0 (never shrink) or a positive number")
+    weights = args.weights_dir.expanduser().absolute() if args.weights_dir else None
+    if weights is not None and not weights.is_dir():
+        raise UsageError(f"--weights-dir is not a folder: {weights}")
+    return Options(
+        source=source,
+        dest=dest,
+        models=models,
+        mode=mode,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_side=args.max_side,
+        thresholds=thresholds,
+        percentiles=percentiles,
+        weights_dir=weights,
+        dry_run=args.dry_run,
+        errors_folder=args.errors_folder,
+        recursive=args.recursive,
+        workers=args.workers,
+    )
+
+
+@dataclass
+class RunStats:
+    found: int = 0
+    reused: int = 0
+    scored: int = 0
+    errors: int = 0
+    placed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    peak_gpu_bytes: int = 0
+
+
+def scan(opts: Options) -> list[Task]:
+    tasks = []
+    exclude = [opts.dest]
+    for path in iter_images(opts.source, recursive=opts.recursive, exclude=exclude):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        filename = path.relative_to(opts.source).as_posix()
+        tasks.append(Task(path, filename, st.st_size, st.st_mtime_ns))
+    return tasks
+
+
+def is_reusable(row: sqlite3.Row | None, task: Task, opts: Options) -> bool:
+    """A stored row stands while the file and the scoring setup are unchanged.
+    Decode errors stand too (the file is what it is); model errors are retried."""
+    if row is None:
+        return False
+    same = (
+        row["file_size"] == task.file_size
+        and row["file_mtime_ns"] == task.mtime_ns
+        and row["models"] == "+".join(opts.models)
+        and row["max_side"] == opts.max_side
+    )
+    return same and row["error_stage"] in (None, "decode")
+
+
+def score_images(
+    tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
+) -> None:
+    """Score in this process (decode threads, model batches), commit after every batch."""
+    scorer = Scorer(opts.settings())
+    with console.progress("Scoring", total=len(tasks)) as advance:
+        for rows in scorer.iter_rows(tasks):
+            upsert(conn, rows)
+            stats.errors += sum(1 for r in rows if r["error_message"])
+            stats.scored += sum(1 for r in rows if not r["error_message"])
+            advance(len(rows))
+    if scorer.halvings:
+        console.console.print(f"Batch size halved {scorer.halvings} time(s) on out-of-memory")
+    stats.peak_gpu_bytes = scorer.peak_gpu_bytes()
+
+
+def sort_files(
+    tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
+) -> list[tuple[str, str]]:
+    """Place every present, scored image into its category folder; return the failures."""
+    from ..fsutil import place_file
+
+    failed: list[tuple[str, str]] = []
+    names = [t.filename for t in tasks]
+    found = {}
+    for start in range(0, len(names), 500):
+        part = names[start : start + 500]
+        marks = ",".join("?" for _ in part)
+        for row in conn.execute(f"SELECT * FROM image_quality WHERE filename IN ({marks})", part):
+            found[row["filename"]] = row
+    updates = []
+    for task in console.track(tasks, "Sorting", total=len(tasks)):
+        row = found.get(task.filename)
+        if row is None:
+            continue
+        if row["error_message"]:
+            failed.append((task.filename, row["error_message"]))
+            if not opts.errors_folder:
+                continue
+            folder = "errors"
+        else:
+            folder = row["category"] or "low"
+        if not task.path.exists():
+            continue
+        try:
+            placed = place_file(task.path, opts.dest / folder, mode=opts.mode, dry_run=opts.dry_run)
+        except OSError as exc:
+            failed.append((task.filename, f"not placed: {one_line(exc)}"))
+            continue
+        stats.placed[f"{folder}: {placed.status}"] += 1
+        if not opts.dry_run:
+            updates.append((str(placed.target), task.filename))
+    with conn:
+        conn.executemany("UPDATE image_quality SET placed_path = ? WHERE filename = ?", updates)
+    return failed
+
+
+def print_report(
+    opts: Options,
+    stats: RunStats,
+    summary: dict[str, Any],
+    cut: tuple[float, float],
+    failed: list[tuple[str, str]],
+) -> None:
+    per = summary["per_category"]
+    scored = sum(len(v) for v in per.values())
+    labels = {
+        "high": f"High (>= {cut[0]:.1f})",
+        "medium": f"Medium ({cut[1]:.1f} - {cut[0]:.1f})",
+        "low": f"Low (< {cut[1]:.1f})",
+    }
+    rows = [
+        (
+            labels[c],
+            len(per[c]),
+            f"{len(per[c]) / scored * 100:.1f}%" if scored else "",
+            sum(per[c]) / len(per[c]) if per[c] else None,
+        )
+        for c in CATEGORIES
+    ]
+    console.console.print(
+        console.table(
+            "Quality categories (all scored images in the report)",
+            ("category", "images", "share", "mean score"),
+            rows,
+        )
+    )
+    for name, reason in failed[:20]:
+        console.console.print(
+            f"[yellow]not scored:[/yellow] {console.esc(name)}: {console.esc(reason)}"
+        )
+    if len(failed) > 20:
+        console.console.print(f"... and {len(failed) - 20} more (see {JSON_NAME})")
+    counts: list[tuple[str, Any]] = [
+        ("images found", stats.found),
+        ("unchanged, score reused", stats.reused),
+        ("scored now", stats.scored),
+        ("could not be scored now", stats.errors),
+        ("not scored (left in place)" if not opts.errors_folder else "not scored", len(failed)),
+    ]
+    verb = "would be " if opts.dry_run else ""
+    counts += [(f"{verb}{k}", v) for k, v in sorted(stats.placed.items())]
+    if stats.peak_gpu_bytes:
+        counts.append(("peak GPU memory", console.human_bytes(stats.peak_gpu_bytes)))
+    console.print_summary(
+        "Quality sorting" + (" (dry run: nothing moved)" if opts.dry_run else ""), counts
+    )
+    console.console.print(f"Database: {console.esc(opts.dest / DB_NAME)}")
+    console.console.print(f"JSON report: {console.esc(opts.dest / JSON_NAME)}")
+    if (opts.dest / HISTOGRAM_NAME).exists():
+        console.console.print(f"Histogram: {console.esc(opts.dest / HISTOGRAM_NAME)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console.setup_logging(args.log_file)
+    opts = resolve_options(args)
+    thresholds = (
+        f"percentiles {opts.percentiles[0]:g}/{opts.percentiles[1]:g}"
+        if opts.percentiles
+        else f"high >= {opts.thresholds[0]:g}, medium >= {opts.thresholds[1]:g}"  # type: ignore[index]
+    )
+    console.console.print(
+        f"Source: {console.esc(opts.source)}\nOutput: {console.esc(opts.dest)}\nModels: {'+'.join(opts.models)}\n"
+        f"Mode: {opts.mode}{' (dry run)' if opts.dry_run else ''}\nMax side: {opts.max_side or 'none'}\n"
+        f"Categories: {thresholds}"
+    )
+    if not opts.dry_run and not console.confirm("Start quality assessment?", assume_yes=args.yes):
+        console.console.print("Cancelled.")
+        return 0
+    conn = open_db(opts.dest / DB_NAME)
+    try:
+        stats = RunStats()
+        tasks = scan(opts)
+        stats.found = len(tasks)
+        stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
+        todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
+        stats.reused = len(tasks) - len(todo)
+        if todo:
+            score_images(todo, opts, conn, stats)
+        cut = assign_categories(conn, opts.models, opts.thresholds, opts.percentiles)
+        failed = sort_files(tasks, opts, conn, stats)
+        summary = write_reports(conn, opts.dest, opts.models, cut)
+    finally:
+        conn.close()
+    print_report(opts, stats, summary, cut, failed)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(console.run_main(main))
