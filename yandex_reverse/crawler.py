@@ -626,6 +626,7 @@ class QueryJob:
         await page.locator(sel["file_input"]).first.set_input_files(self.upload)
         search = sel["search_path"]
         reply_at: float | None = None
+        error_at = 0.0
         deadline = time.monotonic() + self.opts.timeout
         while True:
             await self.check_captcha(page)
@@ -634,6 +635,12 @@ class QueryJob:
             if any(reply["status"] == 413 for reply in self.uploads):
                 raise TooLarge
             if await page.locator(sel["upload_error"]).count():  # an icon: may have no size
+                error_at = error_at or time.monotonic()
+                if not self.uploads and time.monotonic() - error_at < 2.0:
+                    await asyncio.sleep(0.1)  # the answer's status may reach us after the page
+                    continue
+                if any(reply["status"] == 413 for reply in self.uploads):
+                    raise TooLarge  # (it may have come while we looked at the page)
                 text = ""
                 with contextlib.suppress(Exception):
                     text = await page.locator(sel["upload_error"]).first.locator("..").inner_text()
