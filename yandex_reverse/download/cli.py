@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import shutil
 import sqlite3
 import sys
 import time
@@ -18,14 +20,15 @@ from ..console import (
     console,
     human_bytes,
     is_interactive,
+    one_line,
     setup_logging,
     table,
 )
 from ..urls import normalize_url
 from .fetch import DEFAULT_USER_AGENT
 from .ledger import ledger_totals
-from .run import Downloader, Settings, Stats
-from .store import folder_lock, remove_temp_files
+from .run import Downloader, Settings, Stats, Stopped
+from .store import db_claim, folder_lock, remove_temp_files
 
 SOURCES = {"1": "yandex_images.db", "2": "vk_images.db"}
 LOG_NAME = "download.log"
@@ -78,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-side", type=int, default=0, help="skip images whose shorter side is below N px"
     )
     parser.add_argument("--min-bytes", type=int, default=0, help="skip files smaller than N bytes")
+    parser.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="also fetch result URLs and redirects to loopback, private, link-local or "
+        "reserved addresses (refused by default: a result must not reach your own machine "
+        "or LAN)",
+    )
     return parser
 
 
@@ -132,6 +142,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         min_side=args.min_side,
         min_bytes=args.min_bytes,
         retries=args.retries,
+        allow_private=args.allow_private,
     )
 
 
@@ -172,32 +183,57 @@ def print_summary(settings: Settings, stats: Stats) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = resolve_settings(args)
-    try:
-        dbmod.connect(settings.db_path, create=False).close()  # migrate (backup first) if needed
-    except (dbmod.SchemaError, sqlite3.DatabaseError) as exc:
-        raise StepFailed(str(exc)) from exc
-    settings.out.mkdir(parents=True, exist_ok=True)
-    setup_logging(settings.out / LOG_NAME)
-    with folder_lock(settings.out):
-        leftovers = remove_temp_files(settings.out)
-        console.print(
-            f"Source: {settings.db_path}  ->  {settings.out}/  ({settings.what}, "
-            f"{settings.concurrency} at once, {settings.per_host} per host"
-            + (f", proxy {settings.proxy}" if settings.proxy else "")
-            + ")"
-        )
-        if leftovers:
-            console.print(f"Removed {leftovers} temporary file(s) left by an interrupted run.")
-        downloader = Downloader(settings)
-        # The loop thread releases the GIL for every socket call, hash and query;
-        # with the default 5 ms switch interval it then waits behind the
-        # verifier and ledger threads (a convoy). A short interval keeps it moving.
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(0.0005)
+    with db_claim(settings.db_path, settings.out):
         try:
-            asyncio.run(downloader.run())
-        finally:
-            sys.setswitchinterval(switch)
-            print_summary(settings, downloader.stats)
-            console.print(ledger_totals(settings.db_path))
+            dbmod.connect(settings.db_path, create=False).close()  # migrate (backup first)
+        except (dbmod.SchemaError, sqlite3.DatabaseError) as exc:
+            raise StepFailed(str(exc)) from exc
+        settings.out.mkdir(parents=True, exist_ok=True)
+        setup_logging(settings.out / LOG_NAME)
+        with folder_lock(settings.out):
+            _download(settings)
     return 0
+
+
+def _download(settings: Settings) -> None:
+    leftovers = remove_temp_files(settings.out)
+    console.print(
+        f"Source: {settings.db_path}  ->  {settings.out}/  ({settings.what}, "
+        f"{settings.concurrency} at once, {settings.per_host} per host"
+        + (f", proxy {settings.proxy}" if settings.proxy else "")
+        + ")"
+    )
+    if leftovers:
+        console.print(f"Removed {leftovers} temporary file(s) left by an interrupted run.")
+    downloader = Downloader(settings)
+    # The loop thread releases the GIL for every socket call, hash and query;
+    # with the default 5 ms switch interval it then waits behind the
+    # verifier and ledger threads (a convoy). A short interval keeps it moving.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        asyncio.run(downloader.run())
+    except Stopped as exc:
+        stopped: Stopped | None = exc
+    else:
+        stopped = None
+    finally:
+        sys.setswitchinterval(switch)
+        print_summary(settings, downloader.stats)
+        console.print(ledger_totals(settings.db_path))
+    if stopped is not None:
+        raise StepFailed(disk_stop_line(settings, downloader.stats, stopped.cause))
+
+
+def disk_stop_line(settings: Settings, stats: Stats, cause: OSError) -> str:
+    """One line for a run stopped by the local disk: what, the free space, what is kept."""
+    try:
+        free = human_bytes(shutil.disk_usage(settings.out).free)
+    except OSError:
+        free = "unknown"
+    what = "disk full" if cause.errno == errno.ENOSPC else (cause.strerror or one_line(cause))
+    return (
+        f"stopped: {what} writing to {settings.out} ({free} free); the {stats.stored:,} new "
+        "files of this run are kept and in the ledger: free some space and run the same "
+        "command again"
+    )

@@ -40,6 +40,7 @@ class Settings:
     min_side: int
     min_bytes: int
     retries: int
+    allow_private: bool = False
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions(
@@ -52,6 +53,7 @@ class Settings:
             user_agent=self.user_agent,
             min_side=self.min_side,
             min_bytes=self.min_bytes,
+            allow_private=self.allow_private,
         )
 
 
@@ -73,6 +75,14 @@ class Stats:
     received: int = 0
     stored_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+class Stopped(Exception):
+    """The run stops: the local disk failed (``cause``); nothing more is started."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def failed_outcome(candidate: Candidate, image_id: str, exc: FetchFailure) -> Outcome:
@@ -130,6 +140,8 @@ class Downloader:
         self._last_tick = 0.0
         self.fetcher: Fetcher
         self.writer: LedgerWriter
+        self.fatal: OSError | None = None  # the disk error that stops the run
+        self.tasks: set[asyncio.Task[None]] = set()
 
     # ---- bookkeeping
 
@@ -184,6 +196,8 @@ class Downloader:
         try:
             got_file = False
             for candidate in unit.candidates:
+                if self.fatal is not None:
+                    return  # stopping: this unit stays as it was (pending or new)
                 status, retryable, this_run = await self._ledger_state(candidate.url)
                 if status == "done":
                     got_file = True
@@ -200,6 +214,8 @@ class Downloader:
                     break  # may succeed later (--retry-failed): keep the best URL's turn
             if not got_file:
                 self.stats.units_without_file += 1
+        except Stopped:
+            return
         finally:
             self._tick(1)
 
@@ -236,6 +252,15 @@ class Downloader:
                 exc.attempts, exc.received = body.attempts, body.size
                 exc.http_status, exc.content_type = body.http_status, body.content_type or None
             return failed_outcome(candidate, image_id, exc)
+        except OSError as exc:  # the local disk, not the URL: stop the run, record nothing
+            if self.fatal is None:
+                self.fatal = exc
+                log.error("stopping: %s", exc, exc_info=exc)
+                current = asyncio.current_task()
+                for task in self.tasks:  # the others stop now (their URLs stay pending)
+                    if task is not current:
+                        task.cancel()
+            raise Stopped(exc) from exc
         finally:
             if body is not None and body.temp is not None:
                 body.temp.unlink(missing_ok=True)
@@ -250,7 +275,7 @@ class Downloader:
         s = self.s
         reader = WorkReader(s.db_path, s.what, s.retry_failed)
         self.writer = LedgerWriter(s.db_path, self._on_flushed)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self.tasks
         slots = asyncio.Semaphore(max(4 * s.concurrency, 64))  # bounded pool of tasks
         started = 0
         try:
@@ -278,10 +303,13 @@ class Downloader:
                                     lambda t: (tasks.discard(t), slots.release())
                                 )
                                 started += 1
-                            if self.writer.error is not None:
+                            if self.writer.error is not None or self.fatal is not None:
                                 break
                         if tasks:
-                            await asyncio.gather(*tasks)
+                            ended = await asyncio.gather(*tasks, return_exceptions=True)
+                            for result in ended:  # a bug in a task is not swallowed
+                                if isinstance(result, Exception):
+                                    raise result
                         self._tick(0, force=True)
                 finally:
                     # Before the session closes: a cancelled download records nothing
@@ -295,6 +323,8 @@ class Downloader:
             reader.close()
             self.writer.close()
             self.ledger.close()
+        if self.fatal is not None:
+            raise Stopped(self.fatal)
 
     def _count_before(self, counts: Counter[str]) -> None:
         self.stats.satisfied_before += counts["done_before"]

@@ -5,6 +5,7 @@ and :class:`Store`, which settles a checked body (one file per content) on the d
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import re
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 TEMP_PREFIX = ".dl-"
 TEMP_SUFFIX = ".part"
 LOCK_NAME = ".download.lock"
+DB_LOCK_SUFFIX = ".download.lock"  # .<db name>.download.lock next to the DB
 _SAFE = re.compile(r"[^A-Za-z0-9-]+")
 
 
@@ -68,22 +70,46 @@ def remove_temp_files(out: Path) -> int:
 
 
 @contextmanager
-def folder_lock(out: Path) -> Iterator[None]:
-    """One download per folder at a time (temp files of a live run are not leftovers)."""
+def _exclusive(lock_path: Path, note: str, busy: Callable[[str], str]) -> Iterator[None]:
+    """An advisory lock held for the run; ``busy(what the holder wrote)`` is the refusal."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one run at a time by convention
         yield
         return
-    with (out / LOCK_NAME).open("a") as handle:
+    with lock_path.open("a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise StepFailed(f"another download is running into {out}") from exc
+            handle.seek(0)
+            raise StepFailed(busy(handle.read().strip())) from exc
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(note)
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def folder_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """One download per folder at a time (temp files of a live run are not leftovers)."""
+    return _exclusive(
+        out / LOCK_NAME, f"{os.getpid()}\n", lambda _held: f"another download is running into {out}"
+    )
+
+
+def db_claim(db_path: Path, out: Path) -> contextlib.AbstractContextManager[None]:
+    """One download per DB at a time, whatever its folder: the ledger decides what is
+    fetched, so two runs on one DB would fetch the same URLs into two folders."""
+    lock = db_path.resolve().parent / f".{db_path.name}{DB_LOCK_SUFFIX}"
+
+    def busy(held: str) -> str:
+        where = held.split("\n", 1)[-1].strip() or "another folder"
+        return f"another download is running from {db_path} (into {where}); wait for it to end"
+
+    return _exclusive(lock, f"{os.getpid()}\n{out.resolve()}\n", busy)
 
 
 def _one_line_value(value: object) -> str:
