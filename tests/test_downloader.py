@@ -710,3 +710,56 @@ def test_result_urls_and_redirects_to_private_addresses_are_refused(web, workdir
     assert rows[targets["literal"]]["status"] == "done"
     assert rows[targets["redirect"]]["status"] == "done"
     assert secret_hits(web) >= 2
+
+
+def test_a_file_stored_but_not_recorded_is_adopted_or_removed_never_stored_twice(web, workdir):
+    """kill -9 between the rename and the ledger write, made exact: the files stay,
+    their ledger rows are rolled back to what such a kill leaves (pending or none)."""
+    from yandex_reverse.download.store import file_name
+
+    tag = uid()
+    a = image_url(f"{tag}same", host="a.example-cdn.com")
+    b = image_url(f"{tag}same", host="b.example-cdn.org")  # the same bytes as a
+    entities = [
+        result(f"{tag}p", host="sun9-71.userapi.com"),
+        result(f"{tag}n", host="sun9-72.userapi.com"),
+        result(f"{tag}k", host="sun9-73.userapi.com"),
+        entity(f"{tag}a", orig_url=a, previews=[(a, 640, 480)], dups=[]),
+        entity(f"{tag}b", orig_url=b, previews=[(b, 640, 480)], dups=[]),
+    ]
+    db_path = build_db(workdir, entities)
+    first = download(workdir, web)
+    assert first.returncode == 0, first.stderr
+    out = workdir / "yandex_images"
+    before_files, before_rows = images_on_disk(out), comparable(db_path)
+    pending_url, none_url = entities[0]["origUrl"], entities[1]["origUrl"]
+    # b was a duplicate of a: had the kill come while b stored its own copy,
+    # that copy would be on disk under b's name.
+    b_name = file_name(f"{tag}b", "original", 640, 480, b, ".jpg")
+    a_path = workdir / ledger(db_path)[a]["path"]
+    shutil.copyfile(a_path, out / b_name)
+    # A file with our name shape that no URL of this DB gives: not ours, left alone.
+    stranger = out / "someone_original_640x480_0123abcd.jpg"
+    shutil.copyfile(a_path, stranger)
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "UPDATE downloads SET status = 'pending', path = NULL, sha256 = NULL, bytes = NULL "
+            "WHERE url = ?",
+            (pending_url,),
+        )
+        conn.execute("DELETE FROM downloads WHERE url IN (?, ?)", (none_url, b))
+    conn.close()
+    requests = sum(web.hits.values())
+
+    again = download(workdir, web)
+    assert again.returncode == 0, again.stderr
+    no_traceback(again.stdout, again.stderr)
+    assert sum(web.hits.values()) == requests  # nothing fetched again
+    assert "2 adopted" in again.stdout and "1 removed" in again.stdout
+    assert "Left alone: 1 file" in again.stdout
+    assert stranger.is_file()
+    stranger.unlink()
+    assert images_on_disk(out) == before_files  # each picture once, b's copy gone
+    assert comparable(db_path) == before_rows
+    assert not (out / b_name).exists() and not (out / b_name).with_suffix(".txt").exists()

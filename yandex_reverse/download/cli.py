@@ -27,6 +27,7 @@ from ..console import (
 from ..urls import normalize_url
 from .fetch import DEFAULT_USER_AGENT
 from .ledger import ledger_totals
+from .reconcile import reconcile
 from .run import Downloader, Settings, Stats, Stopped
 from .store import db_claim, folder_lock, remove_temp_files
 
@@ -205,6 +206,17 @@ def _download(settings: Settings) -> None:
     )
     if leftovers:
         console.print(f"Removed {leftovers} temporary file(s) left by an interrupted run.")
+    settled = reconcile(settings.db_path, settings.out)
+    if settled.adopted or settled.removed:
+        console.print(
+            f"Files an interrupted run stored but did not record: {settled.adopted} adopted "
+            f"into the ledger, {len(settled.removed)} removed ({settled.duplicates} of them "
+            f"copies of a file already stored); see {LOG_NAME}."
+        )
+    if settled.left:
+        console.print(
+            f"Left alone: {settled.left} file(s) named like downloads that no URL of this DB gives."
+        )
     downloader = Downloader(settings)
     # The loop thread releases the GIL for every socket call, hash and query;
     # with the default 5 ms switch interval it then waits behind the

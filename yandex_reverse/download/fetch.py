@@ -17,6 +17,7 @@ import random
 import socket
 import time
 from contextlib import suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -41,6 +42,10 @@ SPILL_AT = 1024 * 1024  # bodies up to this size stay in memory until verified
 MAX_HOST_WAIT = 120.0  # a host asking for a longer pause fails its URLs as retryable
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 BACKOFF_STATUS = frozenset({429, 503})
+# Reasons that say "the network (or the proxy) is not there", not "this URL is bad".
+NETWORK_REASONS = frozenset(
+    {"network error", "proxy unreachable", "timeout", "connection reset", "connection closed"}
+)
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 
@@ -212,6 +217,8 @@ class Fetcher:
         self.global_sem = asyncio.Semaphore(opts.concurrency)
         self.session: aiohttp.ClientSession | None = None
         self.verdicts: dict[str, str | None] = {}  # host -> why it is refused (None: public)
+        # Told after every attempt (the driver counts network errors in a row).
+        self.on_attempt: Callable[[FetchFailure | None], None] = lambda failure: None
 
     async def __aenter__(self) -> Fetcher:
         o = self.opts
@@ -277,9 +284,11 @@ class Fetcher:
                     except FetchFailure as exc:
                         failure = exc
                         failure.attempts = attempts
+                        self.on_attempt(failure)
                     else:
                         state.strikes = 0
                         body.attempts = attempts
+                        self.on_attempt(None)
                         return body
                 if failure.http_status in BACKOFF_STATUS:
                     state.strikes += 1

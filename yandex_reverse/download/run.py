@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..console import log, progress
+from ..console import console, esc, log, one_line, progress
 from .checks import FetchFailure
-from .fetch import Body, Candidate, Checked, Fetcher, FetchOptions, check_body
+from .fetch import NETWORK_REASONS, Body, Candidate, Checked, Fetcher, FetchOptions, check_body
 from .ledger import LedgerReader, LedgerWriter, Outcome, Unit, WorkReader, now
 from .store import Store
 
@@ -75,6 +75,21 @@ class Stats:
     received: int = 0
     stored_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def not_tried(self) -> int:
+        """Units this run never reached (--limit, or a stop): neither counted nor tried."""
+        seen = (
+            self.satisfied_before
+            + self.failed_before_retryable
+            + self.failed_before_permanent
+            + self.no_url
+            + self.worked
+        )
+        return max(0, self.units - seen)
+
+
+NETWORK_HINT_AFTER = 10  # network errors in a row before the hint about the connection
 
 
 class Stopped(Exception):
@@ -142,6 +157,9 @@ class Downloader:
         self.writer: LedgerWriter
         self.fatal: OSError | None = None  # the disk error that stops the run
         self.tasks: set[asyncio.Task[None]] = set()
+        self.network_streak = 0  # network errors in a row, across all hosts
+        self.answered = False  # some host has answered with a body
+        self.warned: set[str] = set()
 
     # ---- bookkeeping
 
@@ -189,6 +207,29 @@ class Downloader:
         if self._ticks and (force or now_ - self._last_tick >= 0.2):
             self.advance(self._ticks, info=self._progress_info())
             self._ticks, self._last_tick = 0, now_
+
+    def _on_attempt(self, failure: FetchFailure | None) -> None:
+        """After every attempt: an offline start is said at once, a long streak of
+        network errors gets a hint about the connection and --proxy."""
+        if failure is None or failure.reason not in NETWORK_REASONS:
+            self.network_streak = 0
+            self.answered = self.answered or failure is None
+            return
+        self.network_streak += 1
+        if not self.answered and "first" not in self.warned:
+            self.warned.add("first")
+            console.print(
+                f"No answer from the network yet ({esc(one_line(failure, 100))}); retrying "
+                f"up to {self.s.retries} times per URL."
+            )
+        if self.network_streak >= NETWORK_HINT_AFTER and "streak" not in self.warned:
+            self.warned.add("streak")
+            proxy = f"the proxy {esc(self.s.proxy)} answers, " if self.s.proxy else ""
+            console.print(
+                f"[yellow]{self.network_streak} network errors in a row[/]: check that this "
+                f"machine is online, that {proxy}or pass --proxy URL if you need one "
+                "(HTTP_PROXY / HTTPS_PROXY are used when set)."
+            )
 
     # ---- per unit
 
@@ -284,6 +325,7 @@ class Downloader:
             )
             self.stats.units = total
             async with Fetcher(self.opts, self.out) as self.fetcher:
+                self.fetcher.on_attempt = self._on_attempt
                 bar_total = min(total, s.limit) if s.limit is not None else total
                 try:
                     with progress("Download", bar_total) as advance:

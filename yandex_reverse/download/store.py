@@ -49,8 +49,20 @@ def safe_id(image_id: str) -> str:
 def file_name(image_id: str, variant_type: str, width: int, height: int, url: str, ext: str) -> str:
     """``{image_id}_{variant_type}_{W}x{H}_{md5(url)[:8]}{ext}`` in safe characters."""
     digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    variant = _SAFE.sub("-", variant_type)[:16] or "variant"
-    return f"{safe_id(image_id)}_{variant}_{width}x{height}_{digest}{ext}"
+    return f"{safe_id(image_id)}_{variant_part(variant_type)}_{width}x{height}_{digest}{ext}"
+
+
+def variant_part(variant_type: str) -> str:
+    """The variant type as it appears in a file name."""
+    return _SAFE.sub("-", variant_type)[:16] or "variant"
+
+
+def recorded_path(final: Path, db_dir: Path) -> str:
+    """A stored file's path as the ledger records it: relative to the DB's folder if inside."""
+    try:
+        return final.relative_to(db_dir).as_posix()
+    except ValueError:
+        return str(final)
 
 
 def temp_path(out: Path, url: str, kind: str = "") -> Path:
@@ -208,8 +220,6 @@ class Store:
             side_temp.unlink(missing_ok=True)
             if temp is not body.temp:
                 temp.unlink(missing_ok=True)
-        try:
-            recorded = final.relative_to(self.db_dir).as_posix()
-        except ValueError:
-            recorded = str(final)
-        return Stored(recorded, checked.width, checked.height, checked.mime)
+        return Stored(
+            recorded_path(final, self.db_dir), checked.width, checked.height, checked.mime
+        )
