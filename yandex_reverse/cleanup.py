@@ -44,6 +44,7 @@ from .console import (
     ask_choice,
     confirm,
     console,
+    esc,
     human_bytes,
     one_line,
     print_summary,
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         raise StepFailed(f"database not found: {path}")
     legacy, _ = probe(path)
     size_before = db_size(path)
-    console.print(f"Database: {path} ({human_bytes(size_before)})")
+    console.print(f"Database: {esc(path)} ({human_bytes(size_before)})")
     if legacy:
         console.print("Legacy schema (original scripts): it is migrated first.")
 
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backup = db.backup(path)
     record_backup(path, backup)
-    console.print(f"Backup: {backup}", markup=False)
+    console.print(f"Backup: {esc(backup)}")
     with opened(path, scratch=False) as (conn, dups):
         try:
             out = clean(conn, dry_run=False, archive=args.archive, show=0)

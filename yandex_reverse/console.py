@@ -4,6 +4,16 @@ The rule for questions: a step asks only when the flag is missing *and*
 standard input is a terminal. Otherwise it takes the documented default, or
 stops with exit code 2 and a message naming the flag. Tracebacks never reach
 the terminal: they go to the step's log file.
+
+Outside text (file names, URLs, ids, hosts, JSON values, exception messages)
+is data, never rich markup: a name like ``x[/]y`` would otherwise raise a
+``MarkupError`` or restyle the line. Put it through :func:`esc` before it goes
+into any string rich will render::
+
+    console.print(_("Not a folder: {path}").format(path=esc(path)))
+
+The functions here (tables, prompts, summaries, ``run_main``'s error lines)
+escape their arguments themselves: pass them plain text.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+from .i18n import _
+from .i18n import setup as setup_language
 
 T = TypeVar("T")
 
@@ -41,6 +55,11 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+def esc(value: object) -> str:
+    """``value`` as text that rich prints literally: THE escaping helper for outside text."""
+    return escape(str(value))
 
 
 class UsageError(Exception):
@@ -68,6 +87,7 @@ def clean_path_answer(answer: str) -> Path:
 
 
 def _read(prompt: str) -> str:
+    """Print ``prompt`` (markup of ours, arguments already escaped) and read one line."""
     console.print(prompt, end="")
     line = sys.stdin.readline()
     if not line:  # EOF: the user closed the input
@@ -91,11 +111,11 @@ def ask_choice(
     if not is_interactive():
         if default is not None:
             return default
-        raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
-    console.print(f"[bold]{question}[/bold]")
+        raise UsageError(_no_terminal(question, flag))
+    console.print(f"[bold]{esc(question)}[/bold]")
     for number, (value, label) in enumerate(options, 1):
-        mark = " (default)" if value == default else ""
-        console.print(f"  {number}) {label}{mark}")
+        mark = " " + _("(default)") if value == default else ""
+        console.print(f"  {number}) {esc(label)}{mark}")
     while True:
         answer = _read("> ").strip()
         if not answer and default is not None:
@@ -103,7 +123,7 @@ def ask_choice(
         for number, (value, _label) in enumerate(options, 1):
             if answer == str(number) or answer.lower() == value.lower():
                 return value
-        console.print("[yellow]Invalid choice, try again.[/yellow]")
+        console.print(f"[yellow]{esc(_('Invalid choice, try again.'))}[/yellow]")
 
 
 def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
@@ -111,10 +131,10 @@ def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
     if not is_interactive():
         if default is not None:
             return default
-        raise UsageError(f"{question.rstrip(':?')}: pass {flag} (no terminal to ask on)")
-    suffix = f" \\[{escape(default)}]" if default is not None else ""
+        raise UsageError(_no_terminal(question, flag))
+    suffix = f" \\[{esc(default)}]" if default is not None else ""
     while True:
-        answer = _read(f"[bold]{question}[/bold]{suffix}: ").strip()
+        answer = _read(f"[bold]{esc(question)}[/bold]{suffix}: ").strip()
         if answer:
             return answer
         if default is not None:
@@ -129,8 +149,9 @@ def ask_folder(question: str, *, flag: str, default: Path | None = None) -> Path
         if path.is_dir():
             return path
         if not is_interactive():
-            raise UsageError(f"not a folder: {path} ({flag})")
-        console.print(f"[yellow]Not a folder: {path}. Try again.[/yellow]")
+            raise UsageError(_("not a folder: {path} ({flag})").format(path=path, flag=flag))
+        message = _("Not a folder: {path}. Try again.").format(path=path)
+        console.print(f"[yellow]{esc(message)}[/yellow]")
 
 
 def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> bool:
@@ -142,9 +163,24 @@ def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> 
     if assume_yes:
         return True
     if not is_interactive():
-        raise UsageError(f"{question.rstrip('?')}: pass {flag} to confirm without a terminal")
+        raise UsageError(
+            _("{question}: pass {flag} to confirm without a terminal").format(
+                question=question.rstrip("?"), flag=flag
+            )
+        )
     # "\\[" keeps rich from taking "[y/N]" for a style tag and hiding it.
-    return _read(f"[bold]{question}[/bold] \\[y/N]: ").strip().lower() in ("y", "yes")
+    answer = _read(f"[bold]{esc(question)}[/bold] \\[{esc(_('y/N'))}]: ").strip().lower()
+    return answer in YES_ANSWERS
+
+
+# Accepted as "yes" in every language (a Russian user may answer in either layout).
+YES_ANSWERS = ("y", "yes", "д", "да")
+
+
+def _no_terminal(question: str, flag: str) -> str:
+    return _("{question}: pass {flag} (no terminal to ask on)").format(
+        question=question.rstrip(":?"), flag=flag
+    )
 
 
 @contextmanager
@@ -154,13 +190,14 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
     On a non-terminal output rich prints nothing per item, so logs stay short.
     """
     columns = [
-        TextColumn("[bold]{task.description}"),
+        TextColumn("[bold]{task.fields[title]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"),
+        TextColumn(esc(_("elapsed"))),
         TimeElapsedColumn(),
-        TextColumn("left"),
+        TextColumn(esc(_("left"))),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
@@ -169,7 +206,7 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
         yield lambda n=1, **fields: None
         return
     with bar:
-        task = bar.add_task(description, total=total, rate="", info="")
+        task = bar.add_task(description, total=total, rate="", info="", title=esc(description))
         pending = 0
         latest: dict[str, Any] = {}
         last = 0.0
@@ -207,28 +244,34 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def table(
     title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from: int = 1
 ) -> Table:
-    """A summary table; columns from ``numeric_from`` on are right-aligned."""
-    out = Table(title=title, title_justify="left", show_lines=False)
+    """A summary table; columns from ``numeric_from`` on are right-aligned.
+
+    Title, headers and cells are plain text (escaped here); a cell may also be
+    a rich ``Text`` for a styled value.
+    """
+    out = Table(title=esc(title), title_justify="left", show_lines=False)
     for index, header in enumerate(headers):
-        out.add_column(header, justify="right" if index >= numeric_from else "left")
+        out.add_column(esc(header), justify="right" if index >= numeric_from else "left")
     for row in rows:
         out.add_row(*(_fmt(cell) for cell in row))
     return out
 
 
-def _fmt(cell: Any) -> str:
+def _fmt(cell: Any) -> str | Text:
+    if isinstance(cell, Text):
+        return cell
     if isinstance(cell, bool) or cell is None:
         return "" if cell is None else str(cell)
     if isinstance(cell, int):
         return f"{cell:,}"
     if isinstance(cell, float):
         return f"{cell:,.2f}"
-    return str(cell)
+    return esc(cell)
 
 
 def print_summary(title: str, counts: Sequence[tuple[str, Any]]) -> None:
     """The end-of-step summary: a two-column table of what happened."""
-    console.print(table(title, ("", "count"), counts))
+    console.print(table(title, ("", _("count")), counts))
 
 
 def human_bytes(size: float) -> str:
@@ -257,25 +300,30 @@ def setup_logging(log_file: Path | None) -> None:
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a step's ``main``, turning exceptions into exit codes and one-line messages.
 
-    Ctrl-C: 130 and "interrupted"; :class:`UsageError`: 2; :class:`StepFailed`:
-    1; anything else: 1 and "critical error", the traceback in the log.
+    The language is chosen first (``--lang`` in ``argv``, else the locale), so
+    that the parser and its ``--help`` speak it. Ctrl-C: 130 and
+    "interrupted"; :class:`UsageError`: 2; :class:`StepFailed`: 1; anything
+    else: 1 and "critical error", the traceback in the log.
     """
+    setup_language(sys.argv[1:] if argv is None else argv)
     try:
         return main(argv)
     except KeyboardInterrupt:
-        err_console.print("[yellow]Interrupted by user; re-run to continue.[/yellow]")
+        err_console.print(f"[yellow]{esc(_('Interrupted by user; re-run to continue.'))}[/yellow]")
         return EXIT_INTERRUPTED
     except UsageError as exc:
-        err_console.print(f"[red]Error:[/red] {exc}")
+        err_console.print(f"[red]{esc(_('Error:'))}[/red] {esc(exc)}")
         return EXIT_USAGE
     except StepFailed as exc:
-        err_console.print(f"[red]Error:[/red] {exc}")
+        err_console.print(f"[red]{esc(_('Error:'))}[/red] {esc(exc)}")
         return EXIT_FAILURE
     except Exception as exc:
         log.exception("critical error")
         where = next((h.baseFilename for h in log.handlers if hasattr(h, "baseFilename")), None)
-        hint = f" (traceback in {where})" if where else ""
-        err_console.print(f"[red]Critical error:[/red] {type(exc).__name__}: {exc}{hint}")
+        hint = " " + _("(traceback in {where})").format(where=where) if where else ""
+        err_console.print(
+            f"[red]{esc(_('Critical error:'))}[/red] {esc(type(exc).__name__)}: {esc(exc)}{esc(hint)}"
+        )
         return EXIT_FAILURE
 
 
@@ -292,7 +340,7 @@ def folder_option(value: str | None, question: str, *, flag: str) -> Path:
         return ask_folder(question, flag=flag)
     path = clean_path_answer(value)
     if not path.is_dir():
-        raise UsageError(f"not a folder: {path} ({flag})")
+        raise UsageError(_("not a folder: {path} ({flag})").format(path=path, flag=flag))
     return path
 
 
@@ -301,28 +349,32 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            _("not a whole number: {text!r}").format(text=text)
+        ) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+        raise argparse.ArgumentTypeError(_("must be 1 or more, not {value}").format(value=value))
     return value
 
 
 def add_sort_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every folder-sorting step shares (7.1, 7.2)."""
-    parser.add_argument("--recursive", action="store_true", help="also sort images in subfolders")
     parser.add_argument(
-        "--dry-run", action="store_true", help="show where every image would go; change nothing"
+        "--recursive", action="store_true", help=_("also sort images in subfolders")
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help=_("show where every image would go; change nothing")
     )
     parser.add_argument(
         "--yes",
         action="store_true",
-        help="start without the final [y/N] (needed without a terminal)",
+        help=_("start without the final [y/N] (needed without a terminal)"),
     )
     parser.add_argument(
         "--workers",
         type=positive_int,
         default=None,
         metavar="N",
-        help="processes reading headers (default: all cores)",
+        help=_("processes reading headers (default: all cores)"),
     )
-    parser.add_argument("--log-file", type=Path, default=None, help="write details here")
+    parser.add_argument("--log-file", type=Path, default=None, help=_("write details here"))

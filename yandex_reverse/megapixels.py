@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _ask_dest(source: Path, dry_run: bool) -> Path:
     choice = ask_choice(
         "Output folder:",
-        (("default", escape(str(source / DEFAULT_OUTPUT))), ("other", "Another path")),
+        (("default", str(source / DEFAULT_OUTPUT)), ("other", "Another path")),
         flag="--dest",
         default="default" if not is_interactive() else None,
     )

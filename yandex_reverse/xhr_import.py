@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import db
-from .console import StepFailed, console, log, print_summary, progress, setup_logging, table
+from .console import StepFailed, console, esc, log, print_summary, progress, setup_logging, table
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
 from .urls import normalize_url
@@ -519,7 +519,7 @@ def report(stats: Stats, db_path: Path) -> None:
             console.print(
                 f"... and {len(stats.failures) - len(shown)} more (see the xhr_files table)"
             )
-    console.print(f"Database: {db_path}")
+    console.print(f"Database: {esc(db_path)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

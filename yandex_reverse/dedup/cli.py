@@ -24,6 +24,7 @@ from ..console import (
     ask_folder,
     confirm,
     console,
+    esc,
     human_bytes,
     is_interactive,
     log,
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             use_cache=not args.no_cache,
         )
     for note in found.notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        console.print(f"[yellow]{esc(note)}[/yellow]")
     _show_plan(groups, found)
     removals = [m for g in groups for m in g.removed]
     report: dict[str, Any] = {
@@ -253,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             ("bytes freed", human_bytes(freed)),
         ]
     print_summary("Duplicates" + (" (dry run)" if args.dry_run else ""), rows)
-    console.print(f"Report: {report_path}")
+    console.print(f"Report: {esc(report_path)}")
     if counts["moved"]:
-        console.print(f"Undo with: 6_duplicate_finder.py --undo {report_path}")
+        console.print(f"Undo with: 6_duplicate_finder.py --undo {esc(report_path)}")
     return 1 if counts["failed"] else 0
 
 
@@ -290,7 +291,7 @@ def _show_plan(groups: list[find.Group], found: find.Scan, limit: int = 15) -> N
     if found.unreadable:
         console.print(f"[yellow]{len(found.unreadable)} unreadable files (left alone):[/yellow]")
         for path, reason in found.unreadable[:10]:
-            console.print(f"  {path}: {reason}")
+            console.print(f"  {esc(path)}: {esc(reason)}")
         if len(found.unreadable) > 10:
             console.print(f"  … and {len(found.unreadable) - 10} more (see the report)")
     if not groups:

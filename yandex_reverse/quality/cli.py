@@ -159,8 +159,8 @@ def resolve_options(args: argparse.Namespace) -> Options:
         count = sum(1 for _ in iter_images(source, recursive=args.recursive))
         if count or args.source or not console.is_interactive():
             break
-        console.console.print(f"[yellow]No images in {source}. Try again.[/yellow]")
-    console.console.print(f"Found {count} image(s) in {source}")
+        console.console.print(f"[yellow]No images in {console.esc(source)}. Try again.[/yellow]")
+    console.console.print(f"Found {count} image(s) in {console.esc(source)}")
 
     model = args.model or console.ask_choice(
         "Quality model",
@@ -353,7 +353,9 @@ def print_report(
         )
     )
     for name, reason in failed[:20]:
-        console.console.print(f"[yellow]not scored:[/yellow] {name}: {reason}")
+        console.console.print(
+            f"[yellow]not scored:[/yellow] {console.esc(name)}: {console.esc(reason)}"
+        )
     if len(failed) > 20:
         console.console.print(f"... and {len(failed) - 20} more (see {JSON_NAME})")
     counts: list[tuple[str, Any]] = [
@@ -370,10 +372,10 @@ def print_report(
     console.print_summary(
         "Quality sorting" + (" (dry run: nothing moved)" if opts.dry_run else ""), counts
     )
-    console.console.print(f"Database: {opts.dest / DB_NAME}")
-    console.console.print(f"JSON report: {opts.dest / JSON_NAME}")
+    console.console.print(f"Database: {console.esc(opts.dest / DB_NAME)}")
+    console.console.print(f"JSON report: {console.esc(opts.dest / JSON_NAME)}")
     if (opts.dest / HISTOGRAM_NAME).exists():
-        console.console.print(f"Histogram: {opts.dest / HISTOGRAM_NAME}")
+        console.console.print(f"Histogram: {console.esc(opts.dest / HISTOGRAM_NAME)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"high >= {opts.thresholds[0]:g}, medium >= {opts.thresholds[1]:g}"  # type: ignore[index]
     )
     console.console.print(
-        f"Source: {opts.source}\nOutput: {opts.dest}\nModels: {'+'.join(opts.models)}\n"
+        f"Source: {console.esc(opts.source)}\nOutput: {console.esc(opts.dest)}\nModels: {'+'.join(opts.models)}\n"
         f"Mode: {opts.mode}{' (dry run)' if opts.dry_run else ''}\nMax side: {opts.max_side or 'none'}\n"
         f"Categories: {thresholds}"
     )
