@@ -288,6 +288,8 @@ def test_limit_does_a_subset_and_the_next_run_goes_on(web, workdir):
     first = download(workdir, web, "--limit", "2")
     assert first.returncode == 0, first.stderr
     assert len(images_on_disk(workdir / "yandex_images")) == 2
+    said = " ".join(first.stdout.split())
+    assert "0 pending; 3 results not tried yet" in said  # not "0 pending" alone
     download(workdir, web, "--limit", "2")
     assert len(images_on_disk(workdir / "yandex_images")) == 4
     download(workdir, web)
@@ -733,10 +735,13 @@ def test_a_file_stored_but_not_recorded_is_adopted_or_removed_never_stored_twice
     out = workdir / "yandex_images"
     before_files, before_rows = images_on_disk(out), comparable(db_path)
     pending_url, none_url = entities[0]["origUrl"], entities[1]["origUrl"]
-    # b was a duplicate of a: had the kill come while b stored its own copy,
-    # that copy would be on disk under b's name.
-    b_name = file_name(f"{tag}b", "original", 640, 480, b, ".jpg")
-    a_path = workdir / ledger(db_path)[a]["path"]
+    # One of a, b stored the file, the other points at it. Had the kill come while
+    # the other stored its own copy, that copy would be on disk under its name.
+    rows = ledger(db_path)
+    first, second = (a, b) if Path(rows[a]["path"]).name.startswith(f"{tag}a_") else (b, a)
+    second_id = f"{tag}b" if second == b else f"{tag}a"
+    b_name = file_name(second_id, "original", 640, 480, second, ".jpg")
+    a_path = workdir / rows[first]["path"]
     shutil.copyfile(a_path, out / b_name)
     # A file with our name shape that no URL of this DB gives: not ours, left alone.
     stranger = out / "someone_original_640x480_0123abcd.jpg"
@@ -748,7 +753,7 @@ def test_a_file_stored_but_not_recorded_is_adopted_or_removed_never_stored_twice
             "WHERE url = ?",
             (pending_url,),
         )
-        conn.execute("DELETE FROM downloads WHERE url IN (?, ?)", (none_url, b))
+        conn.execute("DELETE FROM downloads WHERE url IN (?, ?)", (none_url, second))
     conn.close()
     requests = sum(web.hits.values())
 
@@ -763,3 +768,23 @@ def test_a_file_stored_but_not_recorded_is_adopted_or_removed_never_stored_twice
     assert images_on_disk(out) == before_files  # each picture once, b's copy gone
     assert comparable(db_path) == before_rows
     assert not (out / b_name).exists() and not (out / b_name).with_suffix(".txt").exists()
+
+
+def test_offline_says_so_at_once_and_hints_at_the_connection_and_proxy(workdir):
+    import socket
+
+    tag = uid()
+    build_db(workdir, [result(f"{tag}{i:02d}", host=f"sun9-{i}.userapi.com") for i in range(12)])
+    with socket.socket() as s:  # a port nobody listens on: the "proxy" is not there
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    done = run_script(
+        "5_Download_async.py", "--proxy", dead, "--retries", "0", cwd=workdir, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    no_traceback(done.stdout, done.stderr)
+    said = " ".join(done.stdout.split())
+    assert said.count("No answer from the network yet") == 1
+    assert said.count("network errors in a row") == 1
+    assert f"the proxy {dead} answers" in said
+    assert said.index("No answer from the network yet") < said.index("Download summary")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import console, esc, log, one_line, progress
+from ..i18n import _
 from .checks import FetchFailure
 from .fetch import NETWORK_REASONS, Body, Candidate, Checked, Fetcher, FetchOptions, check_body
 from .ledger import LedgerReader, LedgerWriter, Outcome, Unit, WorkReader, now
@@ -219,17 +220,23 @@ class Downloader:
         if not self.answered and "first" not in self.warned:
             self.warned.add("first")
             console.print(
-                f"No answer from the network yet ({esc(one_line(failure, 100))}); retrying "
-                f"up to {self.s.retries} times per URL."
+                _(
+                    "No answer from the network yet ({error}); retrying up to {n} times per URL."
+                ).format(error=esc(one_line(failure, 100)), n=self.s.retries)
             )
         if self.network_streak >= NETWORK_HINT_AFTER and "streak" not in self.warned:
             self.warned.add("streak")
-            proxy = f"the proxy {esc(self.s.proxy)} answers, " if self.s.proxy else ""
-            console.print(
-                f"[yellow]{self.network_streak} network errors in a row[/]: check that this "
-                f"machine is online, that {proxy}or pass --proxy URL if you need one "
-                "(HTTP_PROXY / HTTPS_PROXY are used when set)."
-            )
+            if self.s.proxy:
+                hint = _(
+                    "{n} network errors in a row: check that this machine is online and that "
+                    "the proxy {proxy} answers."
+                ).format(n=self.network_streak, proxy=self.s.proxy)
+            else:
+                hint = _(
+                    "{n} network errors in a row: check that this machine is online; behind a "
+                    "proxy, pass --proxy URL (HTTP_PROXY / HTTPS_PROXY are used when set)."
+                ).format(n=self.network_streak)
+            console.print(f"[yellow]{esc(hint)}[/]")
 
     # ---- per unit
 
@@ -328,7 +335,7 @@ class Downloader:
                 self.fetcher.on_attempt = self._on_attempt
                 bar_total = min(total, s.limit) if s.limit is not None else total
                 try:
-                    with progress("Download", bar_total) as advance:
+                    with progress(_("Download"), bar_total) as advance:
                         self.advance = advance
                         while not reader.finished and (s.limit is None or started < s.limit):
                             units, counts = await reader.next_page()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import StepFailed
+from ..i18n import _
 from .checks import FetchFailure
 
 if TYPE_CHECKING:
@@ -108,7 +109,9 @@ def _exclusive(lock_path: Path, note: str, busy: Callable[[str], str]) -> Iterat
 def folder_lock(out: Path) -> contextlib.AbstractContextManager[None]:
     """One download per folder at a time (temp files of a live run are not leftovers)."""
     return _exclusive(
-        out / LOCK_NAME, f"{os.getpid()}\n", lambda _held: f"another download is running into {out}"
+        out / LOCK_NAME,
+        f"{os.getpid()}\n",
+        lambda _held: _("another download is running into {out}").format(out=out),
     )
 
 
@@ -118,8 +121,10 @@ def db_claim(db_path: Path, out: Path) -> contextlib.AbstractContextManager[None
     lock = db_path.resolve().parent / f".{db_path.name}{DB_LOCK_SUFFIX}"
 
     def busy(held: str) -> str:
-        where = held.split("\n", 1)[-1].strip() or "another folder"
-        return f"another download is running from {db_path} (into {where}); wait for it to end"
+        where = held.split("\n", 1)[-1].strip() or _("another folder")
+        return _("another download is running from {db} (into {out}); wait for it to end").format(
+            db=db_path, out=where
+        )
 
     return _exclusive(lock, f"{os.getpid()}\n{out.resolve()}\n", busy)
 
