@@ -9,10 +9,12 @@ import shutil
 import sqlite3
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from .. import db as dbmod
+from .. import raycluster
 from ..console import (
     StepFailed,
     UsageError,
@@ -103,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             "or LAN)"
         ),
     )
+    raycluster.add_flags(parser)
     return parser
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
+    raycluster.check_flags(args)
     if args.db is None:
         choice = ask_choice(
             _("Choose image source"),
@@ -164,6 +168,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         min_bytes=args.min_bytes,
         retries=args.retries,
         allow_private=args.allow_private,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
 
 
@@ -293,22 +299,27 @@ def _download(settings: Settings) -> None:
                 n=settled.left
             )
         )
-    downloader = Downloader(settings)
+    if settings.executor == "ray":
+        from .ray_exec import ray_downloader
+
+        runner: AbstractContextManager[Downloader] = ray_downloader(settings)
+    else:
+        runner = nullcontext(Downloader(settings))
     # The loop thread releases the GIL for every socket call, hash and query;
     # with the default 5 ms switch interval it then waits behind the
     # verifier and ledger threads (a convoy). A short interval keeps it moving.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
-    try:
-        asyncio.run(downloader.run())
-    except Stopped as exc:
-        stopped: Stopped | None = exc
-    else:
-        stopped = None
-    finally:
-        sys.setswitchinterval(switch)
-        print_summary(settings, downloader.stats)
-        console.print(esc(ledger_line(settings.db_path, downloader.stats)))
+    stopped: Stopped | None = None
+    with runner as downloader:
+        try:
+            asyncio.run(downloader.run())
+        except Stopped as exc:
+            stopped = exc
+        finally:
+            sys.setswitchinterval(switch)
+            print_summary(settings, downloader.stats)
+            console.print(esc(ledger_line(settings.db_path, downloader.stats)))
     if stopped is not None:
         raise StepFailed(disk_stop_line(settings, downloader.stats, stopped.cause))
 

@@ -42,6 +42,8 @@ class Settings:
     min_bytes: int
     retries: int
     allow_private: bool = False
+    executor: str = "local"  # or "ray": see ray_exec.py
+    ray_address: str | None = None
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions(
