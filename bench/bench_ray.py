@@ -16,7 +16,6 @@ every body crosses to the driver as a temporary file name.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -29,20 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_download import _fresh_ledger, build_db, plain_loop, urls  # noqa: E402
-from bench.common import MARK, work_dir  # noqa: E402
+from bench.common import report, work_dir  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 M = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 PY = sys.executable
 AIM = 0.8
 RATE = re.compile(r"rate\s*│\s*([\d,.]+) files/s")
-
-
-def report(bench: str, metric: str, unit: str, ours: float, peer_name: str, peer: float) -> None:
-    """One BENCH_RESULT line (see bench/run_all.py), with the aim the issue sets."""
-    line = {"bench": bench, "metric": metric, "unit": unit, "ours": ours, "peer_name": peer_name,
-            "peer": peer, "ratio": ours / peer if peer else None, "aim": AIM}  # fmt: skip
-    print(MARK + json.dumps(line), flush=True)
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
@@ -108,7 +100,7 @@ def bench_download(work: Path) -> None:
         ("step 5 images per second, whole run", ray_n / ray_s, local_n / local_s),
         ("step 5 images per second, after start", ray_rate, local_rate),
     ):
-        report("ray", metric, "img/s", ours, "--executor local", peer)
+        report("ray", metric, "img/s", ours, "--executor local", peer, aim=AIM)
     if ray_n != N or local_n != N:
         raise SystemExit(f"files: local {local_n}, ray {ray_n}, expected {N}")
 
@@ -142,9 +134,9 @@ def bench_quality(work: Path) -> None:
         flush=True,
     )
     report("ray", "step 7.3 piqe images per second, whole run", "img/s",
-           M / times["ray"], "--executor local", M / times["local"])  # fmt: skip
+           M / times["ray"], "--executor local", M / times["local"], aim=AIM)  # fmt: skip
     report("ray", "step 7.3 piqe images per second, scoring only", "img/s",
-           steady["ray"], "--executor local", steady["local"])  # fmt: skip
+           steady["ray"], "--executor local", steady["local"], aim=AIM)  # fmt: skip
 
 
 def scoring_rate(report_db: Path) -> float:
