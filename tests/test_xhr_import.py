@@ -575,3 +575,15 @@ def test_search_by_url_keeps_the_url_of_each_query(workdir: Path) -> None:
     assert rows(database, "SELECT query, image_id FROM query_results") == [(name, "u1")]
     assert rows(database, "SELECT query FROM query_sites") == [(name,)]
     assert count_of(done.stdout, "searches by URL") == 1
+
+
+def test_russian_summary_under_a_russian_locale(workdir: Path) -> None:
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("r1")])
+    (workdir / "XHR" / "broken.jpg_xhr_001.json").write_text("{", encoding="utf-8")
+
+    done = run_script("2_XHRtoDB.py", cwd=workdir, env={"LANG": "ru_RU.UTF-8", "LC_ALL": ""})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Импорт XHR" in done.stdout and "файлов импортировано" in done.stdout
+    assert "Файлы с ошибкой" in done.stdout and "Причины" in done.stdout
+    assert "files imported" not in done.stdout
