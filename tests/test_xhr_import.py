@@ -344,6 +344,7 @@ def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
         json.dump(xhr_payload([entity("badname")]), handle)
     os.mkfifo(xhr / "fifo.jpg_xhr_001.json")
     (xhr / "zero.jpg_xhr_001.json").symlink_to("/dev/zero")
+    (xhr / "loop.jpg_xhr_001.json").symlink_to("loop.jpg_xhr_001.json")
     with open(xhr / "huge.jpg_xhr_001.json", "wb") as handle:  # sparse: no disk used
         handle.truncate(65 * 2**20)
     files = {
@@ -352,6 +353,7 @@ def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
         "fifo.jpg_xhr_001.json": "not a regular file (a FIFO)",
         "zero.jpg_xhr_001.json": "not a regular file (a character device)",
         "huge.jpg_xhr_001.json": "larger than 64 MiB",
+        "loop.jpg_xhr_001.json": "unreadable",
     }
     return files, {name: reason for name, (_, _, reason) in results.items()}
 
@@ -587,3 +589,17 @@ def test_russian_summary_under_a_russian_locale(workdir: Path) -> None:
     assert "Импорт XHR" in done.stdout and "файлов импортировано" in done.stdout
     assert "Файлы с ошибкой" in done.stdout and "Причины" in done.stdout
     assert "files imported" not in done.stdout
+
+
+def test_a_second_import_into_the_same_db_stops_with_one_line(workdir: Path) -> None:
+    import fcntl
+
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("l1")])
+    with open(workdir / "yandex_images.db.import.lock", "a") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)  # a first run, still importing
+        done = import_xhr(workdir)
+    assert done.returncode == 1
+    assert "another 2_XHRtoDB.py is importing into yandex_images.db" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert import_xhr(workdir).returncode == 0  # once it is gone
+    assert rows(workdir / "yandex_images.db", "SELECT id FROM images") == [("l1",)]

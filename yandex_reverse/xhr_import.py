@@ -59,6 +59,7 @@ from .console import (
     setup_logging,
     table,
 )
+from .fsutil import Locked, exclusive_lock
 from .i18n import _
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
@@ -553,6 +554,8 @@ def _add_results(
             continue
         try:
             image, variants = entity_rows(str(key), entity)
+            if not image[0]:
+                raise BadValue("result without an id")
             if not checked:
                 check_text(image)
                 for row in variants:
@@ -783,6 +786,22 @@ def import_folder(
     files = list(xhr_files(xhr_dir))
     if not files:
         raise StepFailed(_("no *.json files in {path}").format(path=xhr_dir))
+    lock = db_path.with_name(db_path.name + ".import.lock")
+    try:
+        # One import per DB: a second run beside it stops at once.
+        with exclusive_lock(lock, per_process=True):
+            return _import(xhr_dir, db_path, files, batch_files, workers)
+    except Locked:
+        raise StepFailed(
+            _("another 2_XHRtoDB.py is importing into {path}; wait for it to end").format(
+                path=db_path
+            )
+        ) from None
+
+
+def _import(
+    xhr_dir: Path, db_path: Path, files: list[Path], batch_files: int, workers: int | None
+) -> Stats:
     stats = Stats(files=len(files))
     conn = db.connect(db_path)
     try:
@@ -806,7 +825,8 @@ def import_folder(
                 st = path.stat()
             except OSError:
                 st = None
-            if known and st and (known[0], known[1]) == (st.st_size, st.st_mtime_ns):
+            seen = (st.st_size, st.st_mtime_ns) if st else (0, 0)  # (0, 0): cannot be stat'ed
+            if known and (known[0], known[1]) == seen and (st or known[3] == "failed"):
                 stats.unchanged += 1  # skipped by the ledger, not even read
                 stats.unchanged_failed += known[3] == "failed"
             else:
