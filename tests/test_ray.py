@@ -112,6 +112,10 @@ def test_executor_ray_without_ray_exits_2_with_how_to_install(workdir, script, a
         'Error: --executor ray needs Ray, which is not installed: pip install ".[ray]" '
         '(or: pip install "ray[data]>=2.60")'
     ], done.stderr
+    russian = run_script(script, *args, "--executor", "ray", cwd=workdir,
+                         env={"PYTHONPATH": str(blocker), "LC_ALL": "ru_RU.UTF-8"})  # fmt: skip
+    assert russian.returncode == 2
+    assert "для --executor ray нужен Ray, а он не установлен: pip install" in russian.stderr
     flag_only = run_script(script, *args, "--ray-address", "auto", cwd=workdir)
     assert flag_only.returncode == 2
     assert "--ray-address needs --executor ray" in flag_only.stderr

@@ -27,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .console import UsageError, log
+from .console import StepFailed, UsageError, log, one_line
+from .i18n import _, ngettext
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = 'pip install ".[ray]" (or: pip install "ray[data]>=2.60")'
@@ -44,27 +46,33 @@ FORWARDED_ENV = ("YR_PYIQA_PRETRAINED", "HF_HUB_OFFLINE", "TORCH_HOME", "HF_HOME
 
 def add_flags(parser: argparse.ArgumentParser, *, gpus: bool = False) -> None:
     """``--executor``, ``--ray-address`` (and ``--gpus-per-worker`` for 7.3)."""
-    group = parser.add_argument_group("scale-out on a Ray cluster (see docs/scale-out.md)")
+    group = parser.add_argument_group(_("scale-out on a Ray cluster (see docs/scale-out.md)"))
     group.add_argument(
         "--executor",
         choices=EXECUTORS,
         default="local",
-        help="local: this machine, as always (default); ray: Ray tasks, on an embedded Ray "
-        f"on this machine or on the cluster at --ray-address (needs {INSTALL_HINT})",
+        help=_(
+            "local: this machine, as always (default); ray: Ray tasks, on an embedded Ray "
+            "on this machine or on the cluster at --ray-address (needs {hint})"
+        ).format(hint=INSTALL_HINT),
     )
     group.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="join this running Ray cluster (e.g. 10.0.0.5:6379, or 'auto' for the one "
-        "'ray start' runs here); default: start an embedded Ray on this machine",
+        help=_(
+            "join this running Ray cluster (e.g. 10.0.0.5:6379, or 'auto' for the one "
+            "'ray start' runs here); default: start an embedded Ray on this machine"
+        ),
     )
     if gpus:
         group.add_argument(
             "--gpus-per-worker",
             type=float,
             metavar="N",
-            help="GPUs for each scoring actor (fractions share a GPU: 0.5 = two actors per "
-            "GPU); default: 1 where the cluster has GPUs, else CPU actors",
+            help=_(
+                "GPUs for each scoring actor (fractions share a GPU: 0.5 = two actors per "
+                "GPU); default: 1 where the cluster has GPUs, else CPU actors"
+            ),
         )
 
 
@@ -74,10 +82,10 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.executor != "ray":
         if args.ray_address or gpus is not None:
             flag = "--ray-address" if args.ray_address else "--gpus-per-worker"
-            raise UsageError(f"{flag} needs --executor ray")
+            raise UsageError(_("{flag} needs --executor ray").format(flag=flag))
         return
     if gpus is not None and gpus < 0:
-        raise UsageError("--gpus-per-worker must not be negative")
+        raise UsageError(_("--gpus-per-worker must not be negative"))
     require_ray()
 
 
@@ -87,7 +95,7 @@ def require_ray() -> Any:
         import ray
     except ImportError:
         raise UsageError(
-            f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}"
+            _("--executor ray needs Ray, which is not installed: {hint}").format(hint=INSTALL_HINT)
         ) from None
     return ray
 
@@ -102,9 +110,15 @@ class Cluster:
     nodes: int
 
     def describe(self) -> str:
-        where = f"cluster {self.address}" if self.address else "embedded Ray on this machine"
-        text = f"{where}: {self.nodes} node(s), {self.cpus} CPU(s)"
-        return text + (f", {self.gpus:g} GPU(s)" if self.gpus else "")
+        where = (
+            _("cluster {address}").format(address=self.address)
+            if self.address
+            else _("embedded Ray on this machine")
+        )
+        nodes = ngettext("{n} node", "{n} nodes", self.nodes).format(n=self.nodes)
+        cpus = ngettext("{n} CPU", "{n} CPUs", self.cpus).format(n=self.cpus)
+        text = f"{where}: {nodes}, {cpus}"
+        return text + (", " + _("{n:g} GPU(s)").format(n=self.gpus) if self.gpus else "")
 
 
 @contextmanager
@@ -137,22 +151,29 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         root = str(Path(__file__).resolve().parents[1])
         path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = root if not path else os.pathsep.join((root, path))
+    started = time.monotonic()
     try:
         with _stderr_to_log():
-            ray.init(address=address, **kwargs)
+            # "local": a new Ray of our own, even where RAY_ADDRESS names another one.
+            ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        from .console import StepFailed, one_line
-
         log.exception("ray.init failed")
-        where = f"the Ray cluster at {address}" if address else "an embedded Ray"
-        raise StepFailed(f"could not start or join {where}: {one_line(exc)}") from exc
+        text = (
+            _("could not join the Ray cluster at {address}: {error}")
+            if address
+            else _("could not start an embedded Ray: {error}")
+        )
+        raise StepFailed(text.format(address=address, error=one_line(exc))) from exc
     quiet_loggers()
     _route_driver_messages()
+    log.info("ray: %s in %.1f s", "joined" if address else "started", time.monotonic() - started)
     try:
         yield _cluster(ray, address)
     finally:
+        stopping = time.monotonic()
         with suppress(Exception), _stderr_to_log():
             ray.shutdown()
+        log.info("ray: shut down in %.1f s", time.monotonic() - stopping)
 
 
 def _cluster(ray: Any, address: str | None) -> Cluster:

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import raycluster
-from ..console import console, log, one_line
+from ..console import console, esc, log, one_line
+from ..i18n import N_, _
 from ..urls import host_of
 from .checks import FetchFailure
 from .fetch import Candidate, Checked, Fetcher, FetchOptions, HostState
@@ -47,6 +48,7 @@ from .store import remove_temp_files
 SHARD = 64  # URLs sent to a worker at once
 GATHER = 0.05  # seconds a partly filled bucket waits for more URLs before it is sent
 TASK_RETRIES = 3  # a shard whose worker died is run again this many times
+WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 times
 
 
 # ------------------------------------------------------------------ the worker side
@@ -174,7 +176,7 @@ class ShardDispatcher:
             except Exception as exc:  # the worker died TASK_RETRIES + 1 times, or Ray failed
                 log.warning("shard of %d URLs lost: %s", len(jobs), one_line(exc, 300))
                 self.lost_shards += 1
-                lost = FetchFailure("worker lost", one_line(exc, 120), retryable=True)
+                lost = FetchFailure(WORKER_LOST, one_line(exc, 120), retryable=True)
                 for _url, future in jobs:
                     if not future.done():
                         future.set_exception(lost)
@@ -250,5 +252,5 @@ class RayDownloader(Downloader):
 def ray_downloader(settings: Settings) -> Iterator[RayDownloader]:
     """A Ray session for the run and the downloader that uses it."""
     with raycluster.session(settings.ray_address) as cluster:
-        console.print(f"Executor: Ray, {cluster.describe()}")
+        console.print(_("Executor: Ray, {cluster}").format(cluster=esc(cluster.describe())))
         yield RayDownloader(settings, workers=max(1, cluster.cpus))

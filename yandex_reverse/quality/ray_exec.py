@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import console, raycluster
-from ..console import StepFailed, UsageError, log, one_line
+from ..console import StepFailed, UsageError, esc, log, one_line
+from ..i18n import _
 from .decode import Task
 from .report import upsert
 from .scorer import Scorer, ScoreSettings
@@ -62,9 +63,13 @@ def plan(opts: Options, cluster: raycluster.Cluster) -> tuple[ScoreSettings, int
     if gpus is None:
         gpus = 1.0 if cluster.gpus and opts.device != "cpu" else 0.0
     if opts.device == "cuda" and not gpus:
-        raise UsageError("--device cuda: the Ray cluster has no GPU (or --gpus-per-worker is 0)")
+        raise UsageError(_("--device cuda: the Ray cluster has no GPU (or --gpus-per-worker is 0)"))
     if gpus and gpus > cluster.gpus:
-        raise UsageError(f"--gpus-per-worker {gpus:g}: the Ray cluster has {cluster.gpus:g} GPU(s)")
+        raise UsageError(
+            _("--gpus-per-worker {want:g}: the Ray cluster has {have:g} GPU(s)").format(
+                want=gpus, have=cluster.gpus
+            )
+        )
     base = opts.settings()
     if gpus:
         actors = max(1, math.floor(cluster.gpus / gpus + 1e-9))
@@ -83,10 +88,12 @@ def score_on_ray(
 
         raycluster.quiet_loggers()
         settings, actors, gpus, cpus = plan(opts, cluster)
-        each = f"{gpus:g} GPU" if gpus else "1 CPU"
-        console.console.print(
-            f"Executor: Ray, {cluster.describe()}; {actors} scoring actor(s), {each} each"
+        text = (
+            _("Executor: Ray, {cluster}; {n} scoring actor(s), {gpus:g} GPU each")
+            if gpus
+            else _("Executor: Ray, {cluster}; {n} scoring actor(s), 1 CPU each")
         )
+        console.console.print(text.format(cluster=esc(cluster.describe()), n=actors, gpus=gpus))
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -133,4 +140,4 @@ def _step_error(exc: BaseException) -> Exception:
         cause = getattr(seen, "cause", None)
         seen = cause if isinstance(cause, BaseException) else (seen.__cause__ or seen.__context__)
     log.exception("scoring on Ray failed")
-    return StepFailed(f"scoring on Ray failed: {one_line(exc, 300)}")
+    return StepFailed(_("scoring on Ray failed: {error}").format(error=one_line(exc, 300)))
