@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
 from yandex_reverse import db, serp
@@ -286,8 +288,12 @@ def test_killed_import_is_completed_by_a_rerun(workdir: Path, tmp_path: Path) ->
             ledger = rows(database, "SELECT count(*) FROM xhr_files")[0][0]
         except sqlite3.Error:
             pass
+    parsers = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The parser processes end with it instead of waiting for work forever.
+    _, left = psutil.wait_procs(parsers, timeout=120)
+    assert not left, left
     imported_before_kill = rows(database, "SELECT count(*) FROM xhr_files")[0][0]
     assert 0 < imported_before_kill < 400  # really interrupted mid-run
 

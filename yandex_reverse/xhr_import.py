@@ -38,6 +38,8 @@ import re
 import signal
 import sqlite3
 import stat
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -598,8 +600,20 @@ def parse_files(jobs: list[Job]) -> list[ParsedFile]:
     return out
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+def _worker_init(parent: int) -> None:
+    """A parser process: Ctrl-C is the main process's to handle; it ends when the main one does.
+
+    A forked worker holds both ends of the pool's pipes, so after a kill -9 of
+    the main process it would wait for work forever: it watches its parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def parsed_in_order(jobs: Iterator[Job], workers: int) -> Iterator[ParsedFile]:
@@ -609,7 +623,7 @@ def parsed_in_order(jobs: Iterator[Job], workers: int) -> Iterator[ParsedFile]:
         for chunk in chunks:
             yield from parse_files(chunk)
         return
-    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         pending: deque[Future[list[ParsedFile]]] = deque()
         try:
             for chunk in chunks:
