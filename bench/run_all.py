@@ -80,6 +80,11 @@ def mark(result: dict[str, Any]) -> str:
     return "ok" if ratio >= aim else "SHORT"
 
 
+def _number(value: float) -> str:
+    """1,234.5 for big figures, three significant digits for small ones (0.125)."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def build_table(results: list[dict[str, Any]]) -> Table:
     table = Table(
         title="Benchmarks (ratio = ours / peer, higher is better; aim = least ratio asked)"
@@ -94,9 +99,9 @@ def build_table(results: list[dict[str, Any]]) -> Table:
         table.add_row(
             escape(str(r["bench"])),
             escape(f"{r['metric']} ({r.get('unit', '')})"),
-            f"{float(r['ours']):,.1f}",
+            _number(float(r["ours"])),
             escape(str(r.get("peer_name") or "")),
-            "" if peer is None else f"{float(peer):,.1f}",
+            "" if peer is None else _number(float(peer)),
             "" if ratio is None else f"{float(ratio):.2f}x",
             "" if aim is None else f">= {float(aim):g}x",
             f"[{style}]{verdict}[/{style}]" if style else verdict,
