@@ -101,12 +101,14 @@ def test_russian_plural_forms() -> None:
         ([], {"LANG": "ru_RU.UTF-8"}, "ru"),
         ([], {"LANG": "C"}, "en"),
         ([], {"LANG": "Russian_Russia.1251"}, "ru"),
+        ([], {"YR_LANG": "ru", "LC_ALL": "C"}, "ru"),  # handed down by `run` and `demo`
+        (["--lang", "en"], {"YR_LANG": "ru"}, "en"),
     ],
 )
 def test_language_from_argv_then_environment(
     argv: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG", i18n.CHILD_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
