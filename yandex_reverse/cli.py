@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,6 +144,44 @@ def require_input(path: Path, *, flag: str, folder: bool = False) -> Path:
         return path
     what = _("folder not found: {path}") if folder else _("file not found: {path}")
     raise StepFailed(what.format(path=path) + f" [{flag}]" + hint_for(path))
+
+
+def images_in(*, recursive: bool) -> Callable[[Path], str | None]:
+    """A folder check for ``ask_folder``/``folder_option``: it must hold at least one image."""
+
+    def check(folder: Path) -> str | None:
+        from .imageinfo import iter_images
+
+        if next(iter(iter_images(folder, recursive=recursive)), None) is None:
+            hint = "" if recursive else " " + _("(add --recursive to look in subfolders)")
+            return _("no images in {path}").format(path=folder) + hint + hint_for(folder)
+        return None
+
+    return check
+
+
+SORTED = "sorted"
+
+
+def sorted_dest(kind: str) -> Path:
+    """Where step 7.x writes by default: ``sorted/<kind>/`` in the working folder.
+
+    Never inside the source, so a later step 6 (or 7.x) over the downloads
+    does not find the sorted copies.
+    """
+    return Path.cwd() / SORTED / kind
+
+
+def creatable(path: Path) -> str | None:
+    """Why ``path`` cannot be an output folder, or None. Nothing is created here."""
+    if path.exists():
+        return None if path.is_dir() else _("not a folder: {path}").format(path=path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return _("cannot create a folder in {path}").format(path=parent)
+    return None
 
 
 # --- the yandex-reverse command --------------------------------------------------------

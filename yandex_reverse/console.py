@@ -198,7 +198,7 @@ def ask_folder(
             return path
         if not is_interactive() or _state["defaults"]:
             raise UsageError(f"{problem} ({flag})")
-        message = _("{problem}. Try again.").format(problem=problem)
+        message = _("{problem}. Try again.").format(problem=problem[:1].upper() + problem[1:])
         console.print(f"[yellow]{esc(message)}[/yellow]")
 
 

@@ -12,27 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .console import console, table
+from .console import StepFailed, console, esc, table
 from .fake_yandex.image_web import ImageWebServer
 from .fake_yandex.site import FakeYandex, ServerThread
 from .fsutil import atomic_write_text
+from .i18n import _
 from .imageinfo import iter_images
+from .run import DOWNLOADS, REPORT, SORTED, pipeline, run_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = 12
-
-
-class DemoFailed(Exception):
-    pass
 
 
 def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
@@ -56,20 +51,6 @@ def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
             draw.ellipse([x, y, x + 90, y + 60], fill=((k * 80) % 256, 200, (index * 20) % 256))
         image.save(path, quality=90) if ext == ".jpg" else image.save(path)
     return made
-
-
-def run_step(title: str, script: str, *args: str | os.PathLike[str], cwd: Path) -> None:
-    """Run one numbered script in ``cwd``; its own summary is printed as it comes."""
-    console.rule(f"[bold]{title}")
-    command = [sys.executable, str(REPO / script), *map(str, args)]
-    console.print("$ " + " ".join([f"python {script}", *map(str, args)]), style="dim")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("COLUMNS", str(max(console.width, 120)))
-    started = time.perf_counter()
-    code = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, env=env).returncode
-    console.print(f"[dim]{script}: exit {code} in {time.perf_counter() - started:.1f} s[/dim]")
-    if code != 0:
-        raise DemoFailed(f"{script} exited {code}")
 
 
 def scalar(db_path: Path, sql: str) -> int:
@@ -99,57 +80,20 @@ def run(
     made = make_photos(demo / "photos", photos)
     fake = FakeYandex(pages=pages, first_page=per_page, per_page=per_page, fault_rate=fault_rate)
     with ServerThread(fake) as yandex, ImageWebServer() as web:
-        console.print(f"Yandex imitation: {yandex.base_url}   image web (proxy): {web.proxy_url}")
-        run_step(
-            "Step 1: reverse search in Yandex Images",
-            "1_Parse_XHR_Async.py",
-            "--images", "photos", "--xhr-dir", "XHR", "--base-url", yandex.base_url,
-            "--max-tabs", "4",
-            cwd=demo,
-        )  # fmt: skip
-        run_step("Step 2: XHR → SQLite", "2_XHRtoDB.py", cwd=demo)
-        run_step(
-            "Step 3: domains and the VK share", "3_VK_Domain_Analyzer.py", "--top", "15", cwd=demo
+        console.print(
+            esc(_("Yandex imitation: {yandex}   image web (proxy): {proxy}")).format(
+                yandex=esc(yandex.base_url), proxy=esc(web.proxy_url)
+            ),
         )
-        run_step(
-            "Step 4: DB cleanup", "4_DB_cleanup.py", "--db", "yandex_images.db", "--yes", cwd=demo
-        )
-        run_step(
-            "Step 5: downloading the originals",
-            "5_Download_async.py",
-            "--db", "yandex_images.db", "--out", "yandex_images", "--proxy", web.proxy_url,
-            "--timeout", "5", "--retries", "1",
-            cwd=demo,
-        )  # fmt: skip
-    downloads = demo / "yandex_images"
-    run_step(
-        "Step 6: duplicates → quarantine",
-        "6_duplicate_finder.py",
-        downloads, "--mode", "both", "--yes", "--report", "dedup_report.json",
-        cwd=demo,
-    )  # fmt: skip
-    sorted_dir = demo / "sorted"
-    run_step(
-        "Step 7.1: by orientation",
-        "7_1_separate_images_by_orientation.py",
-        "--source", downloads, "--dest", sorted_dir / "orientation", "--mode", "copy",
-        "--square", "separate", "--yes",
-        cwd=demo,
-    )  # fmt: skip
-    run_step(
-        "Step 7.2: by megapixels",
-        "7_2_separate_images_by_MegaPixels.py",
-        "--source", downloads, "--dest", sorted_dir / "megapixels", "--mode", "copy",
-        "--strategy", "3", "--yes",
-        cwd=demo,
-    )  # fmt: skip
-    run_step(
-        "Step 7.3: by quality",
-        "7_3_separate_images_by_quality.py",
-        "--source", downloads, "--dest", sorted_dir / "quality", "--mode", "copy",
-        "--model", quality_model, "--percentiles", "30,70", "--yes",
-        cwd=demo,
-    )  # fmt: skip
+        extra = {
+            "crawl": ["--base-url", yandex.base_url, "--max-tabs", "4"],
+            "domains": ["--top", "15"],
+            "download": ["--proxy", web.proxy_url, "--timeout", "5", "--retries", "1"],
+            "quality": ["--model", quality_model],
+        }
+        run_pipeline(demo, pipeline(photos="photos"), extra)
+    downloads = demo / DOWNLOADS
+    sorted_dir = demo / SORTED
     database = demo / "yandex_images.db"
     per_photo = [
         {eid for ids in record.pages.values() for eid in ids} for record in fake.served.values()
@@ -218,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             quality_model=args.quality_model,
         )
-    except DemoFailed as exc:
-        console.print(f"[red]Demo stopped: {exc}[/red]")
+    except StepFailed as exc:
+        console.print(f"[red]{esc(_('Demo stopped: {reason}').format(reason=exc))}[/red]")
         return 1
     console.rule("[bold]Demo finished")
     console.print(table("What reached each stage", ("stage", "count"), numbers.items()))
@@ -232,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  yandex_images/     downloaded originals; _duplicates/ holds the quarantine\n"
         f"  sorted/            orientation/, megapixels/, quality/ (+ quality_report.db/.json)\n"
         f"  demo_summary.json  the table above\n"
-        f"Total time: {time.perf_counter() - started:.0f} s. Run `make demo` again: every step resumes."
+        f"Total time: {time.perf_counter() - started:.0f} s. Run `make demo` again: every step resumes.",
+        markup=False,
     )
     atomic_write_text(demo / "demo_summary.json", json.dumps(numbers, indent=2, ensure_ascii=False))
+    console.print(esc(_("Report: {path}").format(path=demo / REPORT)))
     return 0
 
 

@@ -219,8 +219,10 @@ def source_files(root: Path | None = None) -> list[Path]:
 def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
     """(line, msgid) for each ``_()``/``N_()``/``ngettext()`` call in ``path``.
 
-    The msgid is ``None`` when the argument is not a plain string literal (an
-    f-string, a variable): such a call can never be translated.
+    The msgid is ``None`` when the argument is an f-string, a concatenation or
+    a call: such a text can never be found in a catalogue. A variable or an
+    attribute (``_(label)``) is the ``N_()`` pattern and is skipped: its msgid
+    is extracted where ``N_()`` marked it.
     """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in sorted(ast.walk(tree), key=lambda n: getattr(n, "lineno", 0)):
@@ -230,6 +232,8 @@ def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
         if count is None:
             continue
         args = node.args[:count]
+        if len(args) == count and all(isinstance(a, (ast.Name, ast.Attribute)) for a in args):
+            continue  # _(label): a msgid marked with N_() where it was written
         if len(args) < count or not all(
             isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args
         ):
