@@ -206,3 +206,39 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------- pipeline outputs
+
+# A folder a step of the pipeline wrote (7.x sorted folders, step 6's
+# quarantine) holds this file, so that no later step takes it for input.
+OUTPUT_MARKER = ".yandex-reverse-output"
+# Names the pipeline gives its output folders (also before markers existed).
+OUTPUT_NAMES = frozenset({"_duplicates", "sorted"})
+# Step 6 keeps the journal of its moves here, in its quarantine.
+QUARANTINE_JOURNALS = ".dedup_runs"
+
+
+def mark_output(folder: Path, step: str) -> None:
+    """Mark ``folder`` as written by ``step`` (created if missing; idempotent)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.exists():
+        atomic_write_text(marker, f"written by the pipeline's step {step}\n")
+
+
+def is_pipeline_output(folder: Path) -> bool:
+    """Did a step of the pipeline write ``folder`` (marker or reserved name)?"""
+    return (
+        folder.name in OUTPUT_NAMES
+        or (folder / OUTPUT_MARKER).is_file()
+        or (folder / QUARANTINE_JOURNALS).is_dir()
+    )
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """Is ``path`` ``folder`` or inside it? Lexical: both absolute and normalised."""
+    try:
+        return os.path.commonpath([path, folder]) == str(folder)
+    except ValueError:  # one relative, or different drives
+        return False

@@ -90,12 +90,17 @@ def is_image(path: Path) -> bool:
 
 
 def iter_images(
-    root: Path, *, recursive: bool = True, exclude: Iterable[Path] = ()
+    root: Path,
+    *,
+    recursive: bool = True,
+    exclude: Iterable[Path] = (),
+    skip_dir: Callable[[Path], bool] | None = None,
 ) -> Iterator[Path]:
     """Image files under ``root`` in a stable (sorted) order.
 
-    Hidden files and folders and the ``exclude`` folders (a step's own output
-    or quarantine inside the source) are skipped.
+    Hidden files and folders, the ``exclude`` folders (a step's own output
+    or quarantine inside the source) and subfolders for which ``skip_dir``
+    says so are skipped.
     """
     root = Path(root)
     excluded = {Path(p).resolve() for p in exclude}
@@ -112,14 +117,18 @@ def iter_images(
         path = Path(entry.path)
         try:
             if entry.is_dir(follow_symlinks=False):
-                if recursive and path.resolve() not in excluded:
+                if (
+                    recursive
+                    and path.resolve() not in excluded
+                    and not (skip_dir and skip_dir(path))
+                ):
                     subdirs.append(path)
             elif entry.is_file() and is_image(path):
                 yield path
         except OSError:
             continue
     for sub in subdirs:
-        yield from iter_images(sub, recursive=True, exclude=excluded)
+        yield from iter_images(sub, recursive=True, exclude=excluded, skip_dir=skip_dir)
 
 
 @dataclass(frozen=True)

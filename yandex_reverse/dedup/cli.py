@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import secrets
 import shutil
+import stat
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,15 @@ from ..console import (
     setup_logging,
     table,
 )
-from ..fsutil import atomic_write_text, place_file, same_content, sidecars_of
+from ..fsutil import (
+    QUARANTINE_JOURNALS,
+    SIDECAR_EXTENSIONS,
+    atomic_write_text,
+    is_within,
+    place_file,
+    same_content,
+    sidecars_of,
+)
 from . import find
 from .hashing import METHODS
 
@@ -100,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quarantine", type=Path, help="where moved duplicates go (default: FOLDER/_duplicates)"
     )
     parser.add_argument(
-        "--report", type=Path, help="JSON report (default: next to FOLDER, FOLDER.dedup-TIME.json)"
+        "--report",
+        type=Path,
+        help="JSON report (default: next to FOLDER, FOLDER.dedup-TIME.json; "
+        "a dry run writes one only when this is given)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would happen; change nothing"
@@ -161,9 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         default="exact",
     )
     mode = "similar" if mode == "near" else mode
-    quarantine = (args.quarantine or root / "_duplicates").expanduser().absolute()
-    report_path = (
-        args.report or root.parent / f"{root.name}.dedup-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    quarantine = Path(
+        os.path.normpath((args.quarantine or root / "_duplicates").expanduser().absolute())
+    )
+    if args.action == "move" and is_within(root, quarantine):
+        raise UsageError(
+            f"the quarantine {quarantine} would hold the folder itself; "
+            "choose one inside it or elsewhere (--quarantine)"
+        )
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    # A dry run writes no report unless asked (--report): it changed nothing.
+    report_path = args.report or (
+        None if args.dry_run else root.parent / f"{root.name}.dedup-{run_id[:15]}.json"
     )
     log.info("folder=%s mode=%s args=%s", root, mode, vars(args))
 
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     removals = [m for g in groups for m in g.removed]
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
+        "run": run_id,
         "folder": str(root),
         "mode": mode,
         "settings": {
@@ -233,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         report["finished"] = _iso(time.time())
         report["counts"] = counts
-        atomic_write_text(report_path, json.dumps(report, ensure_ascii=False, indent=2))
+        if report_path is not None:
+            atomic_write_text(report_path, json.dumps(report, ensure_ascii=False, indent=2))
     would_free = sum(m.entry.size for m in removals)
     rows: list[tuple[str, Any]] = [
         ("files scanned", len(found.entries)),
@@ -254,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             ("bytes freed", human_bytes(freed)),
         ]
     print_summary("Duplicates" + (" (dry run)" if args.dry_run else ""), rows)
-    console.print(f"Report: {esc(report_path)}")
+    if report_path is not None:
+        console.print(f"Report: {esc(report_path)}", soft_wrap=True)
     if counts["moved"]:
-        console.print(f"Undo with: 6_duplicate_finder.py --undo {esc(report_path)}")
+        console.print(f"Undo with: 6_duplicate_finder.py --undo {esc(report_path)}", soft_wrap=True)
     return 1 if counts["failed"] else 0
 
 
@@ -291,7 +318,7 @@ def _show_plan(groups: list[find.Group], found: find.Scan, limit: int = 15) -> N
     if found.unreadable:
         console.print(f"[yellow]{len(found.unreadable)} unreadable files (left alone):[/yellow]")
         for path, reason in found.unreadable[:10]:
-            console.print(f"  {esc(path)}: {esc(reason)}")
+            console.print(f"  {esc(path)}: {esc(reason)}", soft_wrap=True)
         if len(found.unreadable) > 10:
             console.print(f"  … and {len(found.unreadable) - 10} more (see the report)")
     if not groups:
@@ -344,62 +371,70 @@ def _apply(
     report: dict[str, Any],
     counts: dict[str, int],
 ) -> int:
-    """Move or delete every duplicate; returns the bytes freed."""
+    """Move or delete every duplicate; returns the bytes freed.
+
+    Every file is checked right before it goes (after the question, with
+    ``--interactive``): it and the kept copy must be as scanned.
+    """
     freed = 0
     total = sum(len(g.removed) for g in groups)
     label = "Deleting" if args.action == "delete" else "Moving"
-    with find.ticking(label, total) as advance:
-        for group in groups:
-            kept = group.kept
-            for member in group.removed:
-                entry = member.entry
-                reason = _refuse(entry, kept, group, args.action)
-                if reason is None and args.interactive:
-                    verb = "Delete" if args.action == "delete" else "Move"
-                    if not confirm(f"{verb} {entry.rel} (kept: {kept.rel})?"):
-                        reason = "declined"
-                if reason:
-                    counts["skipped"] += 1
-                    report["skipped"].append({"path": entry.rel, "reason": reason})
+    journal = Journal(report["run"], root, quarantine) if args.action == "move" else None
+    try:
+        with find.ticking(label, total) as advance:
+            for group in groups:
+                kept = group.kept
+                for member in group.removed:
+                    entry = member.entry
+                    reason = None
+                    if args.interactive:
+                        verb = "Delete" if args.action == "delete" else "Move"
+                        question = f"{verb} {esc(entry.rel)} (kept: {esc(kept.rel)})?"
+                        if not confirm(question):
+                            reason = "declined"
+                    reason = reason or _refuse(entry, kept, group, args.action)
+                    if reason:
+                        counts["skipped"] += 1
+                        report["skipped"].append({"path": entry.rel, "reason": reason})
+                        advance()
+                        continue
+                    try:
+                        if journal is None:
+                            for side in sidecars_of(entry.path):
+                                side.unlink()
+                            entry.path.unlink()
+                            report["deleted"].append(entry.rel)
+                            counts["deleted"] += 1
+                        else:
+                            report["moves"].append(journal.move(entry))
+                            counts["moved"] += 1
+                        freed += entry.size
+                    except OSError as exc:
+                        counts["failed"] += 1
+                        report["skipped"].append({"path": entry.rel, "reason": one_line(exc)})
+                        log.warning("cannot remove %s: %s", entry.path, exc)
                     advance()
-                    continue
-                try:
-                    if args.action == "delete":
-                        for side in sidecars_of(entry.path):
-                            side.unlink()
-                        entry.path.unlink()
-                        report["deleted"].append(entry.rel)
-                        counts["deleted"] += 1
-                    else:
-                        target_dir = quarantine / Path(entry.rel).parent
-                        placed = place_file(entry.path, target_dir, mode="move")
-                        report["moves"].append(
-                            {
-                                "source": str(entry.path),
-                                "target": str(placed.target),
-                                "sidecars": [
-                                    [str(entry.path.with_suffix(s.suffix)), str(s)]
-                                    for s in placed.sidecars
-                                ],
-                            }
-                        )
-                        counts["moved"] += 1
-                    freed += entry.size
-                except OSError as exc:
-                    counts["failed"] += 1
-                    report["skipped"].append({"path": entry.rel, "reason": one_line(exc)})
-                    log.warning("cannot remove %s: %s", entry.path, exc)
-                advance()
+    finally:
+        if journal is not None:
+            journal.close()
     return freed
 
 
 def _refuse(entry: find.Entry, kept: find.Entry, group: find.Group, action: str) -> str | None:
-    """Why this file must stay, or None. The kept copy must still be there, unchanged."""
+    """Why this file must stay, or None. The kept copy must still be there,
+    unchanged, and a real file (a symlink never counts as the kept copy)."""
     try:
-        st = entry.path.stat()
-        kst = kept.path.stat()
+        st = entry.path.lstat()
     except FileNotFoundError:
-        return "kept file or duplicate vanished since the scan"
+        return "vanished since the scan"
+    try:
+        kst = kept.path.lstat()
+    except FileNotFoundError:
+        return "the kept file vanished since the scan (this may be the last copy)"
+    if not stat.S_ISREG(kst.st_mode):
+        return "the kept file is no longer a regular file (a symlink is not a copy)"
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
     if (st.st_dev, st.st_ino) == (kst.st_dev, kst.st_ino):
         return "same file as the kept one (hard link)"
     if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
@@ -416,46 +451,275 @@ def _refuse(entry: find.Entry, kept: find.Entry, group: find.Group, action: str)
 
 
 def undo(report_path: Path, *, dry_run: bool = False) -> int:
-    """Move every file a report moved back to where it was, never overwriting."""
+    """Put back what the report's run moved, as that run's journal recorded it.
+
+    The report names the run, its folder and its quarantine; the moves come
+    from the journal the run kept in its quarantine, and each must go from a
+    file still as the run left it in the quarantine back to the same relative
+    place in the folder, never overwriting. Anything else is refused with a
+    reason and left alone. Only folders the run created are removed (when
+    empty).
+    """
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
-        moves = report["moves"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        run_id = report.get("run")
+        settings = report.get("settings") or {}
+        root, quarantine = (
+            _clean_path(report.get("folder")),
+            _clean_path(settings.get("quarantine")),
+        )
+        listed = report.get("moves") or []
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise StepFailed(f"cannot read report {report_path}: {one_line(exc)}") from exc
-    counts = {"restored": 0, "already back": 0, "missing": 0, "conflict": 0}
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise StepFailed(f"{report_path} names no run this step made: nothing undone")
+    if root is None or quarantine is None:
+        raise StepFailed(f"{report_path}: folder or quarantine is not a clean absolute path")
+    if is_within(root, quarantine):
+        raise StepFailed(f"{report_path}: its quarantine {quarantine} holds its folder: refused")
+    moves, dirs = _read_journal(journal_path(quarantine, run_id), run_id, root, quarantine)
+    if moves is None:
+        console.print(
+            f"Nothing to undo: the run's journal {journal_path(quarantine, run_id)} is not there "
+            "(already undone, or the files were never moved).",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 0
+    refused: list[tuple[str, str]] = []
+    recorded = {(m.get("source"), m.get("target")) for m in moves}
+    for move in listed if isinstance(listed, list) else []:
+        pair = (move.get("source"), move.get("target")) if isinstance(move, dict) else (move, None)
+        if pair not in recorded:
+            refused.append((str(pair[0]), "the run's journal records no such move"))
+    counts = {"restored": 0, "already back": 0, "missing": 0, "conflict": 0, "refused": 0}
     with find.ticking("Restoring", len(moves)) as advance:
         for move in reversed(moves):
-            pairs = [
-                (move["target"], move["source"]),
-                *[(t, s) for s, t in move.get("sidecars", [])],
-            ]
-            for number, (target, source) in enumerate(pairs):
-                status = _restore(Path(target), Path(source), dry_run)
-                if number == 0:
-                    counts[status] += 1
-                    if status == "conflict":
-                        console.print(
-                            f"[yellow]Not restored (a different file is there): {source}[/yellow]"
-                        )
+            source, target = move.get("source"), move.get("target")
+            reason = _check_move(root, quarantine, source, target, move)
+            if reason:
+                refused.append((str(source), reason))
+                advance()
+                continue
+            status = _restore(Path(target), Path(source), dry_run)
+            counts[status] += 1
+            if status == "conflict":
+                console.print(
+                    f"Not restored (a different file is there): {source}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            for side in move.get("sidecars") or []:
+                fields = side if isinstance(side, list) else []
+                side_source, side_target, ident = [*fields, None, None, None][:3]
+                reason = _check_sidecar(source, target, side_source, side_target, ident)
+                if reason:
+                    refused.append((str(side_source), reason))
+                else:
+                    _restore(Path(side_target), Path(side_source), dry_run)
             advance()
-    if not dry_run:
-        quarantine = Path(report.get("settings", {}).get("quarantine", ""))
-        if quarantine.is_dir():
-            _remove_empty_dirs(quarantine)
+    for path, reason in refused:
+        console.print(f"Refused: {path}: {reason}", style="yellow", markup=False, soft_wrap=True)
+    counts["refused"] = len(refused)
+    finished = not counts["conflict"] and not any(r[1] != _NOT_IN_JOURNAL for r in refused)
+    made = [d for d in map(_clean_path, dirs) if d is not None and is_within(d, quarantine)]
+    if dry_run:
+        for folder in sorted(made, key=lambda d: -len(d.parts)):
+            console.print(
+                f"would remove, if empty after the undo: {folder}", markup=False, soft_wrap=True
+            )
+    elif finished:
+        journal_path(quarantine, run_id).unlink(missing_ok=True)
+        for folder in sorted(made, key=lambda d: -len(d.parts)):
+            with suppress(OSError):
+                if not folder.is_symlink():
+                    folder.rmdir()  # only when empty
     print_summary("Undo" + (" (dry run)" if dry_run else ""), list(counts.items()))
-    return 1 if counts["conflict"] else 0
+    return 1 if counts["conflict"] or counts["refused"] else 0
+
+
+_NOT_IN_JOURNAL = "the run's journal records no such move"
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+JOURNAL_DIR = QUARANTINE_JOURNALS
+
+
+def journal_path(quarantine: Path, run_id: str) -> Path:
+    return quarantine / JOURNAL_DIR / f"{run_id}.jsonl"
+
+
+def _clean_path(value: object) -> Path | None:
+    """``value`` as a path when it is absolute and already normalised (no ``..``)."""
+    if not isinstance(value, str) or not os.path.isabs(value) or os.path.normpath(value) != value:
+        return None
+    return Path(value)
+
+
+def _identity(path: Path) -> dict[str, int]:
+    st = path.lstat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _same_identity(path: Path, ident: object) -> str | None:
+    """None when ``path`` is still the regular file the run recorded, else why not."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None  # restored already, or gone: _restore says which
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file in the quarantine"
+    if not isinstance(ident, dict) or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+        ident.get("bytes"),
+        ident.get("mtime_ns"),
+        ident.get("ino"),
+    ):
+        return "changed in the quarantine since the run moved it"
+    return None
+
+
+def _check_move(root: Path, quarantine: Path, source: object, target: object, ident) -> str | None:
+    """Why a journal entry must not be acted on, or None."""
+    s, t = _clean_path(source), _clean_path(target)
+    if s is None or t is None:
+        return "not a clean absolute path"
+    if not is_within(s, root) or is_within(s, quarantine):
+        return "its original place is outside the run's folder"
+    if not is_within(t, quarantine) or is_within(t, quarantine / JOURNAL_DIR):
+        return "not in the run's quarantine"
+    if os.path.relpath(s.parent, root) != os.path.relpath(t.parent, quarantine):
+        return "not the place the run moved it from"
+    stem, suffix = os.path.splitext(s.name)
+    if t.name != s.name and not re.fullmatch(re.escape(stem) + r"_\d+" + re.escape(suffix), t.name):
+        return "not the name the run gave it"
+    inside = Path(os.path.realpath(quarantine)) / os.path.relpath(t.parent, quarantine)
+    if t.parent.exists() and Path(os.path.realpath(t.parent)) != inside:
+        return "a folder on the way in the quarantine is a symlink"
+    existing = s.parent
+    while not existing.exists() and is_within(existing.parent, root):
+        existing = existing.parent
+    if not is_within(Path(os.path.realpath(existing)), Path(os.path.realpath(root))):
+        return "a folder on the way back is a symlink out of the folder"
+    return _same_identity(t, ident)
+
+
+def _check_sidecar(source, target, side_source, side_target, ident) -> str | None:
+    s, t = _clean_path(side_source), _clean_path(side_target)
+    if s is None or t is None:
+        return "not a clean absolute path"
+    if s.suffix not in SIDECAR_EXTENSIONS or s != Path(source).with_suffix(s.suffix):
+        return "not a sidecar of the moved file"
+    if t != Path(target).with_suffix(s.suffix):
+        return "not the sidecar's place in the quarantine"
+    return _same_identity(t, ident)
+
+
+def _read_journal(
+    path: Path, run_id: str, root: Path, quarantine: Path
+) -> tuple[list[dict] | None, list[object]]:
+    """The run's moves and created folders, or ``(None, [])`` without a journal."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise StepFailed(f"the run's journal {path} is not a regular file: nothing undone")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None, []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StepFailed(f"cannot read the run's journal {path}: {one_line(exc)}") from exc
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the last line of a run killed while writing it
+        if isinstance(record, dict):
+            records.append(record)
+    header = records[0] if records else {}
+    if header != {"run": run_id, "folder": str(root), "quarantine": str(quarantine)}:
+        raise StepFailed(f"the journal {path} is not the report's run: nothing undone")
+    moves = [r["move"] for r in records if isinstance(r.get("move"), dict)]
+    return moves, [r["dir"] for r in records if "dir" in r]
+
+
+class Journal:
+    """A run's own record of its moves, kept in its quarantine.
+
+    One JSON line per folder the run created and per file it moved (with the
+    identity of the file it left in the quarantine), flushed as it happens,
+    so an interrupted run's moves are known too. ``--undo`` acts on this
+    record only, never on what a report file says by itself.
+    """
+
+    def __init__(self, run_id: str, root: Path, quarantine: Path) -> None:
+        self.root, self.quarantine = root, quarantine
+        path = journal_path(quarantine, run_id)
+        created = _make_dirs(path.parent)
+        self.handle = path.open("a", encoding="utf-8")
+        self._write({"run": run_id, "folder": str(root), "quarantine": str(quarantine)})
+        for folder in created:
+            self._write({"dir": str(folder)})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def move(self, entry: find.Entry) -> dict[str, Any]:
+        target_dir = self.quarantine / Path(entry.rel).parent
+        for folder in _make_dirs(target_dir):
+            self._write({"dir": str(folder)})
+        placed = place_file(entry.path, target_dir, mode="move")
+        record = {
+            "source": str(entry.path),
+            "target": str(placed.target),
+            **_identity(placed.target),
+            "sidecars": [
+                [str(entry.path.with_suffix(s.suffix)), str(s), _identity(s)]
+                for s in placed.sidecars
+            ],
+        }
+        self._write({"move": record})
+        return record
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; the ones this call created, top first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    created = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+            created.append(path)
+        except FileExistsError:
+            pass
+    return created
 
 
 def _restore(target: Path, source: Path, dry_run: bool) -> str:
     if not target.exists():
         return "already back" if source.exists() else "missing"
-    if source.exists():
-        if same_content(source, target):
-            if not dry_run:
+    if os.path.lexists(source):
+        try:
+            sst, tst = source.lstat(), target.lstat()
+        except OSError:
+            return "conflict"
+        same_file = (sst.st_dev, sst.st_ino) == (tst.st_dev, tst.st_ino)
+        if stat.S_ISREG(sst.st_mode) and not same_file and same_content(source, target):
+            if dry_run:
+                console.print(
+                    f"would delete: {target} (an identical file is back at {source})",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            else:
                 target.unlink()
             return "already back"
         return "conflict"
     if dry_run:
+        console.print(f"would restore: {target} -> {source}", markup=False, soft_wrap=True)
         return "restored"
     source.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -466,11 +730,3 @@ def _restore(target: Path, source: Path, dry_run: bool) -> str:
     except OSError:
         shutil.move(target, source)
     return "restored"
-
-
-def _remove_empty_dirs(top: Path) -> None:
-    for folder, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass

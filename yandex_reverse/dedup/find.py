@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import progress
+from ..fsutil import is_pipeline_output
 from ..imageinfo import ImageError, iter_images, read_info
 from . import hashing
 
@@ -101,26 +103,50 @@ class Scan:
 
 def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
     """Every image under ``root`` with its size and mtime; one file reached by two
-    names (hard link, symlink) is counted once."""
+    names (hard link, symlink) is counted once.
+
+    A symlink is never an entry (never kept, moved or deleted): it is listed
+    with the file it reaches. Folders another step of the pipeline wrote
+    (:func:`fsutil.is_pipeline_output`: 7.x sorted folders, quarantines) are
+    not scanned, and each is named in ``notes``.
+    """
     result = Scan(root)
     inodes: dict[tuple[int, int], str] = {}
+    links: list[tuple[str, str]] = []
     prefix = len(str(root).rstrip(os.sep)) + 1
+
+    def skip_dir(path: Path) -> bool:
+        if is_pipeline_output(path):
+            result.notes.append(f"not scanned (written by the pipeline): {path}")
+            return True
+        return False
+
     with ticking("Scanning") as advance:
-        for path in iter_images(root, recursive=recursive, exclude=exclude):
+        for path in iter_images(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir):
             name = str(path)
             rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
             try:
-                st = os.stat(name)
+                st = os.lstat(name)
+                if stat.S_ISLNK(st.st_mode):
+                    links.append((rel, name))
+                    continue
             except OSError as exc:
                 result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
                 continue
             inode = (st.st_dev, st.st_ino)
-            if inode in inodes:  # a hard link, or a symlink to a file already seen
+            if inode in inodes:  # a hard link of a file already seen
                 result.hard_links.append((rel, inodes[inode]))
                 continue
             inodes[inode] = rel
             result.entries.append(Entry(path, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
             advance()
+    for rel, name in links:
+        try:
+            st = os.stat(name)
+            target = inodes.get((st.st_dev, st.st_ino)) or os.path.realpath(name)
+        except OSError:
+            target = "(dangling symlink)"
+        result.hard_links.append((rel, target))
     return result
 
 
