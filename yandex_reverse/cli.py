@@ -34,14 +34,21 @@ from . import __version__, console
 from .console import StepFailed, UsageError, positive_int, run_main
 from .i18n import LANGUAGES, N_, _
 
-__all__ = ["add_common_flags", "main", "positive_int", "require_input", "run_main"]
+__all__ = ["Yes", "add_common_flags", "main", "positive_int", "require_input", "run_main"]
 
 
 # --- common flags ------------------------------------------------------------------------
 
 
-class _Yes(argparse.Action):
-    """``--yes``: stored, and every question asked from now on takes its default."""
+class Yes(argparse.Action):
+    """``-y/--yes``: stored as True, and every question asked from now on takes its default.
+
+    ``parser.add_argument("-y", "--yes", action=Yes, help=...)`` in a step that
+    declares its own help text; :func:`add_common_flags` uses it too.
+    """
+
+    def __init__(self, option_strings, dest, default=False, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(option_strings, dest, nargs=0, default=default, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
         setattr(namespace, self.dest, True)
@@ -79,7 +86,7 @@ def add_common_flags(
     if dry_run is not None:
         parser.add_argument("--dry-run", action="store_true", help=dry_run)
     if yes is not None:
-        parser.add_argument("-y", "--yes", action=_Yes, nargs=0, default=False, help=yes)
+        parser.add_argument("-y", "--yes", action=Yes, help=yes)
     if workers is not None:
         parser.add_argument("--workers", type=positive_int, default=None, metavar="N", help=workers)
     if recursive is not None:

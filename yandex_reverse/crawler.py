@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from . import console, serp
 from .browser import BrowserNotFound, find_browser
+from .cli import add_common_flags
 from .console import StepFailed, UsageError, log
 from .db import now_iso
 from .fsutil import atomic_write_text
@@ -645,6 +646,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600.0,
         help="--headed: seconds to wait for you to solve a captcha",
     )
+    add_common_flags(p)
     return p.parse_args(argv)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import db
+from .cli import add_common_flags
 from .console import StepFailed, UsageError, console, progress, setup_logging, table
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .urls import host_of
@@ -515,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("3_VK_Domain_Analyzer.log"),
         help="details and tracebacks (default: 3_VK_Domain_Analyzer.log)",
     )
+    add_common_flags(parser)
     return parser
 
 

@@ -232,7 +232,9 @@ def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
         if count is None:
             continue
         args = node.args[:count]
-        if len(args) == count and all(isinstance(a, (ast.Name, ast.Attribute)) for a in args):
+        if len(args) == count and all(
+            isinstance(a, (ast.Name, ast.Attribute, ast.Subscript)) for a in args
+        ):
             continue  # _(label): a msgid marked with N_() where it was written
         if len(args) < count or not all(
             isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args

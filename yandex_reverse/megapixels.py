@@ -168,7 +168,7 @@ class Strategy:
         )
 
     def describe(self) -> str:
-        label = dict(STRATEGIES)[self.name]
+        label = _(dict(STRATEGIES)[self.name])
         return (
             f"{self.name}:{self.argument} ({label})" if self.argument else f"{self.name} ({label})"
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import db
+from .cli import add_common_flags
 from .console import StepFailed, console, esc, log, print_summary, progress, setup_logging, table
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
@@ -557,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=BATCH_FILES,
         help=f"files per transaction (default: {BATCH_FILES}); an interrupt loses at most one batch",
     )
+    add_common_flags(parser)
     return parser
 
 

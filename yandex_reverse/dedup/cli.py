@@ -21,6 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from ..cli import Yes, add_common_flags
 from ..console import (
     StepFailed,
     UsageError,
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would happen; change nothing"
     )
-    parser.add_argument("--yes", "-y", action="store_true", help="do it without asking")
+    parser.add_argument("--yes", "-y", action=Yes, help="do it without asking")
     parser.add_argument(
         "--interactive", action="store_true", help="ask before each file (terminal)"
     )
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("6_duplicate_finder.log"),
         help="details and tracebacks (default: 6_duplicate_finder.log)",
     )
+    add_common_flags(parser)
     return parser
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import db as dbmod
+from ..cli import Yes, add_common_flags, hint_for
 from ..console import (
     StepFailed,
     UsageError,
     ask_choice,
     console,
     human_bytes,
-    is_interactive,
     setup_logging,
     table,
 )
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-side", type=int, default=0, help="skip images whose shorter side is below N px"
     )
     parser.add_argument("--min-bytes", type=int, default=0, help="skip files smaller than N bytes")
+    parser.add_argument(
+        "-y", "--yes", action=Yes, help="answer every question with its default (source, what)"
+    )
+    add_common_flags(parser)
     return parser
 
 
@@ -87,7 +91,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             "Choose image source",
             [("1", "yandex_images.db -> yandex_images/"), ("2", "vk_images.db -> vk_images/")],
             flag="--db",
-            default="1" if not is_interactive() else None,
+            default="1",
         )
         args.db = Path(SOURCES[choice])
         if args.what is None:
@@ -102,7 +106,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             )
     db_path = Path(args.db).expanduser()
     if not db_path.is_file():
-        raise StepFailed(f"database not found: {db_path} (run 2_XHRtoDB.py first)")
+        raise StepFailed(f"database not found: {db_path}{hint_for(db_path)}")
     for name in ("concurrency", "per_host", "max_bytes"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")

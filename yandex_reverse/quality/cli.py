@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import console
+from ..cli import Yes, add_common_flags
 from ..console import UsageError, one_line
 from ..imageinfo import iter_images
 from .decode import Task
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="score and write the reports, move nothing"
     )
-    parser.add_argument("--yes", action="store_true", help="start without asking")
+    parser.add_argument("-y", "--yes", action=Yes, help="start without asking")
     parser.add_argument(
         "--errors-folder",
         action="store_true",
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("7_3_separate_images_by_quality.log"),
         help="details and tracebacks (default: 7_3_separate_images_by_quality.log)",
     )
+    add_common_flags(parser)
     return parser
 
 
