@@ -23,6 +23,11 @@ from yandex_reverse.xhr_import import import_folder
 
 ENTITIES = 200_000
 PER_PAGE = 30
+# Issue #15: first import >= 2x the naive importer and >= 60,000 entities/s;
+# re-runs (the ledger skips every file) >= 40x.
+FIRST_IMPORT_AIM = 2.0
+ABSOLUTE_AIM = 60_000.0
+RERUN_AIM = 40.0
 
 
 def build(xhr: Path) -> int:
@@ -144,12 +149,32 @@ def main() -> int:
         f"re-run, naive: {naive_rerun_s:6.2f} s ({naive_variants:,} variant rows: all duplicated)"
     )
     report(
-        "import (step 2)", "first import", "entities/s", ours_rate, "naive row-by-row", naive_rate
+        "import (step 2)",
+        "first import",
+        "entities/s",
+        ours_rate,
+        "naive row-by-row",
+        naive_rate,
+        aim=FIRST_IMPORT_AIM,
     )
     report(
-        "import (step 2)", "re-run", "entities/s", total / rerun_s, "naive row-by-row",
+        "import (step 2)",
+        "first import, absolute",
+        "entities/s",
+        ours_rate,
+        "the issue's 60,000/s",
+        ABSOLUTE_AIM,
+        aim=1.0,
+    )
+    report(
+        "import (step 2)",
+        "re-run",
+        "entities/s",
+        total / rerun_s,
+        "naive row-by-row",
         total / naive_rerun_s,
-    )  # fmt: skip
+        aim=RERUN_AIM,
+    )
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr
-from yandex_reverse import db
+from yandex_reverse import db, serp
 from yandex_reverse.domains import Classifier
 
 SCRIPT = "3_VK_Domain_Analyzer.py"
@@ -206,3 +206,60 @@ def test_classifier_suffix_rules() -> None:
         assert c.classify_url(garbage).kind == "garbage", garbage
     assert c.classify_url(None).kind == "empty"
     assert c.classify_url("  ").kind == "empty"
+
+
+def test_other_domains_of_every_view_reach_the_terminal(workdir: Path) -> None:
+    """All results on VK, their source pages elsewhere: the terminal lists those pages."""
+    pages = ["https://blog.example.org/a", "https://news.example.net/b", "https://forum.test.ru/c"]
+    results = [
+        entity(f"v{i}", pos=i, dups=[], snippet_url=page, domain="x")
+        for i, page in enumerate(pages)
+    ]
+    write_xhr(workdir / "XHR", "cat.jpg", 1, results)
+    run_script("2_XHRtoDB.py", cwd=workdir, check=True)
+
+    done = run_script(SCRIPT, "--no-export", cwd=workdir, check=True)
+
+    report = json.loads((workdir / "domains_report.json").read_text(encoding="utf-8"))
+    assert report["views"]["results"]["other_domains_unique"] == 0
+    listed = report["views"]["source pages"]["other_domains_top"]
+    assert listed == {"example.org": 1, "example.net": 1, "test.ru": 1}
+    assert "Other domains — source pages" in done.stdout
+    for domain in listed:
+        assert domain in done.stdout
+    assert "Other unique domains (source pages): 3" in done.stdout
+
+
+def test_sites_tab_is_counted_in_a_view_of_its_own(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    write_xhr(xhr, "cat.jpg", 0, [_e("p1", "https://i.pinimg.com/736x/a.jpg")])
+    write_xhr(xhr, "dog.jpg", 0, [_e("p2", "https://i.pinimg.com/736x/b.jpg")])
+    sites = {
+        "cat.jpg": [
+            serp.site("https://vk.com/wall-1_1", "VK post", domain="vk.com"),
+            serp.site("https://m.vk.com/photo1_2", "VK photo", domain="m.vk.com"),
+            serp.site("https://www.example.co.uk/cats", "Cats", domain="example.co.uk"),
+        ],
+        "dog.jpg": [serp.site("https://ok.ru/group/1", "OK", domain="ok.ru")],
+    }
+    for query, items in sites.items():
+        state = serp.data_state("/images/search?cbir_page=sites", None, sites=items)
+        (xhr / serp.saved_name(query, 0, serp.KIND_SITES)).write_text(
+            json.dumps(state), encoding="utf-8"
+        )
+    run_script("2_XHRtoDB.py", cwd=workdir, check=True)
+
+    done = run_script(SCRIPT, "--no-export", cwd=workdir, check=True)
+
+    report = json.loads((workdir / "domains_report.json").read_text(encoding="utf-8"))
+    view = report["views"]["sites tab"]
+    assert view["urls"] == 4
+    assert view["services"] == {"VK": 2, "OK.ru": 1}
+    assert view["other_domains_top"] == {"example.co.uk": 1}
+    assert report["sites_tab"] == {"pages": 4, "query_images": 2, "query_images_on_vk_pages": 1}
+    assert report["results"] == 2  # the sites are not results
+    assert "Top services — sites tab (4 URLs)" in done.stdout
+    assert "query images on VK pages (sites tab)" in done.stdout
+    with (workdir / "domains_report.csv").open(encoding="utf-8") as handle:
+        got = {(r["view"], r["kind"], r["name"]): int(r["count"]) for r in csv.DictReader(handle)}
+    assert got[("sites tab", "service", "VK")] == 2

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
-from yandex_reverse import db
+from yandex_reverse import db, serp
 
 
-def import_xhr(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def import_xhr(workdir: Path, *extra: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     return run_script("2_XHRtoDB.py", *extra, cwd=workdir)
 
 
@@ -296,6 +296,9 @@ def test_killed_import_is_completed_by_a_rerun(workdir: Path, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert counts(database) == expected
     assert rows(database, "SELECT count(*) FROM xhr_files") == [(400,)]
+    names = {r[0] for r in rows(database, "SELECT name FROM sqlite_master")}
+    assert set(db.DEFERRED_INDEXES) <= names  # the interrupted bulk load was finished
+    assert db.PENDING_VARIANTS not in names
 
 
 def test_hidden_files_such_as_the_crawl_progress_are_not_imported(workdir: Path) -> None:
@@ -309,3 +312,266 @@ def test_hidden_files_such_as_the_crawl_progress_are_not_imported(workdir: Path)
     assert rows(workdir / "yandex_images.db", "SELECT path FROM xhr_files") == [
         ("cat.jpg_xhr_001.json",)
     ]
+
+
+# ------------------------------------------------ hostile input (issue 13, point 1)
+
+
+def _with_raw_value(eid: str, field: str, raw: str) -> str:
+    """A page of one good and one hostile result: ``field`` of ``eid`` set to ``raw`` JSON."""
+    marker = "__RAW__"
+    payload = xhr_payload([entity(f"{eid}ok"), entity(eid, **{field: marker})])
+    return json.dumps(payload).replace(f'"{marker}"', raw)
+
+
+def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Every attack of the issue; returns {file: file reason} and {file: result reason}."""
+    xhr.mkdir(parents=True, exist_ok=True)
+    results = {
+        "u64.jpg_xhr_001.json": ("pos", str(2**64 + 5), "beyond 64 bits"),
+        "i64.jpg_xhr_001.json": ("origWidth", str(2**63), "integer beyond 64 bits"),
+        "digits.jpg_xhr_001.json": ("origHeight", "7" * 5000, "beyond 64 bits"),
+        "surrogate.jpg_xhr_001.json": ("alt", '"cat \\ud800 dog"', "lone surrogate"),
+    }
+    for name, (field, raw, _) in results.items():
+        (xhr / name).write_text(_with_raw_value(name[:3], field, raw), encoding="utf-8")
+    depth = 200_000
+    (xhr / "deep.jpg_xhr_001.json").write_text(
+        '{"blocks": [' + "[" * depth + "]" * depth + "]}", encoding="utf-8"
+    )
+    bad_name = os.fsencode(xhr) + b"/bad\xff.jpg_xhr_001.json"
+    with open(bad_name, "w", encoding="utf-8") as handle:
+        json.dump(xhr_payload([entity("badname")]), handle)
+    os.mkfifo(xhr / "fifo.jpg_xhr_001.json")
+    (xhr / "zero.jpg_xhr_001.json").symlink_to("/dev/zero")
+    with open(xhr / "huge.jpg_xhr_001.json", "wb") as handle:  # sparse: no disk used
+        handle.truncate(65 * 2**20)
+    files = {
+        "deep.jpg_xhr_001.json": "nested too deeply",
+        "bad\\xff.jpg_xhr_001.json": "file name is not valid UTF-8",
+        "fifo.jpg_xhr_001.json": "not a regular file (a FIFO)",
+        "zero.jpg_xhr_001.json": "not a regular file (a character device)",
+        "huge.jpg_xhr_001.json": "larger than 64 MiB",
+    }
+    return files, {name: reason for name, (_, _, reason) in results.items()}
+
+
+def test_hostile_files_and_values_are_reasons_and_the_rest_is_imported(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    write_xhr(xhr, "good.jpg", 1, [entity("g1"), entity("g2")])
+    bad_files, bad_results = write_attacks(xhr)
+
+    done = run_script("2_XHRtoDB.py", cwd=workdir, timeout=120)
+
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "Traceback" not in out and "Critical error" not in out
+    database = workdir / "yandex_images.db"
+    imported = {r[0] for r in rows(database, "SELECT id FROM images")}
+    # The good file, and the good result next to each hostile one.
+    assert imported == {"g1", "g2"} | {f"{name[:3]}ok" for name in bad_results}
+    ledger = {r[0]: r[1:] for r in rows(database, "SELECT path, status, error FROM xhr_files")}
+    for name, reason in bad_files.items():
+        assert ledger[name][0] == "failed", (name, ledger.get(name))
+        assert reason in ledger[name][1], (name, ledger[name])
+    for name, reason in bad_results.items():
+        assert ledger[name][0] == "imported"
+        assert "1 skipped" in ledger[name][1] and reason in ledger[name][1], ledger[name]
+    assert count_of(done.stdout, "files failed") == len(bad_files)
+    assert count_of(done.stdout, "results skipped (malformed)") == len(bad_results)
+    assert count_of(done.stdout, "files imported") == 1 + len(bad_results)
+    dump_before = dump(database)
+
+    again = run_script("2_XHRtoDB.py", cwd=workdir, timeout=120)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Traceback" not in again.stdout + again.stderr
+    assert dump(database) == dump_before  # a re-run changes nothing
+    every = 1 + len(bad_files) + len(bad_results)
+    assert count_of(again.stdout, "files skipped (unchanged)") == every
+    assert count_of(again.stdout, "of them failed before") == len(bad_files)
+
+
+def test_a_batch_sqlite_refuses_is_written_file_by_file(workdir: Path) -> None:
+    database = workdir / "yandex_images.db"
+    db.connect(database).close()
+    conn = sqlite3.connect(database)  # whatever SQLite refuses, here a trigger
+    conn.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON images WHEN NEW.id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+    )
+    conn.close()
+    xhr = workdir / "XHR"
+    write_xhr(xhr, "a.jpg", 1, [entity("a1"), entity("a2")])
+    write_xhr(xhr, "b.jpg", 1, [entity("b1"), entity("poison")])
+    write_xhr(xhr, "c.jpg", 1, [entity("c1")])
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert sorted(rows(database, "SELECT id FROM images")) == [("a1",), ("a2",), ("c1",)]
+    ledger = dict(rows(database, "SELECT path, error FROM xhr_files WHERE status = 'failed'"))
+    assert list(ledger) == ["b.jpg_xhr_001.json"]
+    assert "cannot be stored" in ledger["b.jpg_xhr_001.json"]
+    assert "poisoned row" in ledger["b.jpg_xhr_001.json"]
+    assert count_of(done.stdout, "files failed") == 1
+    assert counts(database) == (3, 9, 3)
+    before = dump(database)
+    assert import_xhr(workdir).returncode == 0
+    assert dump(database) == before
+
+
+def test_first_import_in_bulk_gives_the_rows_of_upserts(workdir: Path, tmp_path: Path) -> None:
+    """An image met again in a later batch: its variants merge as upserts would merge them."""
+    xhr = workdir / "XHR"
+    for page in range(1, 6):
+        shared = entity(
+            "shared",
+            pos=page,
+            dups=[(f"https://d{page}.example/s.jpg", 100 * page, 80 * page)],
+            **({"origWidth": None} if page % 2 else {}),
+        )
+        write_xhr(xhr, f"q{page}.jpg", page, [entity(f"own{page}", pos=page), shared])
+    bulk = workdir / "yandex_images.db"
+    assert import_xhr(workdir, "--batch-files", "1").returncode == 0
+
+    upserted = tmp_path / "upserts.db"
+    other = tmp_path / "other"
+    write_xhr(other, "first.jpg", 1, [entity("someone")])
+    for args in (("--xhr-dir", other), ("--xhr-dir", xhr)):  # not empty: no bulk load
+        assert import_xhr(workdir, "--db", upserted, "--batch-files", "1", *args).returncode == 0
+
+    def content(path: Path) -> list[tuple]:
+        return rows(
+            path,
+            "SELECT image_id, variant_type, url, width, height, file_size_bytes "
+            "FROM image_variants WHERE image_id != 'someone' ORDER BY 1, 2, 3",
+        )
+
+    assert content(bulk) == content(upserted)
+    assert len([r for r in content(bulk) if r[0] == "shared"]) == 7  # preview, 5 dups, thumb
+    assert rows(bulk, "SELECT origWidth FROM images WHERE id = 'shared'") == [(1280,)]
+    names = {r[0] for r in rows(bulk, "SELECT name FROM sqlite_master")}
+    assert set(db.DEFERRED_INDEXES) <= names and db.PENDING_VARIANTS not in names
+
+
+# ------------------------------------------------ the sites tab and search by URL (issue 12.5)
+
+
+def write_sites(xhr: Path, query: str, sites: list[dict], *, legacy: bool = False) -> Path:
+    xhr.mkdir(parents=True, exist_ok=True)
+    state = (
+        serp.legacy_sites_state(sites)
+        if legacy
+        else serp.data_state("/images/search?cbir_page=sites&rpt=imageview", None, sites=sites)
+    )
+    path = xhr / serp.saved_name(query, 0, serp.KIND_SITES)
+    path.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+CAT_SITES = [
+    serp.site(
+        "https://vk.com/wall-1_2",
+        "Рыжий <b>кот</b>",
+        domain="vk.com",
+        description="Фото &laquo;кот&raquo;",
+        thumb="//avatars.mds.yandex.net/i?id=s1",
+        width="1280",
+        height=960,
+    ),
+    serp.site("https://blog.example.org/cats", "Cats", domain="blog.example.org"),
+    {"title": "no url at all", "domain": "x.example"},  # skipped, with its reason
+    serp.site("https://vk.com/wall-1_2", "the same page again", domain="vk.com"),
+]
+
+
+DOG_SITES = "dog.jpg_sites_000.json"
+
+
+def test_sites_tab_is_imported_into_its_own_table(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    write_xhr(xhr, "cat.jpg", 0, [entity("c1")])
+    sites_file = write_sites(xhr, "cat.jpg", CAT_SITES)
+    write_sites(
+        xhr, "dog.jpg", [{"url": "//ok.ru/dog", "title": "Dog", "thumb": {"url": "x"}}], legacy=True
+    )
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = workdir / "yandex_images.db"
+    got = rows(
+        database,
+        "SELECT query, url, page, position, title, title_raw, domain, description, thumb_url, "
+        "orig_width, orig_height, xhr_file FROM query_sites ORDER BY query, position",
+    )
+    assert got == [
+        (
+            "cat.jpg",
+            "https://vk.com/wall-1_2",
+            0,
+            0,
+            "Рыжий кот",
+            "Рыжий <b>кот</b>",
+            "vk.com",
+            "Фото «кот»",
+            "https://avatars.mds.yandex.net/i?id=s1",
+            1280,
+            960,
+            "cat.jpg_sites_000.json",
+        ),
+        (
+            "cat.jpg",
+            "https://blog.example.org/cats",
+            0,
+            1,
+            "Cats",
+            "Cats",
+            "blog.example.org",
+            None,
+            None,
+            0,
+            0,
+            "cat.jpg_sites_000.json",
+        ),
+        ("dog.jpg", "https://ok.ru/dog", 0, 0, "Dog", "Dog", "ok.ru", *[None] * 4, DOG_SITES),
+    ]
+    assert counts(database) == (1, 3, 1)  # the sites are not results
+    assert count_of(done.stdout, "sites tab pages imported") == 2
+    assert count_of(done.stdout, "sites new") == 3
+    assert count_of(done.stdout, "empty result pages") == 0
+    error = rows(database, "SELECT error FROM xhr_files WHERE path = 'cat.jpg_sites_000.json'")
+    assert "1 skipped: site without a usable URL" in error[0][0]
+    before = dump(database)
+    assert import_xhr(workdir).returncode == 0
+    assert dump(database) == before
+
+    write_sites(xhr, "cat.jpg", [*CAT_SITES, serp.site("https://new.example/p", "New", domain="")])
+    os.utime(sites_file, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    assert import_xhr(workdir).returncode == 0
+    assert rows(database, "SELECT count(*), count(DISTINCT url) FROM query_sites") == [(4, 4)]
+    assert rows(database, "SELECT domain FROM query_sites WHERE url LIKE '%new.example%'") == [
+        ("new.example",)  # no domain sent: the URL's host
+    ]
+
+
+def test_search_by_url_keeps_the_url_of_each_query(workdir: Path) -> None:
+    xhr = workdir / "XHR"
+    url = "https://example.org/photos/cat.jpg"
+    name = serp.url_query_name(url)
+    write_xhr(xhr, name, 0, [entity("u1")])
+    write_sites(xhr, name, [serp.site("https://vk.com/wall-9_9", "VK", domain="vk.com")])
+    (xhr / serp.URL_QUERIES_FILE).write_text(
+        json.dumps({"version": 1, "queries": {name: url}}), encoding="utf-8"
+    )
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = workdir / "yandex_images.db"
+    assert rows(database, "SELECT query, image_url FROM query_sources") == [(name, url)]
+    assert rows(database, "SELECT query, image_id FROM query_results") == [(name, "u1")]
+    assert rows(database, "SELECT query FROM query_sites") == [(name,)]
+    assert count_of(done.stdout, "searches by URL") == 1

@@ -9,7 +9,9 @@ and keeps working. The schema version lives in ``PRAGMA user_version``:
 * 1 -- the original tables exist (created here with the original DDL);
 * 2 -- this project's additions: idempotent variants (one row per
   ``(image_id, variant_type, url)``), the query links, the XHR ledger, the
-  download ledger and a few extra columns on ``images``.
+  download ledger and a few extra columns on ``images``;
+* 3 -- the "Сайты" tab (``query_sites``: the pages where the query picture
+  itself appears) and the image URL of each search by URL (``query_sources``).
 
 A DB that needs migrating is backed up first (SQLite backup API) next to
 itself, named as the original cleanup script named its backups.
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The original scripts' columns, in their order: copies go by name, never by position.
 IMAGE_COLUMNS: tuple[str, ...] = (
@@ -160,6 +162,164 @@ CREATE INDEX IF NOT EXISTS downloads_image ON downloads(image_id);
 CREATE INDEX IF NOT EXISTS downloads_sha256 ON downloads(sha256);
 """
 
+_V3_DDL = """
+-- The "Сайты" tab of each query photo: one row per page where the picture
+-- itself appears, first sighting (page, position) kept.
+CREATE TABLE IF NOT EXISTS query_sites (
+    query TEXT NOT NULL,
+    url TEXT NOT NULL,
+    page INTEGER NOT NULL DEFAULT 0,
+    position INTEGER NOT NULL DEFAULT 0,
+    title TEXT,
+    title_raw TEXT,
+    domain TEXT,
+    description TEXT,
+    thumb_url TEXT,
+    orig_width INTEGER,
+    orig_height INTEGER,
+    xhr_file TEXT,
+    PRIMARY KEY (query, url)
+) WITHOUT ROWID;
+
+-- A search by image URL (step 1 --urls): the query name step 1 gave it and the URL.
+CREATE TABLE IF NOT EXISTS query_sources (
+    query TEXT PRIMARY KEY,
+    image_url TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+SITE_COLUMNS: tuple[str, ...] = (
+    "query",
+    "url",
+    "page",
+    "position",
+    "title",
+    "title_raw",
+    "domain",
+    "description",
+    "thumb_url",
+    "orig_width",
+    "orig_height",
+    "xhr_file",
+)
+
+# ------------------------------------------------------------ step 2 statements
+
+_IMPORT_IMAGE_COLUMNS = IMAGE_COLUMNS + IMAGE_EXTRA_COLUMNS
+_IMPORT_VARIANT_COLUMNS = VARIANT_COLUMNS[1:]  # id is assigned by SQLite
+_VARIANT_KEY = ("image_id", "variant_type", "url")
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+# Images and variants: a value sent again fills in, never blanks, what is known.
+INSERT_IMAGE = _insert("images", _IMPORT_IMAGE_COLUMNS)
+UPSERT_IMAGE = (
+    INSERT_IMAGE
+    + " ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = coalesce(excluded.{c}, images.{c})" for c in _IMPORT_IMAGE_COLUMNS[1:])
+)
+INSERT_VARIANT = _insert("image_variants", _IMPORT_VARIANT_COLUMNS)
+_VARIANT_UPDATE = " ON CONFLICT(image_id, variant_type, url) DO UPDATE SET " + ", ".join(
+    f"{c} = coalesce(excluded.{c}, image_variants.{c})"
+    for c in _IMPORT_VARIANT_COLUMNS
+    if c not in _VARIANT_KEY
+)
+UPSERT_VARIANT = INSERT_VARIANT + _VARIANT_UPDATE
+# Query links and sites: the first sighting (lowest page, then position) wins.
+_FIRST_SIGHTING = (
+    "WHERE excluded.page < {t}.page "
+    "OR (excluded.page = {t}.page AND excluded.position < {t}.position)"
+)
+UPSERT_LINK = (
+    "INSERT INTO query_results (query, image_id, page, position, xhr_file) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(query, image_id) DO UPDATE SET "
+    "page = excluded.page, position = excluded.position, xhr_file = excluded.xhr_file "
+    + _FIRST_SIGHTING.format(t="query_results")
+)
+UPSERT_SITE = (
+    _insert("query_sites", SITE_COLUMNS)
+    + " ON CONFLICT(query, url) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SITE_COLUMNS[2:])
+    + " "
+    + _FIRST_SIGHTING.format(t="query_sites")
+)
+UPSERT_QUERY_SOURCE = (
+    "INSERT INTO query_sources (query, image_url) VALUES (?, ?) "
+    "ON CONFLICT(query) DO UPDATE SET image_url = excluded.image_url"
+)
+UPSERT_LEDGER = (
+    "INSERT INTO xhr_files (path, size, mtime_ns, sha256, entities, status, error, imported_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+    "size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
+    "entities = excluded.entities, status = excluded.status, error = excluded.error, "
+    "imported_at = excluded.imported_at"
+)
+
+# ------------------------------------------------------------ bulk load
+#
+# The first import into an empty DB writes its rows without the two indexes
+# below (built once at the end, far cheaper than row by row). Variants of an
+# image seen in an earlier batch wait in ``import_pending_variants`` (written in
+# the same transaction as the ledger) and are merged once the unique index is
+# back. An interrupted bulk load is finished by the next run of step 2.
+
+DEFERRED_INDEXES: dict[str, str] = {
+    "image_variants_unique": (
+        "CREATE UNIQUE INDEX IF NOT EXISTS image_variants_unique "
+        "ON image_variants(image_id, variant_type, url)"
+    ),
+    "query_results_image": (
+        "CREATE INDEX IF NOT EXISTS query_results_image ON query_results(image_id)"
+    ),
+}
+PENDING_VARIANTS = "import_pending_variants"
+INSERT_PENDING_VARIANT = _insert(PENDING_VARIANTS, _IMPORT_VARIANT_COLUMNS)
+
+
+def is_empty_for_import(conn: sqlite3.Connection) -> bool:
+    """No result and no ledger row yet: the first import may bulk-load."""
+    return not conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM images) OR EXISTS (SELECT 1 FROM xhr_files)"
+    ).fetchone()[0]
+
+
+def start_bulk_load(conn: sqlite3.Connection) -> None:
+    """Drop the deferred indexes and create the pending-variants table (one transaction)."""
+    with transaction(conn):
+        for name in DEFERRED_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        cols = ", ".join(_IMPORT_VARIANT_COLUMNS)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {PENDING_VARIANTS} ({cols})")
+
+
+def bulk_load_unfinished(conn: sqlite3.Connection) -> bool:
+    present = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)",
+            (*DEFERRED_INDEXES, PENDING_VARIANTS),
+        )
+    }
+    return PENDING_VARIANTS in present or not set(DEFERRED_INDEXES) <= present
+
+
+def finish_bulk_load(conn: sqlite3.Connection) -> None:
+    """Build the deferred indexes, merge the pending variants in order, drop their table."""
+    with transaction(conn):
+        for ddl in DEFERRED_INDEXES.values():
+            conn.execute(ddl)
+        if table_exists(conn, PENDING_VARIANTS):
+            cols = ", ".join(_IMPORT_VARIANT_COLUMNS)
+            # "WHERE true" lets SQLite parse the upsert after a SELECT.
+            conn.execute(
+                f"INSERT INTO image_variants ({cols}) SELECT {cols} FROM {PENDING_VARIANTS} "
+                f"WHERE true ORDER BY rowid" + _VARIANT_UPDATE
+            )
+            conn.execute(f"DROP TABLE {PENDING_VARIANTS}")
+
 
 class SchemaError(RuntimeError):
     """The file is not a DB of this pipeline, or is newer than this code."""
@@ -293,9 +453,14 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     _run_script(conn, _V2_DDL)
 
 
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _V3_DDL)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
 }
 
 

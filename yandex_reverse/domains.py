@@ -1,8 +1,9 @@
 """Step 3: which sites the results live on, how much of it is VK, and the VK subset.
 
-Three views are counted separately: the results' originals (``origUrl``),
-every variant URL (``image_variants.url``) and the source pages
-(``snippet_url``). A host is classified once and cached: a million result rows
+Four views are counted separately: the results' originals (``origUrl``),
+every variant URL (``image_variants.url``), the source pages
+(``snippet_url``) and the "Сайты" tab (``query_sites.url``: the pages where
+the query picture itself appears, when step 1 saved that tab). A host is classified once and cached: a million result rows
 hold only a few thousand distinct hosts, so the per-row work is one
 ``str.split`` and a dictionary lookup. Services come from ``services.json`` by
 registrable-domain suffix; the registrable domain of everything else comes
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from rich.table import Table
 
 from . import db
 from .cli import add_common_flags
@@ -200,11 +203,18 @@ class Analysis:
     results: View
     variants: View
     pages: View
+    sites: View = field(default_factory=lambda: View("sites tab"))
     vk_results: int = 0
     vk_group_results: int = 0
     queries: int = 0
     queries_with_vk: int = 0
     queries_with_vk_group: int = 0
+    site_queries: int = 0  # query photos with a sites tab
+    site_queries_on_vk: int = 0  # ... of which the picture appears on a VK page
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        return (self.results, self.variants, self.pages, self.sites)
 
 
 def analyse(conn: sqlite3.Connection, classifier: Classifier, *, batch: int = 50_000) -> Analysis:
@@ -255,6 +265,7 @@ def analyse(conn: sqlite3.Connection, classifier: Classifier, *, batch: int = 50
         View.from_hosts("variants", variants),
         View.from_hosts("source pages", pages),
     )
+    _analyse_sites(conn, classifier, out, batch)
     out.vk_results = _count(conn, "SELECT count(*) FROM temp.vk_ids")
     out.vk_group_results = _count(conn, "SELECT count(*) FROM temp.vk_group_ids")
     out.queries = _count(conn, "SELECT count(DISTINCT query) FROM query_results")
@@ -265,6 +276,31 @@ def analyse(conn: sqlite3.Connection, classifier: Classifier, *, batch: int = 50
     out.queries_with_vk = _count(conn, share.format("vk_ids"))
     out.queries_with_vk_group = _count(conn, share.format("vk_group_ids"))
     return out
+
+
+def _analyse_sites(
+    conn: sqlite3.Connection, classifier: Classifier, out: Analysis, batch: int
+) -> None:
+    """The sites tab: its pages' domains, and how many query photos appear on VK."""
+    if not db.table_exists(conn, "query_sites"):  # a DB opened without migrating
+        return
+    classify, vk = classifier.classify_url, classifier.vk
+    hosts: Counter[Host] = Counter()
+    queries: set[str] = set()
+    on_vk: set[str] = set()
+    total = conn.execute("SELECT count(*) FROM query_sites").fetchone()[0]
+    cursor = conn.execute("SELECT query, url FROM query_sites")
+    with progress("Sites tab", total) as advance:
+        while rows := cursor.fetchmany(batch):
+            for query, url in rows:
+                host = classify(url)
+                hosts[host] += 1
+                queries.add(query)
+                if host.service == vk:
+                    on_vk.add(query)
+            advance(len(rows))
+    out.sites = View.from_hosts("sites tab", hosts)
+    out.site_queries, out.site_queries_on_vk = len(queries), len(on_vk)
 
 
 # ---------------------------------------------------------------- VK export
@@ -355,7 +391,12 @@ def report_data(a: Analysis, db_path: Path, top: int, exported: Export | None) -
             "query_images_found_on_vk_percent": _pct(a.queries_with_vk, a.queries),
             "query_images_found_on_vk_group": a.queries_with_vk_group,
         },
-        "views": {v.name: v.as_dict(top) for v in (a.results, a.variants, a.pages)},
+        "views": {v.name: v.as_dict(top) for v in a.views},
+        "sites_tab": {
+            "pages": a.sites.urls,
+            "query_images": a.site_queries,
+            "query_images_on_vk_pages": a.site_queries_on_vk,
+        },
         "export": None
         if exported is None
         else {
@@ -372,7 +413,7 @@ def report_csv(a: Analysis, top: int) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["view", "kind", "name", "count", "percent"])
-    for view in (a.results, a.variants, a.pages):
+    for view in a.views:
         for name, count in view.services.most_common():
             writer.writerow([view.name, "service", name, count, _pct(count, view.urls)])
         for name, count in view.other.most_common(top):
@@ -414,8 +455,16 @@ def chart_png(view: View, limit: int = 20) -> bytes:
     return buffer.getvalue()
 
 
+def _wide(out: Table) -> Table:
+    """A table at least as wide as its title, so a title is never wrapped."""
+    out.min_width = len(str(out.title or "")) + 2
+    return out
+
+
 def print_report(a: Analysis, top: int) -> None:
-    for view in (a.results, a.variants, a.pages):
+    for view in a.views:
+        if view is a.sites and not view.urls:
+            continue  # step 1 saved no sites tab
         rows: list[tuple[str, int, str]] = [
             (name, count, f"{_pct(count, view.urls):.2f}%")
             for name, count in view.services.most_common()
@@ -423,45 +472,49 @@ def print_report(a: Analysis, top: int) -> None:
         rows.append(("other domains", sum(view.other.values()), ""))
         rows.append((GARBAGE, view.garbage, ""))
         rows.append((EMPTY, view.empty, ""))
-        console.print(
-            table(
-                f"Top services — {view.name} ({view.urls:,} URLs)", ("service", "count", "%"), rows
+        title = f"Top services — {view.name} ({view.urls:,} URLs)"
+        console.print(_wide(table(title, ("service", "count", "%"), rows)))
+        # Every view's other domains, as the JSON report has them: the results'
+        # table alone can be empty while the source pages hold hundreds.
+        if view.other:
+            shown = view.other.most_common(top)
+            title = f"Other domains — {view.name} — top {top}"
+            console.print(_wide(table(title, ("domain", "count"), shown)))
+            more = len(view.other) - len(shown)
+            if more > 0:
+                console.print(f"…and {more:,} more domains")
+        console.print(f"Other unique domains ({view.name}): {len(view.other):,}")
+    share = [
+        ("results on VK", a.vk_results, a.results.urls, _pct(a.vk_results, a.results.urls)),
+        (
+            "results on VK or OK.ru",
+            a.vk_group_results,
+            a.results.urls,
+            _pct(a.vk_group_results, a.results.urls),
+        ),
+        (
+            "query images found on VK",
+            a.queries_with_vk,
+            a.queries,
+            _pct(a.queries_with_vk, a.queries),
+        ),
+        (
+            "query images found on VK or OK.ru",
+            a.queries_with_vk_group,
+            a.queries,
+            _pct(a.queries_with_vk_group, a.queries),
+        ),
+    ]
+    if a.site_queries:
+        share.append(
+            (
+                "query images on VK pages (sites tab)",
+                a.site_queries_on_vk,
+                a.site_queries,
+                _pct(a.site_queries_on_vk, a.site_queries),
             )
         )
-    shown = a.results.other.most_common(top)
-    more = len(a.results.other) - len(shown)
-    title = f"Other domains of the results — top {top}"
-    console.print(table(title, ("domain", "count"), shown))
-    if more > 0:
-        console.print(f"…and {more:,} more domains")
-    console.print(f"Other unique domains: {len(a.results.other):,}")
-    console.print(
-        table(
-            "VK share",
-            ("", "count", "of", "%"),
-            [
-                ("results on VK", a.vk_results, a.results.urls, _pct(a.vk_results, a.results.urls)),
-                (
-                    "results on VK or OK.ru",
-                    a.vk_group_results,
-                    a.results.urls,
-                    _pct(a.vk_group_results, a.results.urls),
-                ),
-                (
-                    "query images found on VK",
-                    a.queries_with_vk,
-                    a.queries,
-                    _pct(a.queries_with_vk, a.queries),
-                ),
-                (
-                    "query images found on VK or OK.ru",
-                    a.queries_with_vk_group,
-                    a.queries,
-                    _pct(a.queries_with_vk_group, a.queries),
-                ),
-            ],
-        )
-    )
+    console.print(table("VK share", ("", "count", "of", "%"), share))
 
 
 def write_reports(a: Analysis, data: dict[str, Any], report_dir: Path, top: int) -> list[Path]:

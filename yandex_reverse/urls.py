@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 # The common case, checked without urlsplit (step 2 normalises millions of URLs):
 # scheme, then a plain host[:port] with no user info, then a path/query/fragment or end.
-_SIMPLE = re.compile(r"(?i)https?://[a-z0-9.-]+(?::\d{1,5})?(?:[/?#][^\s]*)?")
+SIMPLE_URL = re.compile(r"(?i)https?://[a-z0-9.-]+(?::\d{1,5})?(?:[/?#][^\s]*)?")
 
 
 def normalize_url(value: object) -> str | None:
@@ -21,6 +21,8 @@ def normalize_url(value: object) -> str | None:
     ``//host/p`` becomes ``https://host/p``; anything without a host, any other
     scheme (``javascript:``, ``data:``, ``ftp:``) and non-strings are refused.
     """
+    if type(value) is str and SIMPLE_URL.fullmatch(value):
+        return value  # the common case: already clean
     if not isinstance(value, str):
         return None
     url = value.strip()
@@ -28,7 +30,7 @@ def normalize_url(value: object) -> str | None:
         return None
     if url.startswith("//"):
         url = "https:" + url
-    if _SIMPLE.fullmatch(url):
+    if SIMPLE_URL.fullmatch(url):
         return url
     try:
         parts = urlsplit(url)

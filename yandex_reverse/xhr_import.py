@@ -2,14 +2,29 @@
 
 Every file is read once: a ledger (``xhr_files``) remembers its size, mtime
 and sha256, so a re-run skips unchanged files without parsing them and
-re-imports a changed one without duplicates (every write is an upsert).
-Files are written in batches, one transaction per batch, so an interrupted
-import loses at most the batch in flight and a re-run completes it.
+re-imports a changed one without duplicates. Files are written in batches,
+one transaction per batch, so an interrupted import loses at most the batch
+in flight and a re-run completes it.
 
-The results are found the way reference/yandex-images.md says: the block
-named ``i-react-ajax-adapter:ajax`` (never ``blocks[1]``), or the first page's
-``initialState.serpList``; loose values are normalised (numbers as strings,
-``//`` URLs, HTML in titles).
+What a file holds is read by :mod:`yandex_reverse.serp` (the one place for
+the Yandex format): a page of similar results (``<query>_xhr_<NNN>.json``) or
+a page of the "Сайты" tab (``<query>_sites_<NNN>.json``, recognised by its
+content). Loose values are normalised (numbers as strings, ``//`` URLs, HTML
+in titles).
+
+Nothing outside can stop the run: only regular files up to
+:data:`MAX_FILE_BYTES` are read (a FIFO or a link to a device is refused);
+JSON that orjson refuses is read again by the standard library, with long
+integers kept as text; a value SQLite or Python cannot hold (an integer beyond
+64 bits, a lone surrogate) makes its result a reason, the rest of the file is
+written; a batch SQLite refuses is written again file by file, so one file
+never holds back another. Every refused file and result is counted and its
+reason is kept in the ledger.
+
+Speed: parsing runs in one process per core while this one writes; rows go
+in as plain INSERTs where the DB cannot hold them yet (one indexed lookup per
+batch), as upserts where it does; the first import into an empty DB builds
+two indexes once at the end instead of row by row (see ``db.start_bulk_load``).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -29,15 +45,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import db
+import orjson
+
+from . import db, serp
 from .cli import add_common_flags
-from .console import StepFailed, console, esc, log, print_summary, progress, setup_logging, table
+from .console import (
+    StepFailed,
+    console,
+    esc,
+    log,
+    one_line,
+    print_summary,
+    progress,
+    setup_logging,
+    table,
+)
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
-from .urls import normalize_url
+from .urls import SIMPLE_URL, host_of, normalize_url
 
-XHR_NAME = re.compile(r"^(?P<query>.+)_xhr_(?P<page>\d+)\.json$", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
+_clean_url = SIMPLE_URL.fullmatch  # a URL normalize_url would return unchanged
 
 # One transaction per batch: big enough to amortise the commit, small enough
 # that an interrupt loses little.
@@ -47,65 +75,71 @@ BATCH_ENTITIES = 10_000
 # only when there are enough of them to pay for starting the processes.
 PARSE_CHUNK = 16
 PARALLEL_FROM = 64
+# A saved page is ~0.4 MB; anything far larger is not one (and is not read).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER holds
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in after the check never blocks
+_BINARY = getattr(os, "O_BINARY", 0)
+
+# A write SQLite refuses because of the rows themselves (not the disk, not a lock).
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 
 T = TypeVar("T")
 
-_IMAGE_COLUMNS = db.IMAGE_COLUMNS + db.IMAGE_EXTRA_COLUMNS
-_VARIANT_COLUMNS = db.VARIANT_COLUMNS[1:]  # id is assigned by SQLite
 
-UPSERT_IMAGE = (
-    f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_IMAGE_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = coalesce(excluded.{c}, images.{c})" for c in _IMAGE_COLUMNS[1:])
-)
-UPSERT_VARIANT = (
-    f"INSERT INTO image_variants ({', '.join(_VARIANT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_VARIANT_COLUMNS))}) "
-    "ON CONFLICT(image_id, variant_type, url) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = coalesce(excluded.{c}, image_variants.{c})"
-        for c in _VARIANT_COLUMNS
-        if c not in ("image_id", "variant_type", "url")
-    )
-)
-INSERT_LINK = (
-    "INSERT INTO query_results (query, image_id, page, position, xhr_file) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(query, image_id) DO UPDATE SET "
-    "page = excluded.page, position = excluded.position, xhr_file = excluded.xhr_file "
-    "WHERE excluded.page < query_results.page "
-    "OR (excluded.page = query_results.page AND excluded.position < query_results.position)"
-)
-UPSERT_LEDGER = (
-    "INSERT INTO xhr_files (path, size, mtime_ns, sha256, entities, status, error, imported_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-    "size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
-    "entities = excluded.entities, status = excluded.status, error = excluded.error, "
-    "imported_at = excluded.imported_at"
-)
+class BadValue(ValueError):
+    """A value of one result that SQLite or Python cannot hold: the result is skipped."""
 
 
 # ------------------------------------------------------------ normalising
 
 
 def to_int(value: Any) -> int | None:
-    """Yandex sends numbers as ints, floats or strings; anything else is None."""
+    """Yandex sends numbers as ints, floats or strings; anything else is None.
+
+    A number beyond SQLite's 64-bit INTEGER raises :class:`BadValue` (it is
+    not silently dropped: its result gets that reason).
+    """
     if type(value) is int:  # the common case first: millions of calls
-        return value
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        raise BadValue("integer beyond 64 bits")
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
+        return to_int(int(value))
     if isinstance(value, float):
-        return int(value) if value == value and abs(value) < 2**62 else None
+        if value != value:  # NaN
+            return None
+        if -(2.0**63) <= value < 2.0**63:
+            return int(value)
+        raise BadValue("number beyond 64 bits")
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(text)
+            whole = int(text)
+        except ValueError:  # not an integer, or more digits than Python converts
+            pass
+        else:
+            if _INT_MIN <= whole <= _INT_MAX:
+                return whole
+            raise BadValue("integer beyond 64 bits")
+        try:
+            number = float(text)
         except ValueError:
-            try:
-                return int(float(text))
-            except (ValueError, OverflowError):
-                return None
+            return None
+        if number in (float("inf"), float("-inf")) and text.lstrip("+-").isalpha():
+            return None  # "inf", "Infinity": a word, not a number
+        return to_int(number)
     return None
 
 
@@ -126,6 +160,8 @@ def to_bool(value: Any) -> int | None:
 
 
 def to_text(value: Any) -> str | None:
+    if type(value) is str:
+        return value if value and not value.isspace() else None
     if value is None or isinstance(value, (dict, list)):
         return None
     text = str(value)
@@ -144,31 +180,67 @@ def plain_text(value: Any) -> str | None:
     return " ".join(text.split()) or None
 
 
+def printable(text: str) -> str:
+    """Text that may hold lone surrogates (outside names, keys) made safe to log and store."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(row: tuple[Any, ...]) -> None:
+    """:class:`BadValue` when a string of ``row`` cannot be encoded (a lone surrogate)."""
+    for value in row:
+        if type(value) is str and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadValue("text that is not valid Unicode (a lone surrogate)") from None
+
+
 def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return value if type(value) is dict else {}
 
 
 def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    return value if type(value) is list else []
+
+
+def _int(value: Any) -> int | None:
+    """:func:`to_int` with the common case (a plain int in range) answered first."""
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return value
+    return None if value is None else to_int(value)
 
 
 def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
-    url = normalize_url(item.get("url"))
-    if url is None:
-        return None
-    size = _dict(item.get("size"))
-    origin = _dict(item.get("origin"))
+    get = item.get
+    url = get("url")
+    if not (type(url) is str and _clean_url(url)):
+        url = normalize_url(url)
+        if url is None:
+            return None
+    width, height = get("w"), get("h")
+    if width is None and height is None and "size" in item:
+        size = _dict(item["size"])
+        width, height = size.get("width"), size.get("height")
+    origin = get("origin")
+    if origin is None:
+        origin_row: tuple[Any, ...] = (None, None, None)
+    else:
+        origin = _dict(origin)
+        origin_row = (
+            normalize_url(origin.get("url")),
+            _int(origin.get("w")),
+            _int(origin.get("h")),
+        )
+    mixed = get("isMixedImage")
     return (
         image_id,
         kind,
         url,
-        to_int(item.get("w", size.get("width"))),
-        to_int(item.get("h", size.get("height"))),
-        to_int(item.get("fileSizeInBytes")),
-        to_bool(item.get("isMixedImage")),
-        normalize_url(origin.get("url")),
-        to_int(origin.get("w")),
-        to_int(origin.get("h")),
+        _int(width),
+        _int(height),
+        _int(get("fileSizeInBytes")),
+        None if mixed is None else to_bool(mixed),
+        *origin_row,
     )
 
 
@@ -189,46 +261,63 @@ def best_original(orig_url: str | None, img_href: str | None, variants: list[tup
     return max(candidates, key=lambda c: (c[0], -c[1]))[2]
 
 
+def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per (kind, url) of an entity, later values filling in (as upserts would)."""
+    merged: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in variants:
+        old = merged.get(row[1:3])
+        merged[row[1:3]] = (
+            row
+            if old is None
+            else tuple(o if n is None else n for o, n in zip(old, row, strict=True))
+        )
+    return list(merged.values())
+
+
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
-    """One entity → an ``images`` row and its ``image_variants`` rows."""
-    image_id = to_text(entity.get("id")) or key
-    viewer = _dict(entity.get("viewerData"))
-    snippet = _dict(entity.get("snippet")) or _dict(viewer.get("snippet"))
+    """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL)."""
+    get = entity.get
+    image_id = to_text(get("id")) or key
+    viewer = _dict(get("viewerData"))
+    snippet = _dict(get("snippet")) or _dict(viewer.get("snippet"))
     variants: list[tuple] = []
     for kind in ("preview", "dups"):
         for item in _list(viewer.get(kind)):
-            if isinstance(item, dict) and (row := _variant_row(image_id, kind, item)):
+            if type(item) is dict and (row := _variant_row(image_id, kind, item)):
                 variants.append(row)
     thumb = viewer.get("thumb")
-    for item in thumb if isinstance(thumb, list) else [thumb]:
-        if isinstance(item, dict) and (row := _variant_row(image_id, "thumb", item)):
+    for item in thumb if type(thumb) is list else (thumb,):
+        if type(item) is dict and (row := _variant_row(image_id, "thumb", item)):
             variants.append(row)
-    orig_url = normalize_url(entity.get("origUrl"))
+    if len(variants) > 1 and len({v[1:3] for v in variants}) < len(variants):
+        variants = _unique_variants(variants)
+    orig_url = normalize_url(get("origUrl"))
     img_href = normalize_url(viewer.get("img_href"))
     title_raw = to_text(snippet.get("title"))
+    url, snippet_url = get("url"), snippet.get("url")
     image = (
         image_id,
-        to_text(entity.get("docid")),
-        to_text(entity.get("documentid")),
-        to_text(entity.get("reqid")),
-        to_text(entity.get("rimId")),
-        to_int(entity.get("pos")),
-        normalize_url(entity.get("url")) or to_text(entity.get("url")),
+        to_text(get("docid")),
+        to_text(get("documentid")),
+        to_text(get("reqid")),
+        to_text(get("rimId")),
+        _int(get("pos")),
+        normalize_url(url) or to_text(url),
         orig_url,
-        normalize_url(entity.get("image")),
-        plain_text(entity.get("alt")),
-        to_int(entity.get("width")),
-        to_int(entity.get("height")),
-        to_int(entity.get("origWidth")),
-        to_int(entity.get("origHeight")),
+        normalize_url(get("image")),
+        plain_text(get("alt")),
+        _int(get("width")),
+        _int(get("height")),
+        _int(get("origWidth")),
+        _int(get("origHeight")),
         plain_text(title_raw),
         to_text(snippet.get("domain")),
-        normalize_url(snippet.get("url")) or to_text(snippet.get("url")),
-        to_int(entity.get("freshnessCounter")),
-        to_bool(entity.get("gifLabel")),
-        to_bool(entity.get("ecomShield")),
-        to_bool(entity.get("censored")),
-        to_text(entity.get("loading")),
+        normalize_url(snippet_url) or to_text(snippet_url),
+        _int(get("freshnessCounter")),
+        to_bool(get("gifLabel")),
+        to_bool(get("ecomShield")),
+        to_bool(get("censored")),
+        to_text(get("loading")),
         title_raw,
         plain_text(snippet.get("text")),
         img_href,
@@ -237,29 +326,130 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
     return image, variants
 
 
-def decode(raw: bytes) -> Any:
-    """Bytes → JSON, with the reason as :class:`BadFile` (empty, not UTF-8, truncated ...)."""
-    if not raw.strip():
+def site_row(
+    query: str, page: int, position: int, item: dict[str, Any], relative: str
+) -> tuple[Any, ...]:
+    """One entry of the "Сайты" tab → a ``query_sites`` row (:class:`BadValue` if no URL)."""
+    url = normalize_url(item.get("url"))
+    if url is None:
+        raise BadValue("site without a usable URL")
+    thumb = item.get("thumb")
+    thumb_url = normalize_url(_dict(thumb).get("url") if type(thumb) is dict else thumb)
+    original = _dict(item.get("originalImage"))
+    title_raw = to_text(item.get("title"))
+    return (
+        query,
+        url,
+        page,
+        position,
+        plain_text(title_raw),
+        title_raw,
+        to_text(item.get("domain")) or host_of(url),
+        plain_text(item.get("description")),
+        thumb_url,
+        to_int(original.get("width")),
+        to_int(original.get("height")),
+        relative,
+    )
+
+
+# ------------------------------------------------------------ reading a file
+
+
+def _int_or_text(digits: str) -> int | str:
+    """A JSON integer for the standard parser: a long one stays text (no digit limit)."""
+    return int(digits) if len(digits) <= 20 else digits
+
+
+def decode(raw: bytes) -> tuple[Any, bool]:
+    """Bytes → (JSON, checked), with the reason as :class:`BadFile`.
+
+    orjson reads almost every file; what it refuses (a lone surrogate, nesting
+    over 1,024 levels, a number it cannot hold, NaN) is read again by the
+    standard library, whose strings are then not known to be valid:
+    ``checked`` is False and the rows are checked with :func:`check_text`.
+    """
+    if not raw or raw.isspace():
         raise BadFile("empty file")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
     try:
-        text = raw.decode("utf-8-sig")
+        return orjson.loads(raw), True
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadFile(f"not UTF-8 (byte {exc.start})") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_int_or_text), False
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             raise BadFile(f"truncated JSON (ends at line {exc.lineno})") from exc
         raise BadFile(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise BadFile("JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise BadFile(f"invalid JSON: {one_line(exc)}") from exc
 
 
 def query_and_page(relative: str) -> tuple[str, int | None]:
     """``cat.jpg_xhr_003.json`` → (``cat.jpg``, 3); other names → (stem, None)."""
     name = Path(relative).name
-    match = XHR_NAME.match(name)
-    if match:
-        return match["query"], int(match["page"])
+    try:
+        saved = serp.parse_saved_name(name)
+    except ValueError:  # more digits than Python converts
+        raise BadFile("page number in the file name is out of range") from None
+    if saved is not None:
+        if saved[2] > _INT_MAX:
+            raise BadFile("page number in the file name is out of range")
+        return saved[0], saved[2]
     return Path(name).stem, None
+
+
+def ledger_name(relative: str) -> tuple[str, str | None]:
+    """The name the ledger keeps for a file, and a reason when it cannot be imported.
+
+    A name that is not valid UTF-8 (on POSIX, Python holds it with surrogate
+    escapes) is kept with backslash escapes and refused: it cannot name a query.
+    """
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        escaped = os.fsencode(relative).decode("utf-8", "backslashreplace")
+        return escaped, "file name is not valid UTF-8"
+    return relative, None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: str, st: os.stat_result) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`, else :class:`BadFile`."""
+    limit = f"larger than {MAX_FILE_BYTES // 2**20} MiB: not a saved page"
+    if not stat.S_ISREG(st.st_mode):
+        raise BadFile(f"not a regular file ({_file_kind(st.st_mode)})")
+    if st.st_size > MAX_FILE_BYTES:
+        raise BadFile(limit)
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _BINARY)
+    with open(fd, "rb") as handle:
+        opened = os.fstat(fd)  # the file opened, not one swapped in since the check
+        if not stat.S_ISREG(opened.st_mode):
+            raise BadFile(f"not a regular file ({_file_kind(opened.st_mode)})")
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise BadFile(limit)
+    return raw
 
 
 # ---------------------------------------------------------------- the run
@@ -270,13 +460,18 @@ class Stats:
     files: int = 0
     imported: int = 0
     unchanged: int = 0
+    unchanged_failed: int = 0
     failed: int = 0
     empty_pages: int = 0
     entities: int = 0
     bad_entities: int = 0
+    sites_pages: int = 0
+    sites: int = 0
     new_images: int = 0
     new_variants: int = 0
     new_links: int = 0
+    new_sites: int = 0
+    url_queries: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -291,47 +486,112 @@ class ParsedFile:
     sha256: str
     touched_only: bool = False  # same bytes as the ledger knows: only the mtime moved
     error: str | None = None
+    kind: str = serp.KIND_RESULTS
     images: list[tuple[Any, ...]] = field(default_factory=list)
-    variants: list[tuple[Any, ...]] = field(default_factory=list)
+    variants: list[list[tuple[Any, ...]]] = field(default_factory=list)  # one list per image
     links: list[tuple[Any, ...]] = field(default_factory=list)
-    bad_entities: int = 0
+    sites: list[tuple[Any, ...]] = field(default_factory=list)
+    bad: Counter[str] = field(default_factory=Counter)  # reason -> results skipped
+
+    @property
+    def found(self) -> int:
+        return len(self.sites) if self.kind == serp.KIND_SITES else len(self.images)
+
+    def fail(self, reason: str) -> None:
+        """Nothing of this file is written but its ledger row, with ``reason``."""
+        self.error = reason
+        self.images, self.variants, self.links, self.sites = [], [], [], []
+        self.bad = Counter()
+
+    def ledger_row(self) -> tuple[Any, ...]:
+        now = db.now_iso()
+        head = (self.relative, self.size, self.mtime_ns, self.sha256)
+        if self.error is not None:
+            return (*head, 0, "failed", self.error, now)
+        skipped = "; ".join(f"{n} skipped: {reason}" for reason, n in self.bad.most_common())
+        return (*head, self.found, "imported", skipped or None, now)
+
+
+Job = tuple[str, str, str | None, str | None]  # path, ledger name, known sha256, refusal
 
 
 def parse_file(path: str, relative: str, known_sha256: str | None) -> ParsedFile:
     """Read, hash and parse one file; a bad file comes back with ``error`` set."""
     st = os.stat(path)
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    parsed = ParsedFile(relative, len(raw), st.st_mtime_ns, hashlib.sha256(raw).hexdigest())
+    parsed = ParsedFile(relative, st.st_size, st.st_mtime_ns, "")
+    try:
+        raw = read_regular(path, st)
+    except BadFile as exc:
+        parsed.error = str(exc)
+        return parsed
+    parsed.size, parsed.sha256 = len(raw), hashlib.sha256(raw).hexdigest()
     if parsed.sha256 == known_sha256:
         parsed.touched_only = True
         return parsed
     try:
-        entities = find_entities(decode(raw))
+        data, checked = decode(raw)
+        del raw
+        query, page = query_and_page(relative)
+        sites = serp.sites_of(data)
+        if sites is not None:
+            parsed.kind = serp.KIND_SITES
+            _add_sites(parsed, sites, query, page or 0, checked)
+        else:
+            _add_results(parsed, find_entities(data), query, page or 0, checked)
     except BadFile as exc:
-        parsed.error = str(exc)
-        return parsed
-    query, page = query_and_page(relative)
-    for index, (key, entity) in enumerate(entities.items()):
-        if not isinstance(entity, dict) or not (to_text(entity.get("id")) or key):
-            parsed.bad_entities += 1
-            continue
-        image, variants = entity_rows(str(key), entity)
-        parsed.images.append(image)
-        parsed.variants.extend(variants)
-        position = image[5] if image[5] is not None else index
-        parsed.links.append((query, image[0], page or 0, position, relative))
+        parsed.fail(str(exc))
     return parsed
 
 
-def parse_files(jobs: list[tuple[str, str, str | None]]) -> list[ParsedFile | tuple[str, str]]:
-    """A chunk of :func:`parse_file` jobs; an unreadable file becomes (relative, reason)."""
-    out: list[ParsedFile | tuple[str, str]] = []
-    for path, relative, known in jobs:
+def _add_results(
+    parsed: ParsedFile, entities: dict[str, Any], query: str, page: int, checked: bool
+) -> None:
+    relative = parsed.relative
+    for index, (key, entity) in enumerate(entities.items()):
+        if type(entity) is not dict:
+            parsed.bad["result is not an object"] += 1
+            continue
         try:
-            out.append(parse_file(path, relative, known))
+            image, variants = entity_rows(str(key), entity)
+            if not checked:
+                check_text(image)
+                for row in variants:
+                    check_text(row)
+        except BadValue as exc:
+            parsed.bad[str(exc)] += 1
+            continue
+        parsed.images.append(image)
+        parsed.variants.append(variants)
+        position = image[5] if image[5] is not None else index
+        parsed.links.append((query, image[0], page, position, relative))
+
+
+def _add_sites(
+    parsed: ParsedFile, sites: list[dict[str, Any]], query: str, page: int, checked: bool
+) -> None:
+    for position, item in enumerate(sites):
+        try:
+            row = site_row(query, page, position, item, parsed.relative)
+            if not checked:
+                check_text(row)
+        except BadValue as exc:
+            parsed.bad[str(exc)] += 1
+            continue
+        parsed.sites.append(row)
+
+
+def parse_files(jobs: list[Job]) -> list[ParsedFile]:
+    """A chunk of :func:`parse_file` jobs; an unreadable file comes back with its reason."""
+    out: list[ParsedFile] = []
+    for path, relative, known, refusal in jobs:
+        try:
+            if refusal is not None:
+                st = os.stat(path)
+                out.append(ParsedFile(relative, st.st_size, st.st_mtime_ns, "", error=refusal))
+            else:
+                out.append(parse_file(path, relative, known))
         except OSError as exc:
-            out.append((relative, f"unreadable: {exc.strerror or exc}"))
+            out.append(ParsedFile(relative, 0, 0, "", error=f"unreadable: {exc.strerror or exc}"))
     return out
 
 
@@ -339,9 +599,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
-def parsed_in_order(
-    jobs: Iterator[tuple[str, str, str | None]], workers: int
-) -> Iterator[ParsedFile | tuple[str, str]]:
+def parsed_in_order(jobs: Iterator[Job], workers: int) -> Iterator[ParsedFile]:
     """Parse in ``workers`` processes while this one writes; order kept, memory bounded."""
     chunks = _chunks(jobs, PARSE_CHUNK)
     if workers <= 1:
@@ -349,7 +607,7 @@ def parsed_in_order(
             yield from parse_files(chunk)
         return
     with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
-        pending: deque[Future[list[ParsedFile | tuple[str, str]]]] = deque()
+        pending: deque[Future[list[ParsedFile]]] = deque()
         try:
             for chunk in chunks:
                 pending.append(pool.submit(parse_files, chunk))
@@ -382,35 +640,134 @@ def xhr_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-@dataclass
-class Batch:
-    """Rows of complete files, written together in one transaction."""
+class Writer:
+    """Batches of parsed files, one transaction each; a refused batch goes file by file."""
 
-    images: list[tuple[Any, ...]] = field(default_factory=list)
-    variants: list[tuple[Any, ...]] = field(default_factory=list)
-    links: list[tuple[Any, ...]] = field(default_factory=list)
-    ledger: list[tuple[Any, ...]] = field(default_factory=list)
-    touched: list[tuple[Any, ...]] = field(default_factory=list)
-    files: int = 0
+    def __init__(self, conn: sqlite3.Connection, stats: Stats, *, bulk: bool, batch_files: int):
+        self.conn, self.stats, self.bulk, self.batch_files = conn, stats, bulk, batch_files
+        self.files: list[ParsedFile] = []
+        self.rows = 0
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        if self.files:
-            with db.transaction(conn):
-                conn.executemany("UPDATE xhr_files SET mtime_ns = ? WHERE path = ?", self.touched)
-                conn.executemany(UPSERT_IMAGE, self.images)
-                conn.executemany(UPSERT_VARIANT, self.variants)
-                conn.executemany(INSERT_LINK, self.links)
-                conn.executemany(UPSERT_LEDGER, self.ledger)
-        self.__init__()  # type: ignore[misc]
+    def add(self, parsed: ParsedFile) -> None:
+        self.files.append(parsed)
+        self.rows += len(parsed.images) + len(parsed.sites)
+        if len(self.files) >= self.batch_files or self.rows >= BATCH_ENTITIES:
+            self.flush()
+
+    def flush(self) -> None:
+        files, self.files, self.rows = self.files, [], 0
+        if not files:
+            return
+        try:
+            with db.transaction(self.conn):
+                self._write(files)
+        except DATA_ERRORS as exc:
+            log.warning("a batch of %d files was refused (%s); file by file", len(files), exc)
+            for parsed in files:
+                self._write_alone(parsed)
+        for parsed in files:
+            self._count(parsed)
+
+    def _write_alone(self, parsed: ParsedFile) -> None:
+        try:
+            with db.transaction(self.conn):
+                self._write([parsed])
+        except DATA_ERRORS as exc:
+            log.warning("%s: cannot be stored", parsed.relative, exc_info=True)
+            parsed.fail(f"cannot be stored: {printable(one_line(exc))}")
+            with db.transaction(self.conn):
+                self._write([parsed])
+
+    def _write(self, files: list[ParsedFile]) -> None:
+        conn = self.conn
+        touched = [(f.mtime_ns, f.relative) for f in files if f.touched_only]
+        conn.executemany("UPDATE xhr_files SET mtime_ns = ? WHERE path = ?", touched)
+        ids = [image[0] for f in files for image in f.images]
+        existing: set[str] = set()
+        if ids:  # one indexed lookup for the whole batch
+            existing = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM images WHERE id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(ids),),
+                )
+            }
+        new_images: list[tuple[Any, ...]] = []
+        known_images: list[tuple[Any, ...]] = []
+        new_variants: list[tuple[Any, ...]] = []
+        known_variants: list[tuple[Any, ...]] = []
+        seen: set[str] = set()
+        for f in files:
+            for image, variants in zip(f.images, f.variants, strict=True):
+                image_id = image[0]
+                if image_id in existing or image_id in seen:
+                    known_images.append(image)
+                    known_variants.extend(variants)
+                else:
+                    seen.add(image_id)
+                    new_images.append(image)
+                    new_variants.extend(variants)
+        conn.executemany(db.INSERT_IMAGE, new_images)
+        conn.executemany(db.UPSERT_IMAGE, known_images)
+        if self.bulk:
+            # No unique index yet: the variants of a new image are new; those
+            # of an image already written wait to be merged at the end.
+            conn.executemany(db.INSERT_VARIANT, new_variants)
+            conn.executemany(db.INSERT_PENDING_VARIANT, known_variants)
+        else:
+            # Upserts even for new images: a legacy DB may hold orphan variants.
+            conn.executemany(db.UPSERT_VARIANT, new_variants)
+            conn.executemany(db.UPSERT_VARIANT, known_variants)
+        conn.executemany(db.UPSERT_LINK, (link for f in files for link in f.links))
+        conn.executemany(db.UPSERT_SITE, (site for f in files for site in f.sites))
+        conn.executemany(db.UPSERT_LEDGER, [f.ledger_row() for f in files if not f.touched_only])
+
+    def _count(self, parsed: ParsedFile) -> None:
+        stats = self.stats
+        if parsed.touched_only:
+            stats.unchanged += 1
+        elif parsed.error is not None:
+            stats.failed += 1
+            stats.reasons[parsed.error.split(" (")[0].split(":")[0]] += 1
+            stats.failures.append((parsed.relative, parsed.error))
+            log.warning("%s: %s", parsed.relative, parsed.error)
+        else:
+            stats.imported += 1
+            stats.bad_entities += sum(parsed.bad.values())
+            stats.reasons.update(parsed.bad)
+            for reason, n in parsed.bad.items():
+                log.warning("%s: %d skipped: %s", parsed.relative, n, reason)
+            if parsed.kind == serp.KIND_SITES:
+                stats.sites_pages += 1
+                stats.sites += len(parsed.sites)
+            else:
+                stats.entities += len(parsed.images)
+                stats.empty_pages += not parsed.images
 
 
 def count(conn: sqlite3.Connection, table_name: str) -> int:
     return conn.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
 
 
+_COUNTED = ("images", "image_variants", "query_results", "query_sites")
+
+
 def default_workers() -> int:
     """One parser per core: the writer mostly waits on SQLite, which releases the GIL."""
     return max(1, os.cpu_count() or 1)
+
+
+def import_url_queries(conn: sqlite3.Connection, xhr_dir: Path) -> int:
+    """The image URL of each search by URL (step 1's ``.url_queries.json``) into ``query_sources``."""
+    pairs = [
+        (name, url)
+        for name, url in serp.read_url_queries(xhr_dir).items()
+        if printable(name) == name and printable(url) == url
+    ]
+    if pairs:
+        with db.transaction(conn):
+            conn.executemany(db.UPSERT_QUERY_SOURCE, pairs)
+    return len(pairs)
 
 
 def import_folder(
@@ -425,16 +782,21 @@ def import_folder(
     stats = Stats(files=len(files))
     conn = db.connect(db_path)
     try:
-        before = count(conn, "images"), count(conn, "image_variants"), count(conn, "query_results")
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the index pages stay cached
+        if db.bulk_load_unfinished(conn):
+            log.info("finishing the bulk load an interrupted run left")
+            db.finish_bulk_load(conn)
+        bulk = db.is_empty_for_import(conn)
+        before = [count(conn, t) for t in _COUNTED]
         ledger = {
-            path: (size, mtime_ns, sha256)
-            for path, size, mtime_ns, sha256 in conn.execute(
-                "SELECT path, size, mtime_ns, sha256 FROM xhr_files"
+            path: (size, mtime_ns, sha256, status)
+            for path, size, mtime_ns, sha256, status in conn.execute(
+                "SELECT path, size, mtime_ns, sha256, status FROM xhr_files"
             )
         }
-        jobs: list[tuple[str, str, str | None]] = []
+        jobs: list[Job] = []
         for path in files:
-            relative = path.relative_to(xhr_dir).as_posix()
+            relative, refusal = ledger_name(path.relative_to(xhr_dir).as_posix())
             known = ledger.get(relative)
             try:
                 st = path.stat()
@@ -442,77 +804,64 @@ def import_folder(
                 st = None
             if known and st and (known[0], known[1]) == (st.st_size, st.st_mtime_ns):
                 stats.unchanged += 1  # skipped by the ledger, not even read
+                stats.unchanged_failed += known[3] == "failed"
             else:
-                jobs.append((str(path), relative, known[2] if known else None))
+                jobs.append((str(path), relative, known[2] if known else None, refusal))
         del ledger
+        stats.url_queries = import_url_queries(conn, xhr_dir)
         if workers is None:
             workers = default_workers() if len(jobs) >= PARALLEL_FROM else 1
-        batch = Batch()
+        if bulk and jobs:
+            db.start_bulk_load(conn)
+            conn.execute("PRAGMA foreign_keys = OFF")  # every row's parent is in its batch
+        writer = Writer(conn, stats, bulk=bulk and bool(jobs), batch_files=batch_files)
         with progress("Importing XHR", total=len(files)) as advance:
             advance(stats.unchanged)
             for parsed in parsed_in_order(iter(jobs), workers):
-                _add(batch, parsed, stats)
-                if batch.files >= batch_files or len(batch.images) >= BATCH_ENTITIES:
-                    batch.write(conn)
+                writer.add(parsed)
                 advance(info=f"{stats.entities:,} results")
-        batch.write(conn)
-        after = count(conn, "images"), count(conn, "image_variants"), count(conn, "query_results")
+            writer.flush()
+        if writer.bulk:
+            conn.execute("PRAGMA foreign_keys = ON")
+            db.finish_bulk_load(conn)
+        after = [count(conn, t) for t in _COUNTED]
     finally:
         conn.close()
-    stats.new_images = after[0] - before[0]
-    stats.new_variants = after[1] - before[1]
-    stats.new_links = after[2] - before[2]
+    stats.new_images, stats.new_variants, stats.new_links, stats.new_sites = (
+        a - b for a, b in zip(after, before, strict=True)
+    )
     return stats
 
 
-def _add(batch: Batch, parsed: ParsedFile | tuple[str, str], stats: Stats) -> None:
-    """Count one file and put its rows into the batch."""
-    if isinstance(parsed, tuple):  # unreadable: nothing to record in the ledger
-        stats.failed += 1
-        stats.reasons["unreadable"] += 1
-        stats.failures.append(parsed)
-        return
-    batch.files += 1
-    now = db.now_iso()
-    head = (parsed.relative, parsed.size, parsed.mtime_ns, parsed.sha256)
-    if parsed.touched_only:
-        stats.unchanged += 1
-        batch.touched.append((parsed.mtime_ns, parsed.relative))
-    elif parsed.error is not None:
-        stats.failed += 1
-        stats.reasons[parsed.error.split(" (")[0].split(":")[0]] += 1
-        stats.failures.append((parsed.relative, parsed.error))
-        log.warning("%s: %s", parsed.relative, parsed.error)
-        batch.ledger.append((*head, 0, "failed", parsed.error, now))
-    else:
-        found = len(parsed.images)
-        stats.imported += 1
-        stats.entities += found
-        stats.bad_entities += parsed.bad_entities
-        stats.empty_pages += found == 0
-        batch.images.extend(parsed.images)
-        batch.variants.extend(parsed.variants)
-        batch.links.extend(parsed.links)
-        batch.ledger.append((*head, found, "imported", None, now))
-
-
 def report(stats: Stats, db_path: Path) -> None:
-    print_summary(
-        "XHR import",
-        [
-            ("files found", stats.files),
-            ("files imported", stats.imported),
-            ("files skipped (unchanged)", stats.unchanged),
-            ("files failed", stats.failed),
-            ("empty result pages", stats.empty_pages),
-            ("results read", stats.entities),
-            ("results skipped (malformed)", stats.bad_entities),
-            ("images new", stats.new_images),
-            ("results of images already known", stats.entities - stats.new_images),
-            ("variants new", stats.new_variants),
-            ("query links new", stats.new_links),
-        ],
-    )
+    lines: list[tuple[str, Any]] = [
+        ("files found", stats.files),
+        ("files imported", stats.imported),
+        ("files skipped (unchanged)", stats.unchanged),
+        ("files failed", stats.failed),
+        ("empty result pages", stats.empty_pages),
+        ("results read", stats.entities),
+        ("results skipped (malformed)", stats.bad_entities),
+        ("images new", stats.new_images),
+        ("results of images already known", stats.entities - stats.new_images),
+        ("variants new", stats.new_variants),
+        ("query links new", stats.new_links),
+    ]
+    if stats.unchanged_failed:
+        lines.insert(3, ("of them failed before", stats.unchanged_failed))
+    if stats.sites_pages or stats.new_sites:
+        lines += [
+            ("sites tab pages imported", stats.sites_pages),
+            ("sites read", stats.sites),
+            ("sites new", stats.new_sites),
+        ]
+    if stats.url_queries:
+        lines.append(("searches by URL", stats.url_queries))
+    print_summary("XHR import", lines)
+    if stats.reasons:
+        console.print(
+            table("Reasons", ("reason", "count"), stats.reasons.most_common(), numeric_from=1)
+        )
     if stats.failures:
         shown = stats.failures[:20]
         console.print(table("Failed files", ("file", "reason"), shown, numeric_from=99))
@@ -527,8 +876,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="2_XHRtoDB.py",
         description=(
-            "Import the XHR JSON files saved by step 1 into SQLite. Idempotent: unchanged "
-            "files are skipped, changed ones re-imported without duplicates."
+            "Import the XHR JSON files saved by step 1 (results and the sites tab) into "
+            "SQLite. Idempotent: unchanged files are skipped, changed ones re-imported "
+            "without duplicates."
         ),
     )
     parser.add_argument(
@@ -569,6 +919,12 @@ def main(argv: list[str] | None = None) -> int:
         stats = import_folder(args.xhr_dir, args.db, max(1, args.batch_files), args.workers)
     except db.SchemaError as exc:
         raise StepFailed(str(exc)) from exc
+    except sqlite3.OperationalError as exc:  # disk full, locked, I/O: the run cannot go on
+        log.exception("database error")
+        raise StepFailed(
+            f"database {args.db}: {one_line(exc)}; nothing of the batch in flight was "
+            "written, re-run to continue"
+        ) from exc
     report(stats, args.db)
     if stats.failed and stats.failed == stats.files:
         console.print("[red]No file could be read.[/red]")

@@ -7,10 +7,12 @@ import asyncio
 import sqlite3
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from .. import db as dbmod
+from .. import raycluster
 from ..cli import Yes, add_common_flags, hint_for
 from ..console import (
     StepFailed,
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-side", type=int, default=0, help="skip images whose shorter side is below N px"
     )
     parser.add_argument("--min-bytes", type=int, default=0, help="skip files smaller than N bytes")
+    raycluster.add_flags(parser)
     parser.add_argument(
         "-y", "--yes", action=Yes, help="answer every question with its default (source, what)"
     )
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
+    raycluster.check_flags(args)
     if args.db is None:
         choice = ask_choice(
             "Choose image source",
@@ -136,6 +140,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         min_side=args.min_side,
         min_bytes=args.min_bytes,
         retries=args.retries,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
 
 
@@ -192,16 +198,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         if leftovers:
             console.print(f"Removed {leftovers} temporary file(s) left by an interrupted run.")
-        downloader = Downloader(settings)
+        if settings.executor == "ray":
+            from .ray_exec import ray_downloader
+
+            runner: AbstractContextManager[Downloader] = ray_downloader(settings)
+        else:
+            runner = nullcontext(Downloader(settings))
         # The loop thread releases the GIL for every socket call, hash and query;
         # with the default 5 ms switch interval it then waits behind the
         # verifier and ledger threads (a convoy). A short interval keeps it moving.
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
-        try:
-            asyncio.run(downloader.run())
-        finally:
-            sys.setswitchinterval(switch)
-            print_summary(settings, downloader.stats)
-            console.print(ledger_totals(settings.db_path))
+        with runner as downloader:
+            try:
+                asyncio.run(downloader.run())
+            finally:
+                sys.setswitchinterval(switch)
+                print_summary(settings, downloader.stats)
+                console.print(ledger_totals(settings.db_path))
     return 0

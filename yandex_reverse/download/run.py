@@ -40,6 +40,8 @@ class Settings:
     min_side: int
     min_bytes: int
     retries: int
+    executor: str = "local"  # or "ray": see ray_exec.py
+    ray_address: str | None = None
 
     def fetch_options(self) -> FetchOptions:
         return FetchOptions(

@@ -72,6 +72,10 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
 _WXH = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _WX = re.compile(r"^(\d{1,5})x$")
 HITS: web.AppKey[Counter[str]] = web.AppKey("hits", Counter)
+# Requests being answered now, and the most at once, per host (per-host limits are
+# measured here: a client that keeps them never makes PEAK exceed its limit).
+ACTIVE: web.AppKey[Counter[str]] = web.AppKey("active", Counter)
+PEAK: web.AppKey[Counter[str]] = web.AppKey("peak", Counter)
 DEFAULT_FAULT: web.AppKey[str | None] = web.AppKey("default_fault", str)
 CACHE: web.AppKey[_Cache] = web.AppKey("cache", object)
 _HTML_PAGE = (
@@ -219,6 +223,18 @@ def _abort_with_reset(request: web.Request) -> None:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     app = request.app
+    host = _target(request)[0]
+    active, peak = app[ACTIVE], app[PEAK]
+    active[host] += 1
+    peak[host] = max(peak[host], active[host])
+    try:
+        return await _answer(request)
+    finally:
+        active[host] -= 1
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    app = request.app
     if request.method == "CONNECT":
         # TLS to arbitrary hosts cannot be imitated: the imitation's URLs are http://.
         return web.Response(status=501, text="CONNECT (https) is not supported by the image web")
@@ -316,6 +332,8 @@ def make_app(*, default_fault: str | None = None, cache_mb: int = 256) -> web.Ap
         raise ValueError(f"unknown fault {default_fault!r}; known: {', '.join(FAULTS)}")
     app = web.Application(handler_args={"max_field_size": 16384})
     app[HITS] = Counter()
+    app[ACTIVE] = Counter()
+    app[PEAK] = Counter()
     app[DEFAULT_FAULT] = default_fault
     app[CACHE] = _Cache(cache_mb * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", _handle)
@@ -351,6 +369,11 @@ class ImageWebServer:
     @property
     def hits(self) -> Counter[str]:
         return self.app[HITS]
+
+    @property
+    def peak_per_host(self) -> Counter[str]:
+        """The most requests to each host answered at the same time."""
+        return self.app[PEAK]
 
     def start(self) -> ImageWebServer:
         self._thread = threading.Thread(target=self._serve, name="image-web", daemon=True)

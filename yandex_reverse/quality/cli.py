@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import console
+from .. import console, raycluster
 from ..cli import Yes, add_common_flags
 from ..console import UsageError, one_line
 from ..imageinfo import iter_images
@@ -50,6 +50,9 @@ class Options:
     errors_folder: bool
     recursive: bool
     workers: int | None
+    executor: str = "local"  # or "ray": see ray_exec.py
+    ray_address: str | None = None
+    gpus_per_worker: float | None = None
 
     def settings(self) -> ScoreSettings:
         return ScoreSettings.from_env(
@@ -143,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("7_3_separate_images_by_quality.log"),
         help="details and tracebacks (default: 7_3_separate_images_by_quality.log)",
     )
+    raycluster.add_flags(parser, gpus=True)
     add_common_flags(parser)
     return parser
 
 
 def resolve_options(args: argparse.Namespace) -> Options:
     """Flags first; questions (as in the original) only on a terminal."""
+    raycluster.check_flags(args)
     source: Path
     while True:
         source = (
@@ -227,6 +232,9 @@ def resolve_options(args: argparse.Namespace) -> Options:
         errors_folder=args.errors_folder,
         recursive=args.recursive,
         workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
     )
 
 
@@ -405,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
         todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
         stats.reused = len(tasks) - len(todo)
-        if todo:
+        if todo and opts.executor == "ray":
+            from .ray_exec import score_on_ray
+
+            score_on_ray(todo, opts, conn, stats)
+        elif todo:
             score_images(todo, opts, conn, stats)
         cut = assign_categories(conn, opts.models, opts.thresholds, opts.percentiles)
         failed = sort_files(tasks, opts, conn, stats)

@@ -1,0 +1,151 @@
+"""Benchmark of ``--executor ray`` against ``--executor local`` on this machine, same input.
+
+What one machine pays for Ray (the overhead a user sees before a second node
+helps): an embedded Ray starts, workers fetch and check in other processes,
+every body crosses to the driver as a temporary file name.
+
+- Step 5: N image URLs (~100 KB JPEGs, 50 hosts) from the image web, run by
+  ``5_Download_async.py`` with each executor from an empty ledger; whole-run
+  images/s (the process, Ray start and stop included) and the rate the step's
+  summary reports (from the first URL on, without the start).
+- Step 7.3: M JPEGs (640x480) scored with piqe by each executor.
+
+    .venv/bin/python bench/bench_ray.py [N] [M]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.bench_download import _fresh_ledger, build_db, plain_loop, urls  # noqa: E402
+from bench.common import MARK, work_dir  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+M = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+PY = sys.executable
+AIM = 0.8
+RATE = re.compile(r"rate\s*│\s*([\d,.]+) files/s")
+
+
+def report(bench: str, metric: str, unit: str, ours: float, peer_name: str, peer: float) -> None:
+    """One BENCH_RESULT line (see bench/run_all.py), with the aim the issue sets."""
+    line = {"bench": bench, "metric": metric, "unit": unit, "ours": ours, "peer_name": peer_name,
+            "peer": peer, "ratio": ours / peer if peer else None, "aim": AIM}  # fmt: skip
+    print(MARK + json.dumps(line), flush=True)
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:])
+        raise SystemExit(f"{cmd[1]} exited {done.returncode}")
+    return elapsed, done.stdout
+
+
+def bench_download(work: Path) -> None:
+    all_urls = urls(N)
+    print(f"building a DB of {N:,} results with step 2 ...", flush=True)
+    db_path = build_db(work, all_urls)
+    server = subprocess.Popen(
+        [PY, "-m", "yandex_reverse.fake_yandex.image_web", "--port", "0", "--cache-mb", "2048"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    results: dict[str, tuple[float, float, int]] = {}
+    try:
+        assert server.stdout is not None
+        proxy = server.stdout.readline().strip()
+        print("drawing the pictures once (untimed) ...", flush=True)
+        assert asyncio.run(plain_loop(all_urls, proxy, None)) == N
+        for executor in ("local", "ray"):
+            out = work / f"out_{executor}"
+            shutil.rmtree(out, ignore_errors=True)
+            with _fresh_ledger(db_path):
+                print(f"5_Download_async.py --executor {executor} ...", flush=True)
+                cmd = [PY, str(REPO / "5_Download_async.py"), "--db", str(db_path), "--out",
+                       str(out), "--proxy", proxy, "--executor", executor]  # fmt: skip
+                elapsed, stdout = run(cmd, work)
+            files = sum(1 for _ in out.glob("*.jpg"))
+            match = RATE.search(stdout)
+            rate = float(match.group(1).replace(",", "")) if match else 0.0
+            results[executor] = (elapsed, rate, files)
+    finally:
+        server.terminate()
+        server.wait(10)
+    (local_s, local_rate, local_n), (ray_s, ray_rate, ray_n) = results["local"], results["ray"]
+    print(
+        f"\nstep 5, {N:,} URLs (~100 KB, 50 hosts), this machine:\n"
+        f"  local : {local_n:,} files in {local_s:6.2f} s = {local_n / local_s:7.1f} img/s"
+        f" (summary rate {local_rate:,.1f}/s)\n"
+        f"  ray   : {ray_n:,} files in {ray_s:6.2f} s = {ray_n / ray_s:7.1f} img/s"
+        f" (summary rate {ray_rate:,.1f}/s, Ray start and stop excluded)\n"
+        f"  ratio ray / local: whole run {(ray_n / ray_s) / (local_n / local_s):.2f}x,"
+        f" after start {ray_rate / local_rate if local_rate else 0:.2f}x",
+        flush=True,
+    )
+    for metric, ours, peer in (
+        ("step 5 images per second, whole run", ray_n / ray_s, local_n / local_s),
+        ("step 5 images per second, after start", ray_rate, local_rate),
+    ):
+        report("ray", metric, "img/s", ours, "--executor local", peer)
+    if ray_n != N or local_n != N:
+        raise SystemExit(f"files: local {local_n}, ray {ray_n}, expected {N}")
+
+
+def bench_quality(work: Path) -> None:
+    from tests.test_quality import _photo
+
+    source = work / "photos"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    for i in range(M):
+        _photo(640, 480, i).save(source / f"p{i:04d}.jpg", quality=90)
+    times: dict[str, float] = {}
+    for executor in ("local", "ray"):
+        dest = work / f"sorted_{executor}"
+        shutil.rmtree(dest, ignore_errors=True)
+        print(f"7_3_separate_images_by_quality.py --executor {executor} ...", flush=True)
+        cmd = [PY, str(REPO / "7_3_separate_images_by_quality.py"), "--source", str(source),
+               "--dest", str(dest), "--model", "piqe", "--yes", "--executor", executor]  # fmt: skip
+        times[executor], _out = run(cmd, work)
+    print(
+        f"\nstep 7.3, {M:,} JPEGs 640x480, piqe:\n"
+        f"  local : {times['local']:6.2f} s = {M / times['local']:6.1f} img/s\n"
+        f"  ray   : {times['ray']:6.2f} s = {M / times['ray']:6.1f} img/s (whole run)\n"
+        f"  ratio ray / local: {times['local'] / times['ray']:.2f}x",
+        flush=True,
+    )
+    report("ray", "step 7.3 piqe images per second, whole run", "img/s",
+           M / times["ray"], "--executor local", M / times["local"])  # fmt: skip
+
+
+def main() -> int:
+    work = work_dir("ray")
+    bench_download(work)
+    bench_quality(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

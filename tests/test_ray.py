@@ -1,0 +1,272 @@
+"""Steps 5 and 7.3 with ``--executor ray`` against ``--executor local``, on an embedded
+local Ray (2 CPUs, as this machine has), driven as a user runs them.
+
+The scripts run as subprocesses: each starts (and stops) its own Ray, and the
+tests kill Ray worker processes, which are the step's descendants. Few and
+small, because a Ray start costs seconds: one comparison per step, one killed
+worker per step, and the exit-2 line without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, count_of, run_script
+from tests.test_downloader import build_db, images_on_disk, ledger, result, uid
+from tests.test_quality import _photo, db_rows, make_images
+from yandex_reverse.fake_yandex.image_web import ImageWebServer
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+WAIT = 180.0  # seconds a poll waits for a condition before the test fails
+# What a ledger row must equal between the executors (attempts and times may differ).
+LEDGER_KEYS = (
+    "image_id", "variant_type", "status", "path", "bytes", "content_type", "sha256",
+    "http_status", "width", "height", "retryable",
+)  # fmt: skip
+
+
+def poll(what: str, check: Callable[[], object], proc: subprocess.Popen | None = None) -> object:
+    """Wait for ``check()`` to be truthy; fail (never fall through) when it does not come."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the step ended before {what}:\n{out}\n{err}")
+        time.sleep(0.05)
+    pytest.fail(f"no {what} within {WAIT:g} s")
+
+
+def ray_workers(proc: subprocess.Popen, title: str) -> list[psutil.Process]:
+    """The step's Ray worker processes running ``title`` (Ray names them ``ray::<title>``)."""
+    found = []
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for child in children:
+        try:
+            if " ".join(child.cmdline()).startswith(f"ray::{title}"):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def start(script: str, *args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the step did not end within {WAIT:g} s:\n{out}\n{err}")
+    assert proc.returncode == 0, f"{out}\n{err}"
+    assert "Traceback" not in out + err
+    return out, err
+
+
+# ------------------------------------------------------------------ without Ray
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("5_Download_async.py", ("--db", "yandex_images.db")),
+        ("7_3_separate_images_by_quality.py", ("--source", ".", "--model", "piqe", "--yes")),
+    ],
+)
+def test_executor_ray_without_ray_exits_2_with_how_to_install(workdir, script, args):
+    blocker = workdir / "no_ray"
+    (blocker / "ray").mkdir(parents=True)
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    done = run_script(script, *args, "--executor", "ray", cwd=workdir,
+                      env={"PYTHONPATH": str(blocker)})  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        'Error: --executor ray needs Ray, which is not installed: pip install ".[ray]" '
+        '(or: pip install "ray[data]>=2.60")'
+    ], done.stderr
+    russian = run_script(script, *args, "--executor", "ray", cwd=workdir,
+                         env={"PYTHONPATH": str(blocker), "LC_ALL": "ru_RU.UTF-8"})  # fmt: skip
+    assert russian.returncode == 2
+    assert "для --executor ray нужен Ray, а он не установлен: pip install" in russian.stderr
+    flag_only = run_script(script, *args, "--ray-address", "auto", cwd=workdir)
+    assert flag_only.returncode == 2
+    assert "--ray-address needs --executor ray" in flag_only.stderr
+
+
+# ------------------------------------------------------------------ step 5
+
+
+def test_download_on_ray_equals_local_and_holds_per_host_limits(tmp_path):
+    """Same ledger and files as the local executor; no host ever sees more than
+    --per-host requests at once, though several workers run side by side."""
+    tag = uid()
+    slow = "&yr_delay=0.3"  # answers take a while, so requests to one host overlap
+    entities = [
+        result(f"{tag}h{i}", host=f"sun9-{i % 4}.userapi.com", query=slow) for i in range(24)
+    ]
+    entities += [
+        result(f"{tag}nf", host="sun9-7.userapi.com", query="&yr_fault=404"),  # -> its dup
+        result(f"{tag}html", host="sun9-7.userapi.com", query="&yr_fault=html200"),
+        result(f"{tag}once", host="sun9-8.userapi.com", query="&yr_fault=500once"),
+        result(f"{tag}gone", host="sun9-8.userapi.com", query="&yr_fault=410"),
+    ]
+    runs = {}
+    for executor in ("local", "ray"):
+        workdir = tmp_path / executor
+        workdir.mkdir()
+        db_path = build_db(workdir, entities)
+        with ImageWebServer() as web:  # a fresh web each: "500 once" answers alike
+            done = run_script(
+                "5_Download_async.py", "--proxy", web.proxy_url, "--per-host", "2",
+                "--timeout", "10", "--retries", "1", "--executor", executor, cwd=workdir,
+            )  # fmt: skip
+            peak = dict(web.peak_per_host)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        rows = {url: (*(r[k] for k in LEDGER_KEYS), (r["error"] or "")[:12])
+                for url, r in ledger(db_path).items()}  # fmt: skip
+        runs[executor] = (rows, images_on_disk(workdir / "yandex_images"), done.stdout, peak)
+
+    local_rows, local_files, local_out, _ = runs["local"]
+    ray_rows, ray_files, ray_out, peak = runs["ray"]
+    assert "Executor: Ray, embedded Ray on this machine" in ray_out
+    assert ray_rows == local_rows
+    assert ray_files == local_files
+    assert len(ray_files) == len(set(ray_files.values())) >= 24  # each picture once
+    for label in ("downloaded (new files)", "failed", "ended without a file"):
+        assert count_of(ray_out, label) == count_of(local_out, label)
+    assert not [p for p in (tmp_path / "ray" / "yandex_images").iterdir() if p.suffix == ".part"]
+    # The limit held at the server, and the run did use it (two at once on a host).
+    slow_hosts = {f"sun9-{i}.userapi.com": peak.get(f"sun9-{i}.userapi.com") for i in range(4)}
+    assert all(n is not None and n <= 2 for n in peak.values()), peak
+    assert max(slow_hosts.values()) == 2, peak
+
+
+def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_twice(workdir):
+    tag = uid()
+    entities = [
+        result(f"{tag}k{i}", host=f"sun9-{i % 2}.userapi.com", query="&yr_delay=0.4")
+        for i in range(30)
+    ]
+    db_path = build_db(workdir, entities)
+    out = workdir / "yandex_images"
+    with ImageWebServer() as web:
+        args = ("--proxy", web.proxy_url, "--per-host", "2", "--executor", "ray")
+        proc = start("5_Download_async.py", *args, cwd=workdir)
+        try:
+            poll("first request at the image web", lambda: sum(web.hits.values()), proc)
+            victims = poll("a Ray worker fetching", lambda: ray_workers(proc, "fetch_shard"), proc)
+            for victim in victims:  # type: ignore[attr-defined]
+                victim.kill()  # every shard that has started is cut off
+            finish(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        rows = ledger(db_path)
+        originals = {url: r for url, r in rows.items() if r["variant_type"] == "original"}
+        assert len(originals) == 30
+        assert all(r["status"] == "done" for r in originals.values()), originals
+        files = images_on_disk(out)
+        assert sorted(files) == sorted(Path(r["path"]).name for r in originals.values())
+        assert len(set(files.values())) == 30  # every picture once
+        assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+        assert max(web.hits.values()) >= 2  # the dead worker's shard was fetched again
+        hits_before = sum(web.hits.values())
+        again = run_script("5_Download_async.py", *args, cwd=workdir, timeout=WAIT)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert count_of(again.stdout, "had a file from an earlier run") == 30
+        assert sum(web.hits.values()) == hits_before  # nothing fetched again
+    assert images_on_disk(out) == files
+    assert ledger(db_path) == rows
+
+
+# ------------------------------------------------------------------ step 7.3
+
+
+def test_quality_on_ray_equals_local_even_with_an_actor_killed(workdir):
+    """Same scores, categories and sorted files as local; an actor killed after the
+    first rows are in, the run still scores every image once."""
+    source = workdir / "photos"
+    make_images(source)
+    for i in range(16):  # enough batches that the kill lands mid-run
+        _photo(640, 480, 100 + i).save(source / f"extra{i:02d}.jpg", quality=90)
+    copy = workdir / "photos_local"
+    shutil.copytree(source, copy)
+    local = run_script("7_3_separate_images_by_quality.py", "--source", copy, "--model", "piqe",
+                       "--yes", cwd=workdir)  # fmt: skip
+    assert local.returncode == 0, local.stdout + local.stderr
+
+    report = source / "quality_sorted" / "quality_report.db"
+
+    def rows_in() -> int:
+        if not report.exists():
+            return 0
+        try:
+            conn = sqlite3.connect(report)
+            try:
+                return conn.execute("SELECT COUNT(*) FROM image_quality").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return 0
+
+    proc = start("7_3_separate_images_by_quality.py", "--source", source, "--model", "piqe",
+                 "--yes", "--executor", "ray", cwd=workdir)  # fmt: skip
+    try:
+        poll("rows in quality_report.db", rows_in, proc)
+        actors = poll("a scoring actor", lambda: ray_workers(proc, "MapWorker"), proc)
+        actors[0].kill()  # type: ignore[index]
+        out, _err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Executor: Ray, embedded Ray on this machine" in out
+
+    keys = ("width", "height", "format", "file_size", "max_score", "category", "error_message",
+            "error_stage", "scores_json", "models", "max_side")  # fmt: skip
+    ray_rows = {
+        name: tuple(r[k] for k in keys) for name, r in db_rows(source / "quality_sorted").items()
+    }
+    local_rows = {
+        name: tuple(r[k] for k in keys) for name, r in db_rows(copy / "quality_sorted").items()
+    }
+    assert len(ray_rows) == 9 + 16
+    assert ray_rows == local_rows
+    for category in ("high", "medium", "low"):
+        ray_dir, local_dir = (
+            source / "quality_sorted" / category,
+            copy / "quality_sorted" / category,
+        )
+        ray_names = sorted(p.name for p in ray_dir.iterdir()) if ray_dir.exists() else []
+        local_names = sorted(p.name for p in local_dir.iterdir()) if local_dir.exists() else []
+        assert ray_names == local_names

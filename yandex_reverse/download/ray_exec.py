@@ -1,0 +1,256 @@
+"""Step 5 on Ray (``--executor ray``): workers fetch and check, the driver settles.
+
+The driver is :class:`~.run.Downloader` itself: it streams the work from the
+DB, tries each unit's URLs in order, counts, and is the only one that writes
+the ledger and names final files. Only :meth:`~.run.Downloader.attempt`'s
+"fetch and check this URL" moves to Ray:
+
+- URLs go into one queue per *host bucket* (a stable hash of the host); a
+  bucket is sent as a shard (up to :data:`SHARD` URLs) to one Ray task at a
+  time, so each host's URLs are on one worker at a time and ``--per-host``
+  holds across the whole cluster. Host pauses (429/503 Retry-After) travel
+  with the bucket's next shard.
+- A task runs the same :class:`~.fetch.Fetcher` and checks as the local path
+  and leaves each verified body in a temporary file in the output folder (a
+  folder every node sees); it returns the checked bodies and the failures.
+  It touches no DB and no final name.
+- The driver settles each result as the local path does (content dedupe,
+  final name, sidecar, rename) and records it.
+- A worker that dies has its shard retried by Ray (:data:`TASK_RETRIES`);
+  a shard that still fails leaves its URLs ``pending`` for the next run, and
+  its temporary files are removed at the end of the run. Since nothing is
+  stored before the driver settles it, a crash of any process loses nothing
+  and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import raycluster
+from ..console import console, esc, log, one_line
+from ..i18n import N_, _
+from ..urls import host_of
+from .checks import FetchFailure
+from .fetch import Candidate, Checked, Fetcher, FetchOptions, HostState
+from .ledger import Outcome
+from .run import Downloader, Settings, failed_outcome, settle
+from .store import remove_temp_files
+
+SHARD = 64  # URLs sent to a worker at once
+GATHER = 0.05  # seconds a partly filled bucket waits for more URLs before it is sent
+TASK_RETRIES = 3  # a shard whose worker died is run again this many times
+WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 times
+
+
+# ------------------------------------------------------------------ the worker side
+
+
+@dataclass
+class ShardResult:
+    """What a worker hands back: per URL a checked body (in a temp file) or the failure."""
+
+    results: list[Checked | FetchFailure]
+    pauses: dict[str, float]  # host -> seconds it asked to be left alone from now
+
+
+def fetch_shard(
+    opts: FetchOptions, out: str, urls: list[str], pauses: dict[str, float]
+) -> ShardResult:
+    """In a Ray worker: fetch and check every URL of one host bucket (no DB access)."""
+    return asyncio.run(_fetch_shard(opts, Path(out), urls, pauses))
+
+
+async def _fetch_shard(
+    opts: FetchOptions, out: Path, urls: list[str], pauses: dict[str, float]
+) -> ShardResult:
+    async with Fetcher(opts, out) as fetcher:
+        now = time.monotonic()
+        for host, wait in pauses.items():
+            fetcher.hosts[host] = HostState(asyncio.Semaphore(opts.per_host), now + wait)
+
+        async def one(url: str) -> Checked | FetchFailure:
+            try:
+                return await fetcher.fetch_checked(url)
+            except FetchFailure as exc:
+                return exc
+
+        results = list(await asyncio.gather(*(one(url) for url in urls)))
+        now = time.monotonic()
+        left = {h: s.resume_at - now for h, s in fetcher.hosts.items() if s.resume_at > now}
+    return ShardResult(results, left)
+
+
+# ------------------------------------------------------------------ the driver side
+
+
+class ShardDispatcher:
+    """URLs in, checked bodies out: host buckets, one Ray task per busy bucket."""
+
+    def __init__(self, opts: FetchOptions, out: Path, *, workers: int) -> None:
+        ray = raycluster.require_ray()
+        self.ray = ray
+        self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fetch_shard)
+        self.opts = opts
+        self.out = str(out)
+        self.slots = max(1, workers)  # shards running at once
+        self.buckets = 4 * self.slots  # more buckets than slots: a busy host never stalls all
+        self.queues: list[deque[tuple[str, asyncio.Future[Checked]]]] = [
+            deque() for _ in range(self.buckets)
+        ]
+        self.since: list[float] = [0.0] * self.buckets  # when the oldest queued URL came
+        self.busy: set[int] = set()
+        self.pauses: dict[str, float] = {}  # host -> monotonic time it may be asked again
+        self.running: dict[asyncio.Task[None], Any] = {}  # collector -> its Ray reference
+        self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = None
+        self.next_bucket = 0
+        self.shards = 0
+        self.lost_shards = 0
+
+    def bucket_of(self, url: str) -> int:
+        return zlib.crc32((host_of(url) or "").encode("utf-8", "surrogatepass")) % self.buckets
+
+    async def fetch_checked(self, url: str) -> Checked:
+        """Like :meth:`.fetch.Fetcher.fetch_checked`, on a Ray worker."""
+        future: asyncio.Future[Checked] = self.loop.create_future()
+        bucket = self.bucket_of(url)
+        if not self.queues[bucket]:
+            self.since[bucket] = time.monotonic()
+        self.queues[bucket].append((url, future))
+        self._wake(0.0)
+        return await future
+
+    def _wake(self, delay: float) -> None:
+        if self.timer is None:
+            self.timer = self.loop.call_later(delay, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        waiting = False
+        for step in range(self.buckets):
+            bucket = (self.next_bucket + step) % self.buckets
+            queue = self.queues[bucket]
+            if bucket in self.busy or not queue:
+                continue
+            if len(queue) < SHARD and now - self.since[bucket] < GATHER:
+                waiting = True
+                continue
+            if len(self.running) >= self.slots:
+                break
+            jobs = [queue.popleft() for _ in range(min(SHARD, len(queue)))]
+            self.since[bucket] = now
+            self._send(bucket, jobs)
+            self.next_bucket = (bucket + 1) % self.buckets
+        if waiting and len(self.running) < self.slots:
+            self._wake(GATHER)
+
+    def _send(self, bucket: int, jobs: list[tuple[str, asyncio.Future[Checked]]]) -> None:
+        now = time.monotonic()
+        urls = [url for url, _future in jobs]
+        hosts = {host_of(url) or "" for url in urls}
+        pauses = {h: self.pauses[h] - now for h in hosts if self.pauses.get(h, 0.0) > now}
+        ref = self.remote.remote(self.opts, self.out, urls, pauses)
+        self.busy.add(bucket)
+        self.shards += 1
+        task = asyncio.ensure_future(self._collect(bucket, ref, jobs))
+        self.running[task] = ref
+
+    async def _collect(
+        self, bucket: int, ref: Any, jobs: list[tuple[str, asyncio.Future[Checked]]]
+    ) -> None:
+        try:
+            try:
+                shard: ShardResult = await ref
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the worker died TASK_RETRIES + 1 times, or Ray failed
+                log.warning("shard of %d URLs lost: %s", len(jobs), one_line(exc, 300))
+                self.lost_shards += 1
+                lost = FetchFailure(WORKER_LOST, one_line(exc, 120), retryable=True)
+                for _url, future in jobs:
+                    if not future.done():
+                        future.set_exception(lost)
+                return
+            now = time.monotonic()
+            for host, wait in shard.pauses.items():
+                self.pauses[host] = max(self.pauses.get(host, 0.0), now + wait)
+            for (_url, future), result in zip(jobs, shard.results, strict=True):
+                if future.done():  # its unit was cancelled: drop the body
+                    if isinstance(result, Checked) and result.body.temp is not None:
+                        result.body.temp.unlink(missing_ok=True)
+                elif isinstance(result, FetchFailure):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self.busy.discard(bucket)
+            self.running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._wake(0.0)
+
+    async def close(self) -> None:
+        """Stop what still runs (Ctrl-C, an error): cancel the tasks, wait for the collectors."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for task, ref in list(self.running.items()):
+            with suppress(Exception):
+                self.ray.cancel(ref, force=True)
+            task.cancel()
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+        for queue in self.queues:
+            for _url, future in queue:
+                future.cancel()
+            queue.clear()
+
+
+class RayDownloader(Downloader):
+    """:class:`~.run.Downloader` with the fetch and the checks on Ray workers."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        super().__init__(settings)
+        self.workers = workers
+        self.dispatcher: ShardDispatcher
+
+    async def run(self) -> None:
+        self.dispatcher = ShardDispatcher(self.opts, self.out, workers=self.workers)
+        try:
+            await super().run()
+        finally:
+            await self.dispatcher.close()
+            # Bodies of shards whose worker died (or that were cancelled) are leftovers
+            # now: no task runs any more, and the folder is locked for this run.
+            removed = remove_temp_files(self.out)
+            if removed:
+                log.info("removed %d temporary file(s) of lost or cancelled shards", removed)
+
+    async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
+        """The worker fetches and checks; the driver settles (same outcome as local)."""
+        self.writer.pending(candidate.url, image_id, candidate.variant_type)
+        checked: Checked | None = None
+        try:
+            checked = await self.dispatcher.fetch_checked(candidate.url)
+            return await asyncio.to_thread(settle, self.store, checked, candidate, image_id)
+        except FetchFailure as exc:
+            return failed_outcome(candidate, image_id, exc)
+        finally:
+            if checked is not None and checked.body.temp is not None:
+                checked.body.temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def ray_downloader(settings: Settings) -> Iterator[RayDownloader]:
+    """A Ray session for the run and the downloader that uses it."""
+    with raycluster.session(settings.ray_address) as cluster:
+        console.print(_("Executor: Ray, {cluster}").format(cluster=esc(cluster.describe())))
+        yield RayDownloader(settings, workers=max(1, cluster.cpus))

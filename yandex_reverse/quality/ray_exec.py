@@ -1,0 +1,143 @@
+"""Step 7.3 on Ray (``--executor ray``): Ray Data scores, the driver writes and sorts.
+
+The images to score (what :func:`~.cli.scan` found and the report cannot
+reuse) become a Ray dataset of (path, filename, size, mtime) rows;
+``map_batches`` runs them through :class:`QualityActor`, a pool of actors that
+each build one :class:`~.scorer.Scorer` (the models load once per actor) and
+turn a batch of files into report rows, exactly the rows the local path
+makes. Actors take ``--gpus-per-worker`` GPUs each where the cluster has GPUs
+(default 1), else one CPU each. The rows come back to the driver, the only
+writer of ``quality_report.db``, which commits them batch by batch and then
+categorises and sorts as the local path does. The files must be at the same
+path on every node (a shared folder).
+
+An actor that dies is restarted by Ray Data and its batch run again; rows are
+upserted by file name, so a batch scored twice is stored once, and Ctrl-C or a
+crash loses at most the batches not yet committed (a re-run scores only those).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import console, raycluster
+from ..console import StepFailed, UsageError, esc, log, one_line
+from ..i18n import _
+from .decode import Task
+from .report import upsert
+from .scorer import Scorer, ScoreSettings
+
+if TYPE_CHECKING:
+    from .cli import Options, RunStats
+
+BATCH = 8  # images per actor call: small enough that a lost actor loses little
+BATCH_GPU = 32
+
+
+class QualityActor:
+    """One per Ray worker: the metrics loaded once, a batch of files in, rows out."""
+
+    def __init__(self, settings: ScoreSettings) -> None:
+        self.scorer = Scorer(settings)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        tasks = [
+            Task(Path(str(path)), str(name), int(size), int(mtime))
+            for path, name, size, mtime in zip(
+                batch["path"], batch["filename"], batch["file_size"], batch["mtime_ns"], strict=True
+            )
+        ]
+        # Rows as JSON text: every value comes back exactly (floats included) and
+        # Arrow never has to guess a column type from a batch of NULLs.
+        return {"row": [json.dumps(row) for row in self.scorer.score(tasks)]}
+
+
+def plan(opts: Options, cluster: raycluster.Cluster) -> tuple[ScoreSettings, int, float, int]:
+    """(settings for the actors, how many actors, GPUs and CPUs each)."""
+    gpus = opts.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster.gpus and opts.device != "cpu" else 0.0
+    if opts.device == "cuda" and not gpus:
+        raise UsageError(_("--device cuda: the Ray cluster has no GPU (or --gpus-per-worker is 0)"))
+    if gpus and gpus > cluster.gpus:
+        raise UsageError(
+            _("--gpus-per-worker {want:g}: the Ray cluster has {have:g} GPU(s)").format(
+                want=gpus, have=cluster.gpus
+            )
+        )
+    base = opts.settings()
+    if gpus:
+        actors = max(1, math.floor(cluster.gpus / gpus + 1e-9))
+        cpus = max(1, min(8, cluster.cpus // actors))  # the decode threads that feed a GPU
+        return replace(base, device="cuda", workers=opts.workers or cpus), actors, gpus, cpus
+    actors = max(1, cluster.cpus)  # one image at a time per core, as the local path
+    return replace(base, device="cpu", workers=1), actors, 0.0, 1
+
+
+def score_on_ray(
+    tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
+) -> None:
+    """Score ``tasks`` on Ray; commit each batch of rows as it comes back."""
+    with raycluster.session(opts.ray_address) as cluster:
+        import ray.data
+
+        raycluster.quiet_loggers()
+        settings, actors, gpus, cpus = plan(opts, cluster)
+        text = (
+            _("Executor: Ray, {cluster}; {n} scoring actor(s), {gpus:g} GPU each")
+            if gpus
+            else _("Executor: Ray, {cluster}; {n} scoring actor(s), 1 CPU each")
+        )
+        console.console.print(text.format(cluster=esc(cluster.describe()), n=actors, gpus=gpus))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        items = [
+            {
+                "path": str(t.path),
+                "filename": t.filename,
+                "file_size": t.file_size,
+                "mtime_ns": t.mtime_ns,
+            }
+            for t in tasks
+        ]
+        scored = ray.data.from_items(
+            items, override_num_blocks=max(actors, math.ceil(len(items) / BATCH))
+        ).map_batches(
+            QualityActor,
+            fn_constructor_args=(settings,),
+            batch_size=BATCH_GPU if gpus else BATCH,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+        with console.progress("Scoring", total=len(tasks)) as advance:
+            try:
+                for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                    rows = [json.loads(text) for text in batch["row"]]
+                    upsert(conn, rows)
+                    stats.errors += sum(1 for r in rows if r["error_message"])
+                    stats.scored += sum(1 for r in rows if not r["error_message"])
+                    advance(len(rows))
+            except (StepFailed, UsageError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise _step_error(exc) from exc
+
+
+def _step_error(exc: BaseException) -> Exception:
+    """The one-line error an actor raised (missing weights ...), out of Ray's wrapping."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (StepFailed, UsageError)):
+            return type(seen)(str(seen).splitlines()[-1] if str(seen) else "")
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else (seen.__cause__ or seen.__context__)
+    log.exception("scoring on Ray failed")
+    return StepFailed(_("scoring on Ray failed: {error}").format(error=one_line(exc, 300)))
