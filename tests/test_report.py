@@ -158,6 +158,11 @@ def test_hostile_text_stays_text_and_only_http_links(
             "UPDATE images SET title = 'x[/]y', snippet_url = ? WHERE id = 'evil2'",
             ('https://example.com/p?"><script>alert(2)</script>',),
         )
+        conn.executemany(
+            "INSERT INTO query_sites (query, url, position, title, domain) VALUES (?, ?, ?, ?, ?)",
+            [("cat.jpg", "javascript:alert(3)", 0, "<b>bold</b>", "evil.example"),
+             ("cat.jpg", "https://example.org/page", 1, "A page", "example.org")],
+        )  # fmt: skip
     assert run_main(report.main, ["--db", "yandex_images.db", "--out", "r.html"]) == 0
     pw, browser, page, _requests = open_page(tmp_path / "r.html")
     try:
@@ -170,6 +175,12 @@ def test_hostile_text_stays_text_and_only_http_links(
         assert cards.count() == 2
         assert "<script>" in cards.nth(0).inner_text() or "<script>" in cards.nth(1).inner_text()
         assert page.locator('a.page[href^="https://example.com/p?"]').count() == 1
+        sites = page.locator("details.sites li")
+        assert sites.count() == 2  # the sites tab, both rows; only the http(s) one is a link
+        assert page.locator("details.sites a").evaluate_all(
+            "els => els.map(e => e.getAttribute('href'))"
+        ) == ["https://example.org/page"]
+        assert "<b>bold</b>" in sites.nth(0).inner_text()
     finally:
         browser.close()
         pw.stop()

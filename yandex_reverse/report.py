@@ -123,10 +123,11 @@ def collect(db_path: Path, photos: Path, report_dir: Path) -> list[Query]:
             ):
                 downloads[image_id] = (path, width, height, size)
         sites: dict[str, list[dict[str, str]]] = defaultdict(list)
-        if "query" in (site_cols := _columns(conn, "sites")):
-            wanted = [c for c in ("url", "title", "domain", "description") if c in site_cols]
+        if _columns(conn, "query_sites"):  # step 2 fills it when step 1 saved the sites tab
+            wanted = ["url", "title", "domain", "description"]
             for values in conn.execute(
-                f"SELECT query, {', '.join(wanted)} FROM sites ORDER BY rowid"
+                "SELECT query, url, title, domain, description FROM query_sites "
+                "ORDER BY query, page, position"
             ):
                 sites[values[0]].append(
                     {k: str(v) for k, v in zip(wanted, values[1:], strict=True) if v}
