@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import i18n
-from .console import StepFailed, console, esc
+from .console import StepFailed, UsageError, console, esc
 from .i18n import N_, _
 
 DOWNLOADS = "yandex_images"
@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.command for s in pipeline()],
         help=_("start at this step (crawl, import, ...); the earlier ones are done"),
     )  # fmt: skip
+    parser.add_argument(
+        "--to", dest="stop", metavar="COMMAND",
+        choices=[s.command for s in pipeline()],
+        help=_("stop after this step (default: the report, the last one)"),
+    )  # fmt: skip
     add_common_flags(parser)
     return parser
 
@@ -137,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     if not folder.is_dir():
         raise StepFailed(_("not a folder: {path}").format(path=folder))
     steps = pipeline()
-    if args.start:
-        steps = steps[[s.command for s in steps].index(args.start) :]
-    run_pipeline(folder, steps)
-    console.print(_("Report: {path}").format(path=esc(folder / REPORT)))
+    names = [s.command for s in steps]
+    first = names.index(args.start) if args.start else 0
+    last = names.index(args.stop) if args.stop else len(names) - 1
+    if last < first:
+        raise UsageError(_("--to {stop} comes before --from {start}").format(
+            stop=args.stop, start=args.start))  # fmt: skip
+    run_pipeline(folder, steps[first : last + 1])
+    if (folder / REPORT).is_file() and last == len(names) - 1:
+        console.print(_("Report: {path}").format(path=esc(folder / REPORT)))
     return 0
