@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -287,6 +288,8 @@ def test_limit_does_a_subset_and_the_next_run_goes_on(web, workdir):
     first = download(workdir, web, "--limit", "2")
     assert first.returncode == 0, first.stderr
     assert len(images_on_disk(workdir / "yandex_images")) == 2
+    said = " ".join(first.stdout.split())
+    assert "0 pending; 3 results not tried yet" in said  # not "0 pending" alone
     download(workdir, web, "--limit", "2")
     assert len(images_on_disk(workdir / "yandex_images")) == 4
     download(workdir, web)
@@ -320,9 +323,16 @@ def test_all_variants_downloads_every_copy(web, workdir):
 # ------------------------------------------------------------------ interruption
 
 
-def many_results(tag: str, n: int) -> list[dict]:
+def many_results(tag: str, n: int, *, hold_from: int | None = None) -> list[dict]:
+    """``n`` results on four hosts; from ``hold_from`` on, the image web holds their
+    answers until the test releases ``tag`` (no race against the clock)."""
     return [
-        result(f"{tag}{i:02d}", host=f"sun9-{50 + i % 4}.userapi.com", query="&yr_delay=0.1")
+        result(
+            f"{tag}{i:02d}",
+            host=f"sun9-{50 + i % 4}.userapi.com",
+            query="&yr_delay=0.05"
+            + (f"&yr_hold={tag}" if hold_from is not None and i >= hold_from else ""),
+        )
         for i in range(n)
     ]
 
@@ -335,16 +345,28 @@ def comparable(db_path: Path) -> dict[str, tuple]:
     }
 
 
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll until ``condition()``; FAIL (never fall through) when it does not come."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {timeout:g} s")
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(web, tmp_path, sig):
     tag = uid()
-    entities = many_results(tag, 24)
+    # The first 5 results answer; the other 19 are held by the image web until the
+    # signal has been sent, so the run is always cut mid-way, however busy the CPU.
+    entities = many_results(tag, 24, hold_from=5)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir()
     cut.mkdir()
     whole_db, cut_db = build_db(whole, entities), build_db(cut, entities)
-    args = ("--proxy", web.proxy_url, "--concurrency", "3", "--per-host", "2")
-    assert download(whole, web, "--concurrency", "3", "--per-host", "2").returncode == 0
+    # Room for every request at once: a held answer never blocks one that answers.
+    limits = ("--concurrency", "30", "--per-host", "8")
+    args = ("--proxy", web.proxy_url, *limits)
 
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "5_Download_async.py"), *args],
@@ -355,17 +377,24 @@ def test_interrupted_run_then_rerun_equals_an_uninterrupted_run(web, tmp_path, s
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     out = cut / "yandex_images"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out.is_dir() and len(images_on_disk(out)) >= 5):
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    try:
+        wait_for(lambda: out.is_dir() and len(images_on_disk(out)) >= 5, "5 files on disk")
+        # The held results have been asked for (the run is inside its downloads).
+        wait_for(lambda: hits(web, f"yr_hold={tag}") >= 1, "a held request")
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        web.release(tag)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert not temp_files(out)  # Ctrl-C cleans up after itself
-    assert 5 <= len(images_on_disk(out)) < 24, "the run was not cut mid-way"
+    assert len(images_on_disk(out)) == 5, "the run was cut mid-way"
 
-    again = download(cut, web, "--concurrency", "3", "--per-host", "2")
+    assert download(whole, web, *limits).returncode == 0
+    again = download(cut, web, *limits)
     assert again.returncode == 0, again.stderr
     assert not temp_files(out)
     assert images_on_disk(out) == images_on_disk(whole / "yandex_images")
@@ -484,3 +513,278 @@ def test_on_a_terminal_it_asks_for_the_source_like_the_original(web, workdir):
     assert "Choose image source" in out and "Invalid choice" in out
     assert len(images_on_disk(workdir / "vk_images")) == 1
     assert not (workdir / "yandex_images").exists()
+
+
+# ------------------------------------------------------------------ attacks (#13)
+
+
+def no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text and "never retrieved" not in text, text
+
+
+def test_a_second_run_on_the_same_db_into_another_folder_stops_with_one_line(web, workdir):
+    tag = uid()
+    entities = many_results(tag, 6, hold_from=0)
+    build_db(workdir, entities)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "5_Download_async.py"), "--proxy", web.proxy_url],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: hits(web, f"yr_hold={tag}") >= 1, "the first run's requests")
+        second = download(workdir, web, "--out", "elsewhere")
+    finally:
+        web.release(tag)
+        _first_out, first_err = proc.communicate(timeout=120)
+    assert second.returncode == 1
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "another download is running from yandex_images.db" in lines[0]
+    assert "yandex_images" in lines[0]  # names the folder the first run writes to
+    no_traceback(second.stdout, second.stderr)
+    assert not (workdir / "elsewhere").exists()  # nothing made for the refused run
+    assert proc.returncode == 0, first_err
+    assert len(images_on_disk(workdir / "yandex_images")) == 6
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere): a disk that fills up mid-run."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace')}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_stops_with_one_line_and_a_rerun_finishes(web, workdir, small_disk):
+    tag = uid()
+    n = 30  # ~65 KB each: about twice what the disk holds
+    build_db(
+        workdir, [result(f"{tag}{i:02d}", host=f"sun9-{60 + i % 3}.userapi.com") for i in range(n)]
+    )
+    out = small_disk / "images"
+    full = download(workdir, web, "--out", str(out))
+    assert full.returncode == 1, full.stdout
+    said = " ".join(full.stderr.split())  # one message (rich wraps it at the width)
+    assert said.count("Error:") == 1 and said.startswith("Error: stopped: disk full"), said
+    assert "free)" in said and "run the same command again" in said
+    no_traceback(full.stdout, full.stderr)
+    assert "Download summary" in full.stdout  # the figures of what was done
+    assert not temp_files(out)
+    kept = images_on_disk(out)
+    assert kept and len(kept) < n
+    rows = ledger(workdir / "yandex_images.db")
+    for row in rows.values():  # what the ledger calls done is on disk, whole
+        if row["status"] == "done":
+            assert (workdir / row["path"]).is_file()
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    again = download(workdir, web, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    no_traceback(again.stdout, again.stderr)
+    files = images_on_disk(out)
+    assert len(files) == n and len(set(files.values())) == n  # each picture once
+    assert all(kept[name] == files[name] for name in kept)  # earlier files untouched
+    rows = ledger(workdir / "yandex_images.db")
+    assert sorted(Path(r["path"]).name for r in rows.values() if r["status"] == "done") == sorted(
+        files
+    )
+
+
+def test_bombs_and_foreign_formats_never_reach_a_decoder_even_forty_at_once(web, workdir):
+    tag = uid()
+    bombs = [
+        entity(
+            f"{tag}b{i:02d}",
+            orig_url=image_url(
+                f"{tag}b{i:02d}", host=f"sun9-{i % 5}.bomb.ru", query="&yr_fault=bomb"
+            ),
+            previews=[],
+            dups=[],
+        )
+        for i in range(40)
+    ]
+    eps = entity(
+        f"{tag}eps",
+        orig_url=image_url(f"{tag}eps", host="sun9-9.eps.ru", query="&yr_fault=eps"),
+        previews=[],
+        dups=[],
+    )
+    good = [result(f"{tag}g{i:02d}", host=f"sun9-{i % 5}.good.ru") for i in range(20)]
+    db_path = build_db(workdir, [*bombs, eps, *good])
+    done = download(workdir, web, "--concurrency", "40", "--per-host", "40")
+    assert done.returncode == 0, done.stderr
+    no_traceback(done.stdout, done.stderr)
+    rows = ledger(db_path)
+    for bomb in bombs:
+        row = rows[bomb["origUrl"]]
+        assert row["status"] == "failed" and row["error"].startswith(
+            "refused: decompression bomb"
+        ), row
+    assert rows[eps["origUrl"]]["error"] == "not an image: unrecognised content"
+    assert all(rows[g["origUrl"]]["status"] == "done" for g in good)
+    files = images_on_disk(workdir / "yandex_images")
+    assert len(files) == 20 and all(f"{tag}g" in name for name in files)
+    assert "refused: decompression bomb" in done.stdout  # counted by reason
+
+
+def secret_hits(web: ImageWebServer) -> int:
+    return sum(n for url, n in web.hits.items() if urlsplit(url).path.endswith("/secret.jpg"))
+
+
+def _resolves_to_loopback() -> str | None:
+    """A DNS name (not ``localhost`` itself) that resolves to a loopback address here."""
+    import socket
+
+    for name in (socket.gethostname(), "localhost.localdomain", "ip6-localhost"):
+        try:
+            infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if (
+            name != "localhost"
+            and infos
+            and all(i[4][0].startswith("127.") or i[4][0] == "::1" for i in infos)
+        ):
+            return name
+    return None
+
+
+def test_result_urls_and_redirects_to_private_addresses_are_refused(web, workdir, tmp_path):
+    tag = uid()
+    port = web.port
+    secret = f"/sun9-99.userapi.com/impg/{tag}/secret.jpg"  # what a loopback fetch would hit
+    targets = {
+        "literal": f"http://127.0.0.1:{port}{secret}?n=1",
+        "decimal": f"http://2130706433:{port}{secret}?n=2",
+        "octal": f"http://0177.0.0.1:{port}{secret}?n=3",
+        "fullwidth": f"http://ｌｏｃａｌｈｏｓｔ:{port}{secret}?n=4",
+        "ipv6": f"http://[::1]:{port}{secret}?n=5",
+        "private": f"http://10.0.0.5{secret}?n=6",
+        "linklocal": "http://169.254.169.254/latest/meta-data/x.jpg",
+        "redirect": image_url(
+            f"{tag}r", host="sun9-98.userapi.com",
+            query=f"&yr_fault=redirectto&yr_to=http://127.0.0.1:{port}{secret}?n=7",
+        ),
+    }  # fmt: skip
+    name = _resolves_to_loopback()
+    if name:
+        targets["dns"] = f"http://{name}:{port}{secret}?n=8"
+    entities = [
+        entity(f"{tag}{kind}", orig_url=url, previews=[], dups=[]) for kind, url in targets.items()
+    ]
+    entities.append(result(f"{tag}ok", host="sun9-97.userapi.com"))
+    db_path = build_db(workdir, entities)
+    done = download(workdir, web)
+    assert done.returncode == 0, done.stderr
+    no_traceback(done.stdout, done.stderr)
+    rows = ledger(db_path)
+    for kind, url in targets.items():
+        stored_url = next(u for u in rows if u.endswith(url.rsplit("?", 1)[-1]) or u == url)
+        row = rows[stored_url]
+        assert row["status"] == "failed", (kind, row)
+        assert row["error"].startswith("refused: private address"), (kind, row["error"])
+        assert row["retryable"] == 0
+    assert secret_hits(web) == 0  # not one request reached the loopback target
+    assert rows[entities[-1]["origUrl"]]["status"] == "done"  # the rest of the run is intact
+    assert "refused: private address" in done.stdout
+
+    # The same DB with --allow-private (the user's own choice, e.g. a LAN mirror).
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    build_db(allowed, entities)
+    ok = download(allowed, web, "--allow-private")
+    assert ok.returncode == 0, ok.stderr
+    rows = ledger(allowed / "yandex_images.db")
+    assert rows[targets["literal"]]["status"] == "done"
+    assert rows[targets["redirect"]]["status"] == "done"
+    assert secret_hits(web) >= 2
+
+
+def test_a_file_stored_but_not_recorded_is_adopted_or_removed_never_stored_twice(web, workdir):
+    """kill -9 between the rename and the ledger write, made exact: the files stay,
+    their ledger rows are rolled back to what such a kill leaves (pending or none)."""
+    from yandex_reverse.download.store import file_name
+
+    tag = uid()
+    a = image_url(f"{tag}same", host="a.example-cdn.com")
+    b = image_url(f"{tag}same", host="b.example-cdn.org")  # the same bytes as a
+    entities = [
+        result(f"{tag}p", host="sun9-71.userapi.com"),
+        result(f"{tag}n", host="sun9-72.userapi.com"),
+        result(f"{tag}k", host="sun9-73.userapi.com"),
+        entity(f"{tag}a", orig_url=a, previews=[(a, 640, 480)], dups=[]),
+        entity(f"{tag}b", orig_url=b, previews=[(b, 640, 480)], dups=[]),
+    ]
+    db_path = build_db(workdir, entities)
+    first = download(workdir, web)
+    assert first.returncode == 0, first.stderr
+    out = workdir / "yandex_images"
+    before_files, before_rows = images_on_disk(out), comparable(db_path)
+    pending_url, none_url = entities[0]["origUrl"], entities[1]["origUrl"]
+    # One of a, b stored the file, the other points at it. Had the kill come while
+    # the other stored its own copy, that copy would be on disk under its name.
+    rows = ledger(db_path)
+    first, second = (a, b) if Path(rows[a]["path"]).name.startswith(f"{tag}a_") else (b, a)
+    second_id = f"{tag}b" if second == b else f"{tag}a"
+    b_name = file_name(second_id, "original", 640, 480, second, ".jpg")
+    a_path = workdir / rows[first]["path"]
+    shutil.copyfile(a_path, out / b_name)
+    # A file with our name shape that no URL of this DB gives: not ours, left alone.
+    stranger = out / "someone_original_640x480_0123abcd.jpg"
+    shutil.copyfile(a_path, stranger)
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "UPDATE downloads SET status = 'pending', path = NULL, sha256 = NULL, bytes = NULL "
+            "WHERE url = ?",
+            (pending_url,),
+        )
+        conn.execute("DELETE FROM downloads WHERE url IN (?, ?)", (none_url, second))
+    conn.close()
+    requests = sum(web.hits.values())
+
+    again = download(workdir, web)
+    assert again.returncode == 0, again.stderr
+    no_traceback(again.stdout, again.stderr)
+    assert sum(web.hits.values()) == requests  # nothing fetched again
+    assert "2 adopted" in again.stdout and "1 removed" in again.stdout
+    assert "Left alone: 1 file" in again.stdout
+    assert stranger.is_file()
+    stranger.unlink()
+    assert images_on_disk(out) == before_files  # each picture once, b's copy gone
+    assert comparable(db_path) == before_rows
+    assert not (out / b_name).exists() and not (out / b_name).with_suffix(".txt").exists()
+
+
+def test_offline_says_so_at_once_and_hints_at_the_connection_and_proxy(workdir):
+    import socket
+
+    tag = uid()
+    build_db(workdir, [result(f"{tag}{i:02d}", host=f"sun9-{i}.userapi.com") for i in range(12)])
+    with socket.socket() as s:  # a port nobody listens on: the "proxy" is not there
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    done = run_script(
+        "5_Download_async.py", "--proxy", dead, "--retries", "0", cwd=workdir, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    no_traceback(done.stdout, done.stderr)
+    said = " ".join(done.stdout.split())
+    assert said.count("No answer from the network yet") == 1
+    assert said.count("network errors in a row") == 1
+    assert f"the proxy {dead} answers" in said
+    assert said.index("No answer from the network yet") < said.index("Download summary")

@@ -7,15 +7,13 @@ process (a worker on another machine checks the same way).
 from __future__ import annotations
 
 import io
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
 from ..console import one_line
+from ..imageinfo import MAX_PIXELS, WEB_FORMATS, ImageError, check_pixels, open_image
 
 # Formats Pillow reports -> (extension, MIME type).
 FORMAT_FILES: dict[str, tuple[str, str]] = {
@@ -99,13 +97,6 @@ def refuse_text(head: bytes, content_type: str) -> None:
         raise FetchFailure(reason, http_status=200, content_type=content_type or None)
 
 
-@contextmanager
-def _bomb_guard() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
-
-
 def ends_complete(fmt: str, size: int, tail: bytes) -> bool:
     """Does the file end the way a whole file of ``fmt`` ends? (``tail``: its last bytes)."""
     if fmt in ("JPEG", "MPO"):
@@ -120,7 +111,9 @@ def ends_complete(fmt: str, size: int, tail: bytes) -> bool:
 def inspect_image(source: bytes | Path) -> tuple[str, int, int]:
     """(Pillow format, width, height), or :class:`FetchFailure` with the reason.
 
-    Pillow reads the header (decompression-bomb guard on); a file that ends
+    Pillow reads the header (only :data:`WEB_FORMATS`; above
+    :data:`~yandex_reverse.imageinfo.MAX_PIXELS` it is a bomb, checked per call
+    with no process-wide state, so threads cannot disturb each other); a file that ends
     as a whole file of its format ends (JPEG EOI, PNG IEND, GIF trailer, WebP
     RIFF size) is accepted without decoding. Anything else is decoded (JPEGs at
     1/8 scale, which still reads every byte of the scan), so a truncated file
@@ -137,11 +130,27 @@ def inspect_image(source: bytes | Path) -> tuple[str, int, int]:
             fh.seek(max(0, size - 64))
             tail = fh.read()
     try:
-        with _bomb_guard(), Image.open(handle) as image:
+        # Only the web formats reach Pillow (an EPS sent as image/jpeg never meets
+        # the EPS decoder); the pixel limit is checked here, per call, from the header.
+        image = open_image(handle, max_pixels=None, formats=WEB_FORMATS)
+    except ImageError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):
+            raise FetchFailure("not an image: unrecognised content") from exc
+        if isinstance(
+            exc.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning)
+        ):
+            raise FetchFailure("refused: decompression bomb", one_line(exc, 120)) from exc
+        raise FetchFailure("broken image", one_line(exc, 120)) from exc
+    try:
+        with image:
             fmt = image.format or ""
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise FetchFailure("broken image", f"size {width}x{height}")
+            try:
+                check_pixels((width, height), MAX_PIXELS)
+            except ImageError as exc:
+                raise FetchFailure("refused: decompression bomb", one_line(exc, 120)) from exc
             complete = ends_complete(fmt, size, tail)
             if fmt == "WEBP":
                 complete = int.from_bytes(riff, "little") + 8 == size
@@ -153,8 +162,6 @@ def inspect_image(source: bytes | Path) -> tuple[str, int, int]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise FetchFailure("refused: decompression bomb", one_line(exc, 120)) from exc
-    except UnidentifiedImageError as exc:
-        raise FetchFailure("not an image: unrecognised content") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise FetchFailure("broken image", one_line(exc, 120)) from exc
     return fmt, width, height

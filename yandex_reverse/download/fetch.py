@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import random
+import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -22,6 +25,7 @@ from types import TracebackType
 
 import aiofiles
 import aiohttp
+from yarl import URL
 
 from ..console import one_line
 from ..urls import host_of
@@ -38,6 +42,12 @@ SPILL_AT = 1024 * 1024  # bodies up to this size stay in memory until verified
 MAX_HOST_WAIT = 120.0  # a host asking for a longer pause fails its URLs as retryable
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 BACKOFF_STATUS = frozenset({429, 503})
+# Reasons that say "the network (or the proxy) is not there", not "this URL is bad".
+NETWORK_REASONS = frozenset(
+    {"network error", "proxy unreachable", "timeout", "connection reset", "connection closed"}
+)
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
 
 
 @dataclass
@@ -60,6 +70,7 @@ class FetchOptions:
     user_agent: str = DEFAULT_USER_AGENT
     min_side: int = 0
     min_bytes: int = 0
+    allow_private: bool = False
 
 
 @dataclass
@@ -122,6 +133,43 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host literal stands for, also in the forms browsers and
+    ``inet_aton`` accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefx." for c in host) and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _not_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is not on the public internet (None when it is)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "not global"
+
+
+def host_refusal(host: str) -> str | None:
+    """A reason when the URL's host literal (IDNA already applied) is not public."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return f"{name} (loopback)"
+    ip = _ip_of(name)
+    if ip is None:
+        return None
+    kind = _not_public(ip)
+    return f"{name} = {ip} ({kind})" if kind else None
+
+
 def check_body(body: Body, opts: FetchOptions) -> Checked:
     """In a worker thread: hash, the filters, a real image; :class:`FetchFailure` if not.
 
@@ -168,6 +216,9 @@ class Fetcher:
         self.hosts: dict[str, HostState] = {}
         self.global_sem = asyncio.Semaphore(opts.concurrency)
         self.session: aiohttp.ClientSession | None = None
+        self.verdicts: dict[str, str | None] = {}  # host -> why it is refused (None: public)
+        # Told after every attempt (the driver counts network errors in a row).
+        self.on_attempt: Callable[[FetchFailure | None], None] = lambda failure: None
 
     async def __aenter__(self) -> Fetcher:
         o = self.opts
@@ -233,9 +284,11 @@ class Fetcher:
                     except FetchFailure as exc:
                         failure = exc
                         failure.attempts = attempts
+                        self.on_attempt(failure)
                     else:
                         state.strikes = 0
                         body.attempts = attempts
+                        self.on_attempt(None)
                         return body
                 if failure.http_status in BACKOFF_STATUS:
                     state.strikes += 1
@@ -271,69 +324,57 @@ class Fetcher:
             raise
         return checked
 
+    async def refusal(self, url: URL) -> str | None:
+        """Why ``url`` must not be fetched: its host is, or resolves to, a loopback,
+        private, link-local or reserved address (unless ``allow_private``).
+
+        The host is checked as written (IDNA applied by yarl, so a full-width
+        ``ｌｏｃａｌｈｏｓｔ`` is ``localhost``) and as resolved here, even
+        when a proxy will resolve it: a name that does not resolve here passes.
+        """
+        if self.opts.allow_private:
+            return None
+        host = url.host or ""
+        if host in self.verdicts:
+            return self.verdicts[host]
+        verdict = host_refusal(host)
+        if verdict is None and _ip_of(host.lower().rstrip(".")) is None:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, url.port or 80, type=socket.SOCK_STREAM
+                )
+            except (OSError, UnicodeError):
+                infos = []
+            for info in infos:
+                kind = _not_public(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+                if kind:
+                    verdict = f"{host} resolves to {info[4][0]} ({kind})"
+                    break
+        self.verdicts[host] = verdict
+        return verdict
+
     async def _get(self, url: str) -> Body:
-        """One GET, the body streamed and hashed; :class:`FetchFailure` on any problem."""
+        """One GET (redirects followed here, each hop checked), the body streamed and
+        hashed; :class:`FetchFailure` on any problem."""
         assert self.session is not None, "use the Fetcher as an async context manager"
         o = self.opts
-        temp: Path | None = None
-        handle = None
         try:
-            async with self.session.get(url, proxy=o.proxy, max_redirects=10) as resp:
-                ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                if resp.status != 200:
+            target = URL(url)
+            for _hop in range(MAX_REDIRECTS + 1):
+                if target.scheme not in ("http", "https"):
+                    raise FetchFailure("invalid URL", f"redirect to {target.scheme}:")
+                refused = await self.refusal(target)
+                if refused:
                     raise FetchFailure(
-                        f"HTTP {resp.status}",
-                        resp.reason or "",
-                        retryable=resp.status in RETRYABLE_STATUS,
-                        http_status=resp.status,
-                        content_type=ctype or None,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                        "refused: private address", f"{refused}; --allow-private fetches it"
                     )
-                declared = resp.content_length
-                if declared is not None and declared > o.max_bytes:
-                    raise FetchFailure(
-                        "too large",
-                        f"Content-Length {declared:,} > --max-bytes {o.max_bytes:,}",
-                        http_status=200,
-                        content_type=ctype,
-                    )
-                digest = None  # bodies kept in memory are hashed in the checking thread
-                buffer = bytearray()
-                head = b""
-                size = 0
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    if len(head) < 64:
-                        head = (head + chunk)[:64]
-                        if len(head) >= 64 and not sniff(head):
-                            refuse_text(head, ctype)
-                    size += len(chunk)
-                    if size > o.max_bytes:
-                        raise FetchFailure(
-                            "too large",
-                            f"more than --max-bytes {o.max_bytes:,}",
-                            http_status=200,
-                            content_type=ctype,
-                        )
-                    buffer += chunk
-                    if digest is not None:
-                        digest.update(chunk)
-                    if len(buffer) >= SPILL_AT:
-                        if digest is None:
-                            digest = hashlib.sha256(buffer)
-                        if handle is None:
-                            temp = temp_path(self.out, url)
-                            handle = await aiofiles.open(temp, "wb")
-                        await handle.write(bytes(buffer))
-                        buffer.clear()
-                if not sniff(head):
-                    refuse_text(head, ctype)
-                if handle is not None:
-                    await handle.close()
-                    handle = None
-                sha = digest.hexdigest() if digest is not None else ""
-                body = Body(buffer, temp, size, sha, head, ctype, 200, str(resp.url))
-                temp = None  # the body owns it now
-                return body
+                async with self.session.get(target, proxy=o.proxy, allow_redirects=False) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in REDIRECT_STATUS and location:
+                        target = resp.url.join(URL(location))
+                        continue
+                    return await self._read(resp, url)
+            raise FetchFailure("too many redirects")
         except FetchFailure:
             raise
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -342,7 +383,7 @@ class Fetcher:
             ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise FetchFailure("too many redirects") from exc
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError) as exc:
             raise FetchFailure("invalid URL", one_line(exc, 120)) from exc
         except aiohttp.ClientPayloadError as exc:
             text = repr(exc)
@@ -359,10 +400,72 @@ class Fetcher:
             raise FetchFailure(
                 "bad HTTP response", one_line(exc, 120), http_status=exc.status
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ConnectionError) as exc:
             raise FetchFailure("network error", one_line(exc, 120), retryable=True) from exc
-        except OSError as exc:
-            raise FetchFailure("disk error", one_line(exc, 120), retryable=True) from exc
+        # Any other OSError is the local disk (the spill file): not the URL's fault;
+        # it propagates so the driver stops the run with one line.
+
+    async def _read(self, resp: aiohttp.ClientResponse, url: str) -> Body:
+        """The body of a final (non-redirect) answer, checked as it streams."""
+        o = self.opts
+        temp: Path | None = None
+        handle = None
+        try:
+            ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if resp.status != 200:
+                raise FetchFailure(
+                    f"HTTP {resp.status}",
+                    resp.reason or "",
+                    retryable=resp.status in RETRYABLE_STATUS,
+                    http_status=resp.status,
+                    content_type=ctype or None,
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                )
+            declared = resp.content_length
+            if declared is not None and declared > o.max_bytes:
+                raise FetchFailure(
+                    "too large",
+                    f"Content-Length {declared:,} > --max-bytes {o.max_bytes:,}",
+                    http_status=200,
+                    content_type=ctype,
+                )
+            digest = None  # bodies kept in memory are hashed in the checking thread
+            buffer = bytearray()
+            head = b""
+            size = 0
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                if len(head) < 64:
+                    head = (head + chunk)[:64]
+                    if len(head) >= 64 and not sniff(head):
+                        refuse_text(head, ctype)
+                size += len(chunk)
+                if size > o.max_bytes:
+                    raise FetchFailure(
+                        "too large",
+                        f"more than --max-bytes {o.max_bytes:,}",
+                        http_status=200,
+                        content_type=ctype,
+                    )
+                buffer += chunk
+                if digest is not None:
+                    digest.update(chunk)
+                if len(buffer) >= SPILL_AT:
+                    if digest is None:
+                        digest = hashlib.sha256(buffer)
+                    if handle is None:
+                        temp = temp_path(self.out, url)
+                        handle = await aiofiles.open(temp, "wb")
+                    await handle.write(bytes(buffer))
+                    buffer.clear()
+            if not sniff(head):
+                refuse_text(head, ctype)
+            if handle is not None:
+                await handle.close()
+                handle = None
+            sha = digest.hexdigest() if digest is not None else ""
+            body = Body(buffer, temp, size, sha, head, ctype, 200, str(resp.url))
+            temp = None  # the body owns it now
+            return body
         finally:
             if handle is not None:
                 with suppress(OSError):

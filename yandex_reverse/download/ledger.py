@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import db as dbmod
 from ..console import StepFailed, log, one_line
+from ..i18n import _
 from ..urls import normalize_url
 from .fetch import Candidate
 from .store import Stored
@@ -133,7 +134,9 @@ class LedgerWriter:
             self.queue.put(None)
             self.thread.join()
         if self.error is not None:
-            raise StepFailed(f"could not write the download ledger: {one_line(self.error)}")
+            raise StepFailed(
+                _("could not write the download ledger: {error}").format(error=one_line(self.error))
+            )
 
     def _run(self) -> None:
         conn = dbmod.connect(self.db_path, create=False, migrate_schema=False)
@@ -214,7 +217,8 @@ class LedgerReader:
         self.conn.close()
 
 
-def ledger_totals(db_path: Path) -> str:
+def ledger_totals(db_path: Path) -> tuple[dict[str, int], int]:
+    """(rows per status, failed rows that may succeed with --retry-failed)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         counts = dict(conn.execute("SELECT status, COUNT(*) FROM downloads GROUP BY status"))
@@ -223,11 +227,7 @@ def ledger_totals(db_path: Path) -> str:
         ).fetchone()[0]
     finally:
         conn.close()
-    return (
-        f"Ledger: {counts.get('done', 0):,} done, {counts.get('failed', 0):,} failed "
-        f"({retryable:,} may succeed with --retry-failed), {counts.get('skipped', 0):,} skipped, "
-        f"{counts.get('pending', 0):,} pending"
-    )
+    return counts, retryable
 
 
 # ------------------------------------------------------------------ reading the work

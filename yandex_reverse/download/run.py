@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..console import log, progress
+from ..console import console, esc, log, one_line, progress
+from ..i18n import _
 from .checks import FetchFailure
-from .fetch import Body, Candidate, Checked, Fetcher, FetchOptions, check_body
+from .fetch import NETWORK_REASONS, Body, Candidate, Checked, Fetcher, FetchOptions, check_body
 from .ledger import LedgerReader, LedgerWriter, Outcome, Unit, WorkReader, now
 from .store import Store
 
@@ -40,6 +41,7 @@ class Settings:
     min_side: int
     min_bytes: int
     retries: int
+    allow_private: bool = False
     executor: str = "local"  # or "ray": see ray_exec.py
     ray_address: str | None = None
 
@@ -54,6 +56,7 @@ class Settings:
             user_agent=self.user_agent,
             min_side=self.min_side,
             min_bytes=self.min_bytes,
+            allow_private=self.allow_private,
         )
 
 
@@ -75,6 +78,29 @@ class Stats:
     received: int = 0
     stored_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def not_tried(self) -> int:
+        """Units this run never reached (--limit, or a stop): neither counted nor tried."""
+        seen = (
+            self.satisfied_before
+            + self.failed_before_retryable
+            + self.failed_before_permanent
+            + self.no_url
+            + self.worked
+        )
+        return max(0, self.units - seen)
+
+
+NETWORK_HINT_AFTER = 10  # network errors in a row before the hint about the connection
+
+
+class Stopped(Exception):
+    """The run stops: the local disk failed (``cause``); nothing more is started."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def failed_outcome(candidate: Candidate, image_id: str, exc: FetchFailure) -> Outcome:
@@ -132,6 +158,11 @@ class Downloader:
         self._last_tick = 0.0
         self.fetcher: Fetcher
         self.writer: LedgerWriter
+        self.fatal: OSError | None = None  # the disk error that stops the run
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.network_streak = 0  # network errors in a row, across all hosts
+        self.answered = False  # some host has answered with a body
+        self.warned: set[str] = set()
 
     # ---- bookkeeping
 
@@ -180,12 +211,43 @@ class Downloader:
             self.advance(self._ticks, info=self._progress_info())
             self._ticks, self._last_tick = 0, now_
 
+    def _on_attempt(self, failure: FetchFailure | None) -> None:
+        """After every attempt: an offline start is said at once, a long streak of
+        network errors gets a hint about the connection and --proxy."""
+        if failure is None or failure.reason not in NETWORK_REASONS:
+            self.network_streak = 0
+            self.answered = self.answered or failure is None
+            return
+        self.network_streak += 1
+        if not self.answered and "first" not in self.warned:
+            self.warned.add("first")
+            console.print(
+                _(
+                    "No answer from the network yet ({error}); retrying up to {n} times per URL."
+                ).format(error=esc(one_line(failure, 100)), n=self.s.retries)
+            )
+        if self.network_streak >= NETWORK_HINT_AFTER and "streak" not in self.warned:
+            self.warned.add("streak")
+            if self.s.proxy:
+                hint = _(
+                    "{n} network errors in a row: check that this machine is online and that "
+                    "the proxy {proxy} answers."
+                ).format(n=self.network_streak, proxy=self.s.proxy)
+            else:
+                hint = _(
+                    "{n} network errors in a row: check that this machine is online; behind a "
+                    "proxy, pass --proxy URL (HTTP_PROXY / HTTPS_PROXY are used when set)."
+                ).format(n=self.network_streak)
+            console.print(f"[yellow]{esc(hint)}[/]")
+
     # ---- per unit
 
     async def handle(self, unit: Unit) -> None:
         try:
             got_file = False
             for candidate in unit.candidates:
+                if self.fatal is not None:
+                    return  # stopping: this unit stays as it was (pending or new)
                 status, retryable, this_run = await self._ledger_state(candidate.url)
                 if status == "done":
                     got_file = True
@@ -202,6 +264,8 @@ class Downloader:
                     break  # may succeed later (--retry-failed): keep the best URL's turn
             if not got_file:
                 self.stats.units_without_file += 1
+        except Stopped:
+            return
         finally:
             self._tick(1)
 
@@ -238,6 +302,15 @@ class Downloader:
                 exc.attempts, exc.received = body.attempts, body.size
                 exc.http_status, exc.content_type = body.http_status, body.content_type or None
             return failed_outcome(candidate, image_id, exc)
+        except OSError as exc:  # the local disk, not the URL: stop the run, record nothing
+            if self.fatal is None:
+                self.fatal = exc
+                log.error("stopping: %s", exc, exc_info=exc)
+                current = asyncio.current_task()
+                for task in self.tasks:  # the others stop now (their URLs stay pending)
+                    if task is not current:
+                        task.cancel()
+            raise Stopped(exc) from exc
         finally:
             if body is not None and body.temp is not None:
                 body.temp.unlink(missing_ok=True)
@@ -252,7 +325,7 @@ class Downloader:
         s = self.s
         reader = WorkReader(s.db_path, s.what, s.retry_failed)
         self.writer = LedgerWriter(s.db_path, self._on_flushed)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self.tasks
         slots = asyncio.Semaphore(max(4 * s.concurrency, 64))  # bounded pool of tasks
         started = 0
         try:
@@ -261,9 +334,10 @@ class Downloader:
             )
             self.stats.units = total
             async with Fetcher(self.opts, self.out) as self.fetcher:
+                self.fetcher.on_attempt = self._on_attempt
                 bar_total = min(total, s.limit) if s.limit is not None else total
                 try:
-                    with progress("Download", bar_total) as advance:
+                    with progress(_("Download"), bar_total) as advance:
                         self.advance = advance
                         while not reader.finished and (s.limit is None or started < s.limit):
                             units, counts = await reader.next_page()
@@ -280,10 +354,13 @@ class Downloader:
                                     lambda t: (tasks.discard(t), slots.release())
                                 )
                                 started += 1
-                            if self.writer.error is not None:
+                            if self.writer.error is not None or self.fatal is not None:
                                 break
                         if tasks:
-                            await asyncio.gather(*tasks)
+                            ended = await asyncio.gather(*tasks, return_exceptions=True)
+                            for result in ended:  # a bug in a task is not swallowed
+                                if isinstance(result, Exception):
+                                    raise result
                         self._tick(0, force=True)
                 finally:
                     # Before the session closes: a cancelled download records nothing
@@ -297,6 +374,8 @@ class Downloader:
             reader.close()
             self.writer.close()
             self.ledger.close()
+        if self.fatal is not None:
+            raise Stopped(self.fatal)
 
     def _count_before(self, counts: Counter[str]) -> None:
         self.stats.satisfied_before += counts["done_before"]

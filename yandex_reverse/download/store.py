@@ -5,6 +5,7 @@ and :class:`Store`, which settles a checked body (one file per content) on the d
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import StepFailed
+from ..i18n import _
 from .checks import FetchFailure
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 TEMP_PREFIX = ".dl-"
 TEMP_SUFFIX = ".part"
 LOCK_NAME = ".download.lock"
+DB_LOCK_SUFFIX = ".download.lock"  # .<db name>.download.lock next to the DB
 _SAFE = re.compile(r"[^A-Za-z0-9-]+")
 
 
@@ -47,8 +50,20 @@ def safe_id(image_id: str) -> str:
 def file_name(image_id: str, variant_type: str, width: int, height: int, url: str, ext: str) -> str:
     """``{image_id}_{variant_type}_{W}x{H}_{md5(url)[:8]}{ext}`` in safe characters."""
     digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    variant = _SAFE.sub("-", variant_type)[:16] or "variant"
-    return f"{safe_id(image_id)}_{variant}_{width}x{height}_{digest}{ext}"
+    return f"{safe_id(image_id)}_{variant_part(variant_type)}_{width}x{height}_{digest}{ext}"
+
+
+def variant_part(variant_type: str) -> str:
+    """The variant type as it appears in a file name."""
+    return _SAFE.sub("-", variant_type)[:16] or "variant"
+
+
+def recorded_path(final: Path, db_dir: Path) -> str:
+    """A stored file's path as the ledger records it: relative to the DB's folder if inside."""
+    try:
+        return final.relative_to(db_dir).as_posix()
+    except ValueError:
+        return str(final)
 
 
 def temp_path(out: Path, url: str, kind: str = "") -> Path:
@@ -68,22 +83,50 @@ def remove_temp_files(out: Path) -> int:
 
 
 @contextmanager
-def folder_lock(out: Path) -> Iterator[None]:
-    """One download per folder at a time (temp files of a live run are not leftovers)."""
+def _exclusive(lock_path: Path, note: str, busy: Callable[[str], str]) -> Iterator[None]:
+    """An advisory lock held for the run; ``busy(what the holder wrote)`` is the refusal."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one run at a time by convention
         yield
         return
-    with (out / LOCK_NAME).open("a") as handle:
+    with lock_path.open("a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise StepFailed(f"another download is running into {out}") from exc
+            handle.seek(0)
+            raise StepFailed(busy(handle.read().strip())) from exc
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(note)
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def folder_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """One download per folder at a time (temp files of a live run are not leftovers)."""
+    return _exclusive(
+        out / LOCK_NAME,
+        f"{os.getpid()}\n",
+        lambda _held: _("another download is running into {out}").format(out=out),
+    )
+
+
+def db_claim(db_path: Path, out: Path) -> contextlib.AbstractContextManager[None]:
+    """One download per DB at a time, whatever its folder: the ledger decides what is
+    fetched, so two runs on one DB would fetch the same URLs into two folders."""
+    lock = db_path.resolve().parent / f".{db_path.name}{DB_LOCK_SUFFIX}"
+
+    def busy(held: str) -> str:
+        where = held.split("\n", 1)[-1].strip() or _("another folder")
+        return _("another download is running from {db} (into {out}); wait for it to end").format(
+            db=db_path, out=where
+        )
+
+    return _exclusive(lock, f"{os.getpid()}\n{out.resolve()}\n", busy)
 
 
 def _one_line_value(value: object) -> str:
@@ -182,8 +225,6 @@ class Store:
             side_temp.unlink(missing_ok=True)
             if temp is not body.temp:
                 temp.unlink(missing_ok=True)
-        try:
-            recorded = final.relative_to(self.db_dir).as_posix()
-        except ValueError:
-            recorded = str(final)
-        return Stored(recorded, checked.width, checked.height, checked.mime)
+        return Stored(
+            recorded_path(final, self.db_dir), checked.width, checked.height, checked.mime
+        )

@@ -32,6 +32,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from collections import Counter, OrderedDict
 from email.utils import formatdate
 from pathlib import PurePosixPath
@@ -58,7 +59,12 @@ FAULTS: dict[str, str] = {
     "oversize": "a chunked body with no Content-Length that never ends (up to 1 GiB)",
     "redirect": "a chain of yr_hops (default 3) redirects across hosts, then the image",
     "redirectloop": "redirects between two URLs forever",
+    "redirectto": "one redirect to the URL in yr_to (e.g. a loopback or private address)",
+    "eps": "an EPS (PostScript) document served as image/jpeg",
+    "bomb": "a PNG whose header claims 10000x9000 pixels (above Pillow's limit, below twice it)",
 }
+# Any URL with yr_hold=<name> waits until ImageWebServer.release(name) (tests: a
+# response held until the test has done what it needs, instead of a race).
 FORMATS = {
     ".jpg": ("JPEG", "image/jpeg"),
     ".jpeg": ("JPEG", "image/jpeg"),
@@ -78,6 +84,7 @@ ACTIVE: web.AppKey[Counter[str]] = web.AppKey("active", Counter)
 PEAK: web.AppKey[Counter[str]] = web.AppKey("peak", Counter)
 DEFAULT_FAULT: web.AppKey[str | None] = web.AppKey("default_fault", str)
 CACHE: web.AppKey[_Cache] = web.AppKey("cache", object)
+HOLDS: web.AppKey[dict[str, asyncio.Event]] = web.AppKey("holds", dict)
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
     b"<body><h1>Checking your browser</h1><p>This is not an image.</p></body></html>"
@@ -251,6 +258,8 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     delay = float(params.get("yr_delay", ["0"])[0])
     times = int(params.get("yr_times", ["1"])[0])
 
+    if "yr_hold" in params:
+        await app[HOLDS].setdefault(params["yr_hold"][0], asyncio.Event()).wait()
     if fault == "timeout":
         await asyncio.sleep(float(params.get("yr_delay", ["3600"])[0]))
         return web.Response(status=504, text="gateway timeout")
@@ -279,6 +288,12 @@ async def _answer(request: web.Request) -> web.StreamResponse:
             origin_host = host.split(".redirect-", 1)[-1]
             target_host = f"cdn{hop + 1}.redirect-{origin_host}" if hop + 1 < hops else origin_host
             raise web.HTTPFound(_link(request, target_host, path, nxt.lstrip("&"), direct))
+    if fault == "redirectto":
+        raise web.HTTPFound(params.get("yr_to", ["http://127.0.0.1/"])[0])
+    if fault == "eps":
+        return web.Response(status=200, body=_EPS, content_type="image/jpeg")
+    if fault == "bomb":
+        return web.Response(status=200, body=_bomb_png(10000, 9000), content_type="image/png")
     if fault == "oversize":
         return await _stream_oversize(request, app[CACHE].get((stem, width, height, fmt)), mime)
 
@@ -289,6 +304,28 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     if fault in ("drip", "reset", "truncated"):
         return await _stream_broken(request, body, mime, fault)
     return web.Response(status=200, body=body, headers={"Content-Type": mime})
+
+
+_EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+    b"newpath 0 0 moveto 64 64 lineto stroke showpage\n%%EOF\n"
+)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width`` x ``height``, with one tiny IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def _stream_broken(
@@ -336,6 +373,7 @@ def make_app(*, default_fault: str | None = None, cache_mb: int = 256) -> web.Ap
     app[PEAK] = Counter()
     app[DEFAULT_FAULT] = default_fault
     app[CACHE] = _Cache(cache_mb * 1024 * 1024)
+    app[HOLDS] = {}
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
 
@@ -369,6 +407,15 @@ class ImageWebServer:
     @property
     def hits(self) -> Counter[str]:
         return self.app[HITS]
+
+    def release(self, name: str) -> None:
+        """Let every request with ``yr_hold=<name>`` (waiting or to come) go on."""
+        assert self._loop is not None
+
+        def _set() -> None:
+            self.app[HOLDS].setdefault(name, asyncio.Event()).set()
+
+        self._loop.call_soon_threadsafe(_set)
 
     @property
     def peak_per_host(self) -> Counter[str]:
