@@ -64,6 +64,12 @@ def test_run_does_the_steps_in_one_folder_and_a_second_run_resumes(tmp_path: Pat
         assert (tmp_path / "vk_images.db").is_file()  # step 3 (userapi.com is VK)
         downloads = {p.name for p in iter_images(tmp_path / "yandex_images", recursive=False)}
         assert len(downloads) == 4
+        sidecar = next((tmp_path / "yandex_images").glob("r0_*.txt")).read_text(encoding="utf-8")
+        fields = dict(line.split(": ", 1) for line in sidecar.splitlines() if ": " in line)
+        page, title = rows(db, "SELECT coalesce(snippet_url, url), title FROM images "
+                               "WHERE id = 'r0'")[0]  # fmt: skip
+        assert fields["query_photo"] == "cat.jpg"  # where it was found, in the sidecar
+        assert fields["source_page"] == page and fields["title"] == title
         for kind in ("orientation", "megapixels"):
             sorted_here = {p.name for p in iter_images(tmp_path / "sorted" / kind)}
             assert sorted_here == downloads, kind  # copies, outside the downloads folder

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import db as dbmod
 from .. import raycluster
-from ..cli import Yes, add_common_flags, hint_for
+from ..cli import Yes, add_common_flags
 from ..console import (
     StepFailed,
     UsageError,
@@ -23,7 +23,6 @@ from ..console import (
     console,
     esc,
     human_bytes,
-    is_interactive,
     one_line,
     setup_logging,
     table,
