@@ -347,6 +347,7 @@ def test_empty_folder_says_so(workdir: Path):
 
 BEHAVIOURS = {
     "scroll-loads before the button": {"scroll_loads": 2, "pages": 4},
+    "a page taller than the window": {"first_page": 40, "per_page": 12, "scroll_loads": 2},
     "a late button": {"button_delay": 0.3, "scroll_loads": 0},
     "the button back slowly after each load": {"scroll_loads": 1, "button_delay": 0.3},
     "client-side similar route": {"client_route": True},

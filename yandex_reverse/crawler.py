@@ -46,14 +46,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from rich.markup import escape
-
-from . import console, serp
+from . import console, i18n, serp
 from .browser import BrowserNotFound, find_browser
 from .cli import add_common_flags
-from .console import StepFailed, UsageError, log
+from .console import StepFailed, UsageError, esc, log
 from .db import now_iso
 from .fsutil import atomic_write_text
+from .i18n import N_, _, ngettext
 
 DEFAULT_SELECTORS = Path(__file__).with_name("selectors.json")
 QUERY_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -80,6 +79,14 @@ CONNECT_ERRORS = (
     "ERR_EMPTY_RESPONSE",
     "ERR_SOCKS_CONNECTION_FAILED",
 )
+STATUS_LABELS = {  # how a query ended, as the progress file says it; shown translated
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "captcha": N_("captcha"),
+    "not an image": N_("not an image"),
+    "not started": N_("not started"),
+    "interrupted": N_("interrupted"),
+}
 LAUNCH_ARGS = (
     "--disable-blink-features=AutomationControlled",
     "--disable-background-networking",
@@ -131,12 +138,18 @@ def load_selectors(path: Path | None) -> dict[str, str]:
         try:
             user = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--selectors {path}: {console.one_line(exc)}") from exc
+            raise UsageError(
+                _("--selectors {path}: {reason}").format(path=path, reason=console.one_line(exc))
+            ) from exc
         if not isinstance(user, dict):
-            raise UsageError(f"--selectors {path}: expected a JSON object")
+            raise UsageError(_("--selectors {path}: expected a JSON object").format(path=path))
         unknown = sorted(k for k in user if k not in selectors and not k.startswith("_"))
         if unknown:
-            raise UsageError(f"--selectors {path}: unknown keys {', '.join(unknown)}")
+            raise UsageError(
+                _("--selectors {path}: unknown keys {keys}").format(
+                    path=path, keys=", ".join(unknown)
+                )
+            )
         selectors.update({k: v for k, v in user.items() if isinstance(v, str)})
     return {k: v for k, v in selectors.items() if not k.startswith("_")}
 
@@ -164,14 +177,20 @@ def read_url_list(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--urls {path}: {console.one_line(exc)}") from exc
+        raise UsageError(
+            _("--urls {path}: {reason}").format(path=path, reason=console.one_line(exc))
+        ) from exc
     urls: list[str] = []
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         if urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).netloc:
-            raise UsageError(f"--urls {path}: line {number} is not an http(s) URL")
+            raise UsageError(
+                _("--urls {path}: line {number} is not an http(s) URL").format(
+                    path=path, number=number
+                )
+            )
         if text not in urls:
             urls.append(text)
     return urls
@@ -316,15 +335,15 @@ def check_image(path: Path) -> str | None:
 
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return _("empty file (0 bytes)")
         with Image.open(path) as im:
             im.verify()
     except UnidentifiedImageError:
-        return "not an image (Pillow cannot identify it)"
+        return _("not an image (Pillow cannot identify it)")
     except Image.DecompressionBombError as exc:
-        return f"refused: {console.one_line(exc)}"
+        return _("refused: {reason}").format(reason=console.one_line(exc))
     except (OSError, SyntaxError, ValueError) as exc:
-        return f"unreadable image: {console.one_line(exc)}"
+        return _("unreadable image: {reason}").format(reason=console.one_line(exc))
     return None
 
 
@@ -513,7 +532,11 @@ class QueryJob:
                     break
                 await asyncio.sleep(0.1)
             if time.monotonic() >= deadline:
-                raise StageError(f"{what}: nothing happened in {self.opts.timeout:g} s")
+                raise StageError(
+                    _("{what}: nothing happened in {seconds} s").format(
+                        what=what, seconds=f"{self.opts.timeout:g}"
+                    )
+                )
             window = min(window * 2, 4.0)
 
     async def visible(self, page: Any, selector: str) -> bool:
@@ -587,8 +610,10 @@ class QueryJob:
         if marker and await page.get_by_text(marker).count():
             if not self.crawler.switch_host():
                 raise StageError(
-                    f"the start page says it {marker}; pass another --base-url "
-                    "(https://yandex.ru/images/ works)"
+                    _(
+                        "the start page says it {marker}; pass another --base-url "
+                        "(https://yandex.ru/images/ works)"
+                    ).format(marker=marker)
                 )
             await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
             await self.check_captcha(page)
@@ -618,7 +643,7 @@ class QueryJob:
         await self.until(
             page,
             lambda: self.visible(page, sel["upload_panel"]),
-            "the camera button did not open the upload panel",
+            _("the camera button did not open the upload panel"),
             act=lambda n: self.click(page, sel["camera_button"], n),
         )
 
@@ -646,7 +671,7 @@ class QueryJob:
                 with contextlib.suppress(Exception):
                     text = await page.locator(sel["upload_error"]).first.locator("..").inner_text()
                 detail = f": {text.strip()}" if text.strip() else ""
-                raise StageError(f"Yandex refused the upload{detail}")
+                raise StageError(_("Yandex refused the upload{detail}").format(detail=detail))
             replies = [serp.upload_reply(r["data"]) for r in self.uploads]
             reply = next((r for r in replies if r), None)
             if reply and reply_at is None:
@@ -656,7 +681,11 @@ class QueryJob:
                 await page.goto(self.search_url(reply), wait_until="domcontentloaded")
                 continue
             if time.monotonic() >= deadline:
-                raise StageError(f"the upload got no answer in {self.opts.timeout:g} s")
+                raise StageError(
+                    _("the upload got no answer in {seconds} s").format(
+                        seconds=f"{self.opts.timeout:g}"
+                    )
+                )
             await asyncio.sleep(0.1)
         self.uploading = False
         await page.wait_for_load_state("domcontentloaded")
@@ -682,7 +711,7 @@ class QueryJob:
         sel = self.sel
         self.stage = "open similar"
         await self.open_tab(
-            page, sel["similar_tab"], sel["similar_url_marker"], "the 'Похожие' tab did not open"
+            page, sel["similar_tab"], sel["similar_url_marker"], _("the 'Похожие' tab did not open")
         )
         self.stage = "first page"
         first = serp.results_state(await self.states(page))
@@ -697,7 +726,7 @@ class QueryJob:
         sel = self.sel
         self.stage = "open sites"
         await self.open_tab(
-            page, sel["sites_tab"], sel["sites_url_marker"], "the 'Сайты' tab did not open"
+            page, sel["sites_tab"], sel["sites_url_marker"], _("the 'Сайты' tab did not open")
         )
         state = serp.sites_state(await self.states(page))
         if state is not None and serp.sites_of(state):
@@ -725,7 +754,11 @@ class QueryJob:
             tick += 1
             if self.in_flight:
                 if now - min(self.in_flight.values()) > timeout:
-                    raise StageError(f"a results request got no answer in {timeout:g} s")
+                    raise StageError(
+                        _("a results request got no answer in {seconds} s").format(
+                            seconds=f"{timeout:g}"
+                        )
+                    )
             elif look == "error":
                 return "error"
             elif look == "ready":
@@ -765,7 +798,9 @@ class Crawler:
         if not self.switched_host:
             self.switched_host = True
             console.console.print(
-                f"{escape(old)} says it is under construction: using {escape(self.base_url)}"
+                _("{old} says it is under construction: using {new}").format(
+                    old=esc(old), new=esc(self.base_url)
+                )
             )
         return True
 
@@ -797,7 +832,7 @@ class Crawler:
                     )
                 except TooLarge:
                     if upload is not None or query.path is None:
-                        reason = "the upload refused the photo as too large, even re-encoded"
+                        reason = _("the upload refused the photo as too large, even re-encoded")
                         self.progress.record(
                             query.name, status="failed", stage="upload", error=reason
                         )
@@ -829,11 +864,15 @@ class Crawler:
             pause = self.gate.hit()
             log_failure(query.name, job.stage, f"captcha at {exc}")
             self.progress.record(query.name, status="captcha", stage=job.stage)
-            why = "captcha" + (f"; new tabs wait {pause:g} s" if pause else "")
+            why = _("captcha")
+            if pause:
+                why = _("captcha; new tabs wait {seconds} s").format(seconds=f"{pause:g}")
             return Outcome(query.name, "captcha", stage=job.stage, reason=why)
         except (Exception, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError):
-                exc = TimeoutError(f"gave up after {self.opts.tab_timeout:g} s")
+                exc = TimeoutError(
+                    _("gave up after {seconds} s").format(seconds=f"{self.opts.tab_timeout:g}")
+                )
             elif is_connect_error(exc):
                 self.gate.cannot_connect(min(CONNECT_STOP_AFTER, self.total))
             log_failure(query.name, job.stage, exc)
@@ -873,7 +912,9 @@ class Crawler:
 
     async def wait_for_solution(self, page: Any) -> bool:
         """Headed: let the user solve the captcha in the tab, then go on."""
-        console.console.print("[yellow]Captcha: solve it in the browser window…[/yellow]")
+        console.console.print(
+            "[yellow]" + _("Captcha: solve it in the browser window…") + "[/yellow]"
+        )
         sel = self.opts.selectors
         try:
             await page.wait_for_url(
@@ -900,9 +941,9 @@ class Crawler:
                 await self.gate.wait()
             except Stopped:
                 why = (
-                    "stopped: no connection"
+                    _("stopped: no connection")
                     if self.gate.stopped == "connect"
-                    else "stopped after captchas"
+                    else _("stopped after captchas")
                 )
                 done(Outcome(query.name, "not started", reason=why))
                 continue
@@ -965,9 +1006,13 @@ class Crawler:
             except Exception as exc:
                 hint = ""
                 if not opts.headless and not os.environ.get("DISPLAY"):
-                    hint = " (--headed needs a display: run under xvfb-run or a desktop session)"
+                    hint = " " + _(
+                        "(--headed needs a display: run under xvfb-run or a desktop session)"
+                    )
                 reason = console.one_line(exc).split("Call log:")[0].split("Browser logs:")[0]
-                raise StepFailed(f"cannot start the browser: {reason.strip()}{hint}") from exc
+                raise StepFailed(
+                    _("cannot start the browser: {reason}").format(reason=reason.strip()) + hint
+                ) from exc
 
             async def new_page() -> tuple[Any, Any]:
                 context = shared or await browser.new_context(**context_args)
@@ -981,7 +1026,7 @@ class Crawler:
             queue: asyncio.Queue[Query] = asyncio.Queue()
             for query in todo:
                 queue.put_nowait(query)
-            with console.progress("Queries", total=len(todo)) as advance:
+            with console.progress(_("Queries"), total=len(todo)) as advance:
 
                 def done(outcome: Outcome) -> None:
                     outcomes.append(outcome)
@@ -990,7 +1035,7 @@ class Crawler:
 
                 tasks = [
                     asyncio.ensure_future(self.worker(queue, new_page, done))
-                    for _ in range(min(max(1, opts.max_tabs), len(todo)))
+                    for _tab in range(min(max(1, opts.max_tabs), len(todo)))
                 ]
 
                 def interrupt() -> None:
@@ -1024,9 +1069,10 @@ class Crawler:
     def report(self, outcome: Outcome) -> None:
         if outcome.status in ("failed", "captcha", "not an image"):
             color = "yellow" if outcome.status == "captcha" else "red"
+            status = i18n._(STATUS_LABELS[outcome.status])  # marked with N_() above
             console.console.print(
-                f"[{color}]{outcome.status}[/{color}] {escape(outcome.name)} "
-                f"({escape(outcome.stage)}): {escape(outcome.reason)}"
+                f"[{color}]{esc(status)}[/{color}] {esc(outcome.name)} "
+                f"({esc(outcome.stage)}): {esc(outcome.reason)}"
             )
 
 
@@ -1036,93 +1082,112 @@ class Crawler:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="1_Parse_XHR_Async.py",
-        description=(
+        description=_(
             "Upload each photo (.jpg/.jpeg/.png/.webp) of a folder to Yandex Images (or search "
             "by image URL with --urls), open 'Похожие' (similar) and save every result page as "
             "JSON in XHR/."
         ),
     )
     p.add_argument(
-        "--images", type=Path, default=Path("."), help="folder of query photos (default: .)"
+        "--images", type=Path, default=Path("."), help=_("folder of query photos (default: .)")
     )
     p.add_argument(
         "--urls",
         type=Path,
-        help="search by image URL instead: a text file, one http(s) URL a line",
+        help=_("search by image URL instead: a text file, one http(s) URL a line"),
     )
-    p.add_argument("--xhr-dir", type=Path, default=Path("XHR"), help="output folder (default: XHR)")
-    p.add_argument("--max-tabs", type=int, default=10, help="tabs at once (default: 10)")
+    p.add_argument(
+        "--xhr-dir", type=Path, default=Path("XHR"), help=_("output folder (default: XHR)")
+    )
+    p.add_argument("--max-tabs", type=int, default=10, help=_("tabs at once (default: 10)"))
     p.add_argument(
         "--tabs",
         default="similar",
-        help="result tabs to save, comma-separated: similar, sites (default: similar)",
+        help=_("result tabs to save, comma-separated: similar, sites (default: similar)"),
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
-        "--headless", dest="headless", action="store_true", default=True, help="no window (default)"
+        "--headless",
+        dest="headless",
+        action="store_true",
+        default=True,
+        help=_("no window (default)"),
     )
     mode.add_argument(
         "--headed",
         dest="headless",
         action="store_false",
-        help="show the browser; captchas can be solved by hand",
+        help=_("show the browser; captchas can be solved by hand"),
     )
     p.add_argument(
         "--base-url",
         default=DEFAULT_BASE_URL,
-        help=f"Yandex Images start page (default: {DEFAULT_BASE_URL})",
+        help=_("Yandex Images start page (default: {url})").format(url=DEFAULT_BASE_URL),
     )
     p.add_argument(
         "--proxy",
         default=None,
-        help="proxy for the browser, e.g. http://host:3128 or socks5://host:1080 "
-        "(default: $HTTPS_PROXY, if set)",
+        help=_(
+            "proxy for the browser, e.g. http://host:3128 or socks5://host:1080 "
+            "(default: $HTTPS_PROXY, if set)"
+        ),
     )
     p.add_argument(
         "--profile",
         type=Path,
-        help="persistent browser profile folder: cookies survive between runs",
+        help=_("persistent browser profile folder: cookies survive between runs"),
     )
     p.add_argument(
         "--delay",
         default="0",
-        help="random pause in seconds between two searches of one tab, MIN-MAX or one "
-        "number (default: 0; reference pacing: 0.9-1.3)",
+        help=_(
+            "random pause in seconds between two searches of one tab, MIN-MAX or one "
+            "number (default: 0; reference pacing: 0.9-1.3)"
+        ),
     )
     p.add_argument(
         "--quiet-period",
         type=float,
         default=DEFAULT_QUIET,
-        help="seconds with no results request and nothing to click that mean the end "
-        f"(default: {DEFAULT_QUIET:g})",
+        help=_(
+            "seconds with no results request and nothing to click that mean the end "
+            "(default: {seconds})"
+        ).format(seconds=f"{DEFAULT_QUIET:g}"),
     )
-    p.add_argument("--selectors", type=Path, help="JSON file overriding selectors.json entries")
-    p.add_argument("--force", action="store_true", help="redo queries already finished")
+    p.add_argument("--selectors", type=Path, help=_("JSON file overriding selectors.json entries"))
+    p.add_argument("--force", action="store_true", help=_("redo queries already finished"))
     p.add_argument(
-        "--browser", help="Chromium executable (default: found automatically; or CHROMIUM_PATH)"
+        "--browser",
+        help=_("Chromium executable (default: found automatically; or CHROMIUM_PATH)"),
     )
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds one page action may take (default: 30)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        help=_("seconds one page action may take (default: 30)"),
     )
     p.add_argument(
-        "--tab-timeout", type=float, default=600.0, help="seconds one query may take (default: 600)"
+        "--tab-timeout",
+        type=float,
+        default=600.0,
+        help=_("seconds one query may take (default: 600)"),
     )
     p.add_argument(
         "--max-captchas",
         type=int,
         default=3,
-        help="stop after this many captchas in a row (default: 3)",
+        help=_("stop after this many captchas in a row (default: 3)"),
     )
     p.add_argument(
         "--captcha-backoff",
         default=",".join(f"{x:g}" for x in DEFAULT_BACKOFF),
-        help="pauses in seconds after 1st, 2nd, ... captcha in a row (default: 60,300,600)",
+        help=_("pauses in seconds after 1st, 2nd, ... captcha in a row (default: 60,300,600)"),
     )
     p.add_argument(
         "--captcha-wait",
         type=float,
         default=600.0,
-        help="--headed: seconds to wait for you to solve a captcha",
+        help=_("--headed: seconds to wait for you to solve a captcha"),
     )
     add_common_flags(p)
     return p.parse_args(argv)
@@ -1130,39 +1195,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def parse_delay(text: str) -> tuple[float, float]:
     try:
-        low, _, high = text.partition("-")
+        low, _dash, high = text.partition("-")
         pair = (float(low), float(high or low))
     except ValueError:
-        raise UsageError(f"--delay {text}: expected MIN-MAX seconds, e.g. 0.9-1.3") from None
+        raise UsageError(
+            _("--delay {text}: expected MIN-MAX seconds, e.g. 0.9-1.3").format(text=text)
+        ) from None
     if pair[0] < 0 or pair[1] < pair[0]:
-        raise UsageError(f"--delay {text}: expected 0 <= MIN <= MAX")
+        raise UsageError(_("--delay {text}: expected 0 <= MIN <= MAX").format(text=text))
     return pair
 
 
 def options_from(args: argparse.Namespace) -> Options:
     if args.max_tabs < 1:
-        raise UsageError("--max-tabs must be at least 1")
+        raise UsageError(_("--max-tabs must be at least 1"))
     if args.max_captchas < 1:
-        raise UsageError("--max-captchas must be at least 1")
+        raise UsageError(_("--max-captchas must be at least 1"))
     if args.quiet_period <= 0:
-        raise UsageError("--quiet-period must be more than 0")
+        raise UsageError(_("--quiet-period must be more than 0"))
     try:
         backoff = tuple(float(x) for x in args.captcha_backoff.split(",") if x.strip())
     except ValueError as exc:
-        raise UsageError(f"--captcha-backoff: {exc}") from exc
+        raise UsageError(_("--captcha-backoff: {reason}").format(reason=exc)) from exc
     tabs = tuple(t.strip().lower() for t in args.tabs.split(",") if t.strip())
     unknown = [t for t in tabs if t not in TABS]
     if unknown or not tabs:
-        raise UsageError(f"--tabs: expected a comma-separated list of {', '.join(TABS)}")
+        raise UsageError(
+            _("--tabs: expected a comma-separated list of {tabs}").format(tabs=", ".join(TABS))
+        )
     base = args.base_url if args.base_url.endswith("/") else args.base_url + "/"
     if urlsplit(base).scheme not in ("http", "https"):
-        raise UsageError("--base-url must be an http(s) URL")
+        raise UsageError(_("--base-url must be an http(s) URL"))
     proxy = args.proxy or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or None
     if proxy and not urlsplit(proxy).netloc:
-        raise UsageError(f"--proxy {proxy}: expected a URL such as http://host:3128")
+        raise UsageError(
+            _("--proxy {proxy}: expected a URL such as http://host:3128").format(proxy=proxy)
+        )
     images = args.images.expanduser().absolute()
     if args.urls is None and not images.is_dir():
-        raise UsageError(f"--images: not a folder: {images}")
+        raise UsageError(_("--images: not a folder: {folder}").format(folder=images))
     return Options(
         images=images,
         xhr_dir=args.xhr_dir.expanduser().absolute(),
@@ -1203,7 +1274,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.urls is not None:
         urls = read_url_list(opts.urls)
         if not urls:
-            console.console.print(f"No image URLs in {escape(str(opts.urls))}")
+            console.console.print(_("No image URLs in {file}").format(file=esc(opts.urls)))
             return 0
         record_url_queries(opts.xhr_dir, urls)
         queries = [Query(serp.url_query_name(u), url=u) for u in urls]
@@ -1212,7 +1283,9 @@ def main(argv: list[str] | None = None) -> int:
         photos = find_queries(opts.images)
         if not photos:
             console.console.print(
-                f"No query photos ({', '.join(QUERY_EXTENSIONS)}) in {escape(str(opts.images))}"
+                _("No query photos ({extensions}) in {folder}").format(
+                    extensions=", ".join(QUERY_EXTENSIONS), folder=esc(opts.images)
+                )
             )
             return 0
         queries = [Query(p.name, path=p) for p in photos]
@@ -1221,53 +1294,66 @@ def main(argv: list[str] | None = None) -> int:
     todo = [q for q in queries if opts.force or not crawler.progress.done(q)]
     skipped = len(queries) - len(todo)
     console.console.print(
-        f"{len(queries)} queries in {escape(where)}: {len(todo)} to search, {skipped} already done"
+        ngettext(
+            "{n} query in {where}: {todo} to search, {skipped} already done",
+            "{n} queries in {where}: {todo} to search, {skipped} already done",
+            len(queries),
+        ).format(n=len(queries), where=esc(where), todo=len(todo), skipped=skipped)
     )
     outcomes = asyncio.run(crawler.run(todo)) if todo else []
-    statuses = ("done", "failed", "captcha", "not an image", "not started", "interrupted")
-    count = {s: sum(o.status == s for o in outcomes) for s in statuses}
+    count = {s: sum(o.status == s for o in outcomes) for s in STATUS_LABELS}
     ends = {
         e: sum(o.end == e for o in outcomes if o.status == "done")
         for e in ("404", "error", "quiet")
     }
     rows = [
-        ("queries found", len(queries)),
-        ("done now", count["done"]),
+        (_("queries found"), len(queries)),
+        (_("done now"), count["done"]),
         (
-            "  ended by a 404 / error notice / quiet",
+            "  " + _("ended by a 404 / error notice / quiet"),
             f"{ends['404']} / {ends['error']} / {ends['quiet']}",
         ),
-        ("skipped (already done)", skipped),
-        ("failed", count["failed"]),
-        ("captcha", count["captcha"]),
-        ("not an image (not uploaded)", count["not an image"]),
-        ("not started", count["not started"]),
-        ("interrupted", count["interrupted"]),
-        ("XHR files saved", sum(o.xhr_files for o in outcomes)),
-        ("results", sum(o.results for o in outcomes)),
-        ("bad responses (see errors.log)", sum(o.bad_files for o in outcomes)),
+        (_("skipped (already done)"), skipped),
+        (_("failed"), count["failed"]),
+        (_("captcha"), count["captcha"]),
+        (_("not an image (not uploaded)"), count["not an image"]),
+        (_("not started"), count["not started"]),
+        (_("interrupted"), count["interrupted"]),
+        (_("XHR files saved"), sum(o.xhr_files for o in outcomes)),
+        (_("results"), sum(o.results for o in outcomes)),
+        (_("bad responses (see errors.log)"), sum(o.bad_files for o in outcomes)),
     ]
     if "sites" in opts.tabs:
-        rows.insert(-2, ("sites (pages showing the picture)", sum(o.sites for o in outcomes)))
-    console.print_summary("Step 1: Yandex similar-image search", rows)
+        rows.insert(-2, (_("sites (pages showing the picture)"), sum(o.sites for o in outcomes)))
+    console.print_summary(_("Step 1: Yandex similar-image search"), rows)
+    stopped = "[red]" + _("Stopped:") + "[/red] "
     if crawler.gate.stopped == "captcha":
         console.err_console.print(
-            f"[red]Stopped:[/red] {opts.max_captchas} captchas in a row. Yandex is blocking this "
-            "address; wait (blocks last minutes to hours), or run with --headed and solve it. "
-            "Re-run to continue: finished photos are skipped."
+            stopped
+            + _(
+                "{n} captchas in a row. Yandex is blocking this address; wait (blocks last "
+                "minutes to hours), or run with --headed and solve it. Re-run to continue: "
+                "finished photos are skipped."
+            ).format(n=opts.max_captchas)
         )
     elif crawler.gate.stopped == "connect":
-        via = f" through --proxy {opts.proxy}" if opts.proxy else ""
+        where = esc(crawler.base_url)
+        if opts.proxy:
+            where = _("{url} through --proxy {proxy}").format(url=where, proxy=esc(opts.proxy))
         console.err_console.print(
-            f"[red]Stopped:[/red] cannot connect to {escape(crawler.base_url)}{escape(via)}: "
-            "check --base-url and --proxy."
+            stopped
+            + _("cannot connect to {where}: check --base-url and --proxy.").format(where=where)
         )
     if crawler.interrupted:
-        console.err_console.print("[yellow]Interrupted by user; re-run to continue.[/yellow]")
+        console.err_console.print(
+            "[yellow]" + _("Interrupted by user; re-run to continue.") + "[/yellow]"
+        )
         return console.EXIT_INTERRUPTED
     if count["failed"] or count["captcha"] or count["not started"]:
         console.console.print(
-            f"Details in {escape(str(opts.xhr_dir / ERRORS_FILE))}. Re-run to retry the rest."
+            _("Details in {file}. Re-run to retry the rest.").format(
+                file=esc(opts.xhr_dir / ERRORS_FILE)
+            )
         )
         return console.EXIT_FAILURE
     return console.EXIT_OK

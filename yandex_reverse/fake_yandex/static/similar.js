@@ -42,7 +42,7 @@
     if (scrollLeft > 0) {
       box.style.display = 'none';
       // still at the bottom after the load: the next one comes by itself
-      if (sentinel.getBoundingClientRect().top < innerHeight) setTimeout(() => scrolled(), 50);
+      if (sentinel.getBoundingClientRect().top <= innerHeight + 1) setTimeout(() => scrolled(), 50);
       return;
     }
     if (S.buttonDelay > 0) {
@@ -84,7 +84,7 @@
     afterLoad();
   }
   function scrolled() {
-    if (scrollLeft > 0 && !loading && !finished && sentinel.getBoundingClientRect().top < innerHeight) {
+    if (scrollLeft > 0 && !loading && !finished && sentinel.getBoundingClientRect().top <= innerHeight + 1) {
       scrollLeft -= 1;
       load();
     }
