@@ -22,7 +22,7 @@ from yandex_reverse.cli import COMMANDS
 
 SCRIPTS = sorted(p.name for p in REPO.glob("[1-7]_*.py"))
 CYRILLIC = re.compile(r"[а-яё]", re.I)
-LATIN_WORD = re.compile(r"(?<![-\w./<\[{%])[A-Za-z]{4,}(?![\w./>\]}(])")
+LATIN_WORD = re.compile(r"(?<![-\w./<\[{%])[A-Za-z]{4,}(?![\w./>\]}(:])")
 
 
 def env_for(lang: str) -> dict[str, str]:
@@ -168,3 +168,27 @@ def test_a_cancelled_megapixels_prompt_leaves_no_folder(tmp_path: Path) -> None:
     child.close()
     assert child.exitstatus == 130
     assert not (tmp_path / "new").exists()
+
+
+def test_steps_2_3_4_6_speak_russian_without_a_terminal(tmp_path: Path) -> None:
+    from tests.xhr_factory import entity, write_xhr
+
+    write_xhr(tmp_path / "XHR", "cat.jpg", 0,
+              [entity("a"), entity("b", pos=1, orig_url="ftp://x/y", previews=[], dups=[])])  # fmt: skip
+    photos(tmp_path / "ph")
+    (tmp_path / "ph" / "copy.jpg").write_bytes((tmp_path / "ph" / "wide.jpg").read_bytes())
+    screens = {}
+    for script, *args in (
+        ("2_XHRtoDB.py",),
+        ("3_VK_Domain_Analyzer.py",),
+        ("4_DB_cleanup.py", "--db", "yandex_images.db", "--dry-run"),
+        ("6_duplicate_finder.py", "ph", "--mode", "exact", "--dry-run"),
+    ):
+        done = run([str(REPO / script), *args], lang="ru_RU.UTF-8", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        screens[script] = done.stdout + done.stderr
+    # Names that are data, not prose: services, DB columns, the report's fixed row names.
+    data = {"Pinterest", "query", "origUrl", "garbage", "empty", "image", "images"}
+    for script, screen in screens.items():
+        assert CYRILLIC.search(screen), script
+        assert [w for w in english_words(screen) if w not in data] == [], (script, screen)
