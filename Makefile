@@ -18,7 +18,7 @@ QUIET  := 2>&1 | { grep -v "is ignored" || true; }
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv browser test lint format bench demo clean
+.PHONY: venv browser test lint format bench peers demo clean
 
 venv: $(STAMP)
 
@@ -44,9 +44,23 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: venv browser
+bench: venv browser peers
 	$(PIP) install -r requirements-bench.txt $(QUIET)
 	$(PY) bench/run_all.py
+
+# Peers from Debian that the benchmarks compare against: installed when
+# missing and root with apt-get, else one line says what is skipped and why.
+DEB_PEERS := jdupes
+peers:
+	@for tool in $(DEB_PEERS); do \
+	  if command -v $$tool >/dev/null; then continue; fi; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get install -y -q $$tool || { apt-get update -q && apt-get install -y -q $$tool; }; } >/dev/null 2>&1 \
+	      || echo "peers: apt-get could not install $$tool: its benchmark rows are skipped"; \
+	  else \
+	    echo "peers: $$tool is not installed and this is not root with apt-get: its benchmark rows are skipped (sudo apt-get install $$tool)"; \
+	  fi; \
+	done
 
 demo: venv browser
 	$(PY) -m yandex_reverse.demo

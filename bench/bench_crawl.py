@@ -1,11 +1,18 @@
 """Step 1 crawl speed against the Yandex imitation, with a fixed latency per request.
 
-For ``--max-tabs`` 1, 4 and 8: photos per minute of the real script (a real
-headless Chromium, the imitation on 127.0.0.1) versus the ideal, which is the
-sum of the latencies the imitation served divided by the tabs: what perfectly
-parallel tabs with zero browser overhead would reach. Ratio = ours / ideal.
+For ``--max-tabs`` 1, 4 and 8, and for each way the results end (a 404 after
+the last page, or nothing more: the quiet period), photos per minute of the
+real script (a real headless Chromium, the imitation on 127.0.0.1) versus the
+ideal: the latencies the imitation served, plus one quiet period per photo
+when the end is the quiet one, divided by the tabs: what perfectly parallel
+tabs with zero browser overhead would reach. Ratio = ours / ideal; the issue
+asks for at least 0.8 at every tab count.
+
+The steady rate comes from two runs (N and 2N photos): the difference is the
+work of N photos without the browser's start, which is paid once per run.
 
     .venv/bin/python bench/bench_crawl.py [--latency 0.25] [--pages 3] [--tabs 1,4,8]
+        [--ends 404,quiet] [--quiet-period 2]
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ sys.path.insert(0, str(REPO))
 from bench.common import report, work_dir  # noqa: E402
 from yandex_reverse.fake_yandex.site import FakeYandex, ServerThread  # noqa: E402
 
+AIM = 0.8
+
 
 def make_photos(folder: Path, count: int) -> None:
     if folder.exists():
@@ -35,32 +44,34 @@ def make_photos(folder: Path, count: int) -> None:
 
 
 def run(
-    server: ServerThread, tabs: int, photos: int, args: argparse.Namespace
+    server: ServerThread, tabs: int, photos: int, end: str, args: argparse.Namespace
 ) -> tuple[float, float]:
-    """(measured photos/min, ideal photos/min) for one --max-tabs setting."""
-    root = work_dir(f"crawl_tabs{tabs}")
+    """(seconds the run took, ideal seconds) for one --max-tabs setting and end."""
+    root = work_dir(f"crawl_tabs{tabs}_{end}")
     make_photos(root / "photos", photos)
     shutil.rmtree(root / "XHR", ignore_errors=True)
     fake = server.fake
     fake.reset(settings=True)
-    fake.configure(latency=args.latency, pages=args.pages, first_page=30, per_page=30)
-    start = time.perf_counter()
+    fake.configure(
+        latency=args.latency,
+        pages=args.pages,
+        first_page=30,
+        per_page=30,
+        end="404" if end == "404" else "button",
+    )
     script = str(REPO / "1_Parse_XHR_Async.py")
     cmd = [sys.executable, script, "--images", "photos", "--xhr-dir", "XHR"]
     cmd += ["--base-url", server.base_url, "--max-tabs", str(tabs)]
-    done = subprocess.run(
-        cmd,
-        cwd=root,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-    )
+    cmd += ["--quiet-period", str(args.quiet_period)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"crawl failed:\n{done.stdout}\n{done.stderr}")
     finished = sum(1 for s in fake.served.values() if s.end)
     assert finished == photos, (finished, photos)
-    return elapsed, fake.latency_total / tabs
+    quiet = args.quiet_period * photos if end == "quiet" else 0.0
+    return elapsed, (fake.latency_total + quiet) / tabs
 
 
 def main() -> int:
@@ -68,29 +79,33 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.25, help="seconds per request")
     parser.add_argument("--pages", type=int, default=3, help="XHR pages per photo")
     parser.add_argument("--tabs", default="1,4,8")
+    parser.add_argument("--ends", default="404,quiet", help="how the results end: 404, quiet")
+    parser.add_argument("--quiet-period", type=float, default=2.0, help="the crawler's flag")
     args = parser.parse_args()
     with ServerThread(FakeYandex()) as server:
-        for tabs in (int(t) for t in args.tabs.split(",")):
-            # N and 2N photos: the difference is the steady rate, without the
-            # browser's start (about 2 s, paid once per run)
-            photos = max(6, 3 * tabs)
-            t1, ideal1 = run(server, tabs, photos, args)
-            t2, ideal2 = run(server, tabs, 2 * photos, args)
-            whole = 2 * photos / t2 * 60
-            ours = photos / (t2 - t1) * 60
-            ideal = photos / (ideal2 - ideal1) * 60
-            print(
-                f"--max-tabs {tabs}: {photos}+{photos} photos; whole run of {2 * photos} "
-                f"{whole:.1f}/min (startup included); steady {ours:.1f}/min; ideal {ideal:.1f}/min"
-            )
-            report(
-                "crawl",
-                f"photos/min, --max-tabs {tabs}, {args.latency:g} s/request",
-                "photos/min",
-                ours,
-                "ideal (sum of latencies / tabs)",
-                ideal,
-            )
+        for end in args.ends.split(","):
+            for tabs in (int(t) for t in args.tabs.split(",")):
+                photos = max(6, 3 * tabs)
+                t1, ideal1 = run(server, tabs, photos, end, args)
+                t2, ideal2 = run(server, tabs, 2 * photos, end, args)
+                whole = 2 * photos / t2 * 60
+                ours = photos / (t2 - t1) * 60
+                ideal = photos / (ideal2 - ideal1) * 60
+                print(
+                    f"end {end}, --max-tabs {tabs}: {photos}+{photos} photos; whole run of "
+                    f"{2 * photos} {whole:.1f}/min (startup included); steady {ours:.1f}/min; "
+                    f"ideal {ideal:.1f}/min; ratio {ours / ideal:.2f}",
+                    flush=True,
+                )
+                report(
+                    "crawl",
+                    f"photos/min, --max-tabs {tabs}, end by {end}, {args.latency:g} s/request",
+                    "photos/min",
+                    ours,
+                    "ideal (latencies + quiet period) / tabs",
+                    ideal,
+                    aim=AIM,
+                )
     return 0
 
 

@@ -33,11 +33,14 @@ def report(
     peer: float | None = None,
     *,
     aim: float | None = None,
+    skipped: str | None = None,
+    **extra: Any,
 ) -> None:
     """Print one result line for ``run_all.py`` (ratio = ours / peer).
 
-    ``aim`` is the lowest ratio the issue asks for (``make bench`` marks a
-    ratio below it).
+    ``aim``: the least ratio the issue asks for (``run_all`` marks a ratio below it).
+    ``skipped``: why the peer could not run (then ``peer`` is None); ``run_all``
+    shows it as one line. ``extra`` keys are kept in the line as they are.
     """
     ratio = (ours / peer) if peer else None
     line = {
@@ -48,7 +51,8 @@ def report(
         "peer_name": peer_name,
         "peer": peer,
         "ratio": ratio,
+        **({"aim": aim} if aim is not None else {}),
+        **({"skipped": skipped} if skipped else {}),
+        **extra,
     }
-    if aim is not None:
-        line["aim"] = aim
     print(MARK + json.dumps(line), flush=True)

@@ -232,7 +232,7 @@ def test_keep_backups_deletes_only_backups_step4_recorded_making(
     # The last run listed the one it deleted before the summary said so.
     listing = done.stdout.index("Old backups made by step 4 to delete (keeping the newest 1):")
     assert done.stdout.index(made[1], listing) < done.stdout.index("old backups deleted")
-    assert "2 other backup(s) in the folder were not made by step 4: kept." in done.stdout
+    assert "2 other backups in the folder were not made by step 4: kept." in done.stdout
     assert count_of(done.stdout, "old backups deleted") == 1
 
 
@@ -295,3 +295,11 @@ def test_a_tampered_backup_ledger_deletes_nothing_it_names(
     assert not (workdir / second["name"]).exists()  # a genuine old backup of step 4 goes
     assert count_of(done.stdout, "old backups deleted") == 1
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_step4_speaks_russian_under_a_russian_locale(damaged_db: Path, workdir: Path) -> None:
+    env = {"LANG": "ru_RU.UTF-8", "LC_ALL": ""}
+    done = run_script(SCRIPT, "--db", damaged_db, "--dry-run", cwd=workdir, env=env, check=True)
+    assert "Пробный запуск: ничего не изменено." in done.stdout
+    assert "Строки, которые были бы удалены" in done.stdout
+    assert "варианты с пустым URL" in done.stdout

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, run_script
+from yandex_reverse import serp
 from yandex_reverse.browser import BrowserNotFound, find_browser
 from yandex_reverse.fake_yandex.results import image_key
 from yandex_reverse.fake_yandex.site import FakeYandex, ServerThread
@@ -66,6 +67,8 @@ def crawl(workdir: Path, server: ServerThread, *args: str, timeout: float = 90):
         server.base_url,
         "--timeout",
         "15",
+        "--quiet-period",
+        "1.5",
         *args,
         cwd=workdir,
         timeout=timeout,
@@ -338,3 +341,321 @@ def test_empty_folder_says_so(workdir: Path):
     run = run_script(SCRIPT, cwd=workdir)
     assert run.returncode == 0
     assert "No query photos" in run.stdout
+
+
+# ----------------------------------------------------------------- live-page behaviours
+
+BEHAVIOURS = {
+    "scroll-loads before the button": {"scroll_loads": 2, "pages": 4},
+    "a page taller than the window": {"first_page": 40, "per_page": 12, "scroll_loads": 2},
+    "a late button": {"button_delay": 0.3, "scroll_loads": 0},
+    "the button back slowly after each load": {"scroll_loads": 1, "button_delay": 0.3},
+    "client-side similar route": {"client_route": True},
+    "cookie popup at load": {"cookie_popup": "load"},
+    "cookie popup late, and back after each load": {"cookie_popup": "again", "cookie_delay": 0.2},
+    "end shown as a disabled button": {"end": "disabled"},
+    "camera button needs hydration": {"hydration_delay": 1.0},
+    "several data-states": {"data_states": 3},
+    "keys give the order": {"keys_order": True},
+    "endpoint B, cbirId reply, plain block names": {
+        "upload_variant": "B",
+        "plain_block_name": True,
+    },
+    "endpoint B, params.url reply": {"upload_variant": "B-url", "end": "404"},
+    "all at once": {
+        "scroll_loads": 2,
+        "pages": 4,
+        "button_delay": 0.2,
+        "client_route": True,
+        "cookie_popup": "again",
+        "end": "disabled",
+        "hydration_delay": 0.5,
+        "keys_order": True,
+        "upload_variant": "B",
+        "plain_block_name": True,
+    },
+}
+
+
+def served_ids(fake: FakeYandex, key: str) -> set[str]:
+    return set().union(*fake.served[key].pages.values())
+
+
+def imported_ids(db: Path, query: str) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT image_id FROM query_results WHERE query = ?", (query,))
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+@browser
+@pytest.mark.parametrize("behaviour", list(BEHAVIOURS), ids=list(BEHAVIOURS))
+def test_each_live_behaviour_ends_with_every_result_saved_once(
+    workdir: Path, server: ServerThread, fake: FakeYandex, behaviour: str
+):
+    queries = photos(workdir, ["a.jpg", "b.png"])
+    switches = BEHAVIOURS[behaviour]
+    fake.configure(**switches)
+    pages = switches.get("pages", SMALL["pages"])
+    # a generous quiet period where the page itself pauses (a late button)
+    quiet = "4" if "button_delay" in switches else "1.5"
+    done = crawl(workdir, server, "--max-tabs", "2", "--quiet-period", quiet)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for photo in queries:
+        key = image_key(photo.read_bytes())
+        served = fake.served[key]
+        assert sorted(served.pages) == list(range(pages + 1)), served.pages  # to the end
+        assert served.end == switches.get("end", "button")
+        assert_saved_as_served(workdir, fake, photo)
+        record = progress(workdir)[photo.name]
+        assert record["status"] == "done"
+        assert record["pages"] == list(range(pages + 1))
+        assert record["end"] == ("404" if switches.get("end") == "404" else "quiet")
+        assert record["results"] == served.results == len(served_ids(fake, key))
+    imported = run_script("2_XHRtoDB.py", "--xhr-dir", "XHR", "--db", "y.db", cwd=workdir)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    for photo in queries:
+        key = image_key(photo.read_bytes())
+        assert imported_ids(workdir / "y.db", photo.name) == served_ids(fake, key)
+    uploads = fake.upload_count
+    again = crawl(workdir, server)
+    assert again.returncode == 0 and "0 to search, 2 already done" in again.stdout
+    assert fake.upload_count == uploads
+
+
+@browser
+def test_order_of_keys_is_kept_in_saved_files(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    (photo,) = photos(workdir, ["k.jpg"])
+    fake.configure(keys_order=True)
+    assert crawl(workdir, server).returncode == 0
+    for page, ids in fake.served[image_key(photo.read_bytes())].pages.items():
+        data = json.loads((workdir / "XHR" / f"k.jpg_xhr_{page:03d}.json").read_text("utf-8"))
+        assert list(serp.find_entities(data)) == ids
+
+
+@browser
+def test_too_large_upload_is_reencoded_and_the_original_kept(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    photo = workdir / "big.png"
+    Image.frombytes("RGB", (160, 160), os.urandom(160 * 160 * 3)).save(photo)
+    original = photo.read_bytes()
+    fake.configure(max_upload_bytes=int(len(original) * 0.8))
+    done = crawl(workdir, server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert photo.read_bytes() == original
+    assert fake.served[image_key(original)].cbir_id is None  # answered 413
+    (searched,) = [s for s in fake.served.values() if s.cbir_id]
+    assert sorted(searched.pages) == [0, 1, 2]
+    saved = sorted(p.name for p in (workdir / "XHR").glob("big.png_xhr_*.json"))
+    assert saved == [f"big.png_xhr_{n:03d}.json" for n in sorted(searched.bodies)]
+    assert progress(workdir)["big.png"]["status"] == "done"
+    assert not [p for p in (workdir / "XHR").iterdir() if p.name.startswith(".upload-")]
+
+
+@browser
+def test_photo_over_the_5_mib_limit_is_sent_reencoded(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    photo = workdir / "huge.png"
+    Image.frombytes("RGB", (1400, 1400), os.urandom(1400 * 1400 * 3)).save(photo)
+    assert photo.stat().st_size > 5 * 1024 * 1024
+    fake.configure(max_upload_bytes=5 * 1024 * 1024)
+    done = crawl(workdir, server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fake.upload_count == 1  # no 413 first: it was re-encoded before the upload
+    (searched,) = fake.served.values()
+    assert searched.cbir_id and sorted(searched.pages) == [0, 1, 2]
+
+
+@browser
+def test_files_that_are_not_images_are_not_uploaded(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    photos(workdir, ["good.jpg"])
+    (workdir / "empty.jpg").write_bytes(b"")
+    (workdir / "text.jpg").write_text("this is not a picture")
+    done = crawl(workdir, server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fake.upload_count == 1
+    out = " ".join(done.stdout.split())
+    assert "not an image empty.jpg (check photo): empty file (0 bytes)" in out
+    assert "not an image text.jpg (check photo): not an image" in out
+    assert progress(workdir)["text.jpg"]["status"] == "not an image"
+    again = crawl(workdir, server)
+    assert "0 to search, 3 already done" in again.stdout and fake.upload_count == 1
+
+
+@browser
+def test_under_construction_switches_to_yandex_ru_through_the_proxy(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    (photo,) = photos(workdir, ["uc.jpg"])
+    fake.configure(under_construction=True)
+    proxy = server.base_url.removesuffix("/images/")
+    done = run_script(
+        SCRIPT,
+        "--base-url",
+        "http://yandex.com/images/",
+        "--proxy",
+        proxy,
+        "--quiet-period",
+        "1.5",
+        cwd=workdir,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = " ".join(done.stdout.split())
+    assert out.count("under construction: using http://yandex.ru/images/") == 1
+    assert_saved_as_served(workdir, fake, photo)
+
+
+@browser
+def test_sites_tab_is_saved_in_both_shapes(workdir: Path, server: ServerThread, fake: FakeYandex):
+    new, old = photos(workdir, ["new.jpg", "old.jpg"])
+    fake.configure(overrides={image_key(old.read_bytes()): {"legacy_sites": True}})
+    done = crawl(workdir, server, "--tabs", "similar,sites", "--max-tabs", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for photo in (new, old):
+        served = fake.served[image_key(photo.read_bytes())]
+        assert len(served.sites) == 5
+        path = workdir / "XHR" / f"{photo.name}_sites_000.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert data == json.loads(served.sites_body)
+        assert [s["url"] for s in serp.sites_of(data)] == served.sites
+        assert_saved_as_served(workdir, fake, photo)
+        assert progress(workdir)[photo.name]["sites"] == 5
+    assert "sites (pages showing the picture)" in done.stdout
+
+
+@browser
+def test_search_by_url_is_resumable_and_mapped(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    urls = ["https://example.com/a/кот.jpg", "https://pics.example.org/b.png?size=2"]
+    listing = workdir / "urls.txt"
+    listing.write_text("# my list\n" + "\n".join(urls) + "\n\n", encoding="utf-8")
+    proxy = server.base_url.removesuffix("/images/")
+    env = {"HTTPS_PROXY": proxy}
+    args = ("--urls", "urls.txt", "--base-url", "http://yandex.ru/images/", "--quiet-period", "1.5")
+    done = run_script(SCRIPT, *args, "--tabs", "similar,sites", cwd=workdir, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    mapping = serp.read_url_queries(workdir / "XHR")
+    assert mapping == {serp.url_query_name(u): u for u in urls}
+    for url in urls:
+        served = fake.served[image_key(url.encode("utf-8"))]
+        name = serp.url_query_name(url)
+        assert served.url == url and sorted(served.pages) == [0, 1, 2]
+        saved = sorted(p.name for p in (workdir / "XHR").glob(f"{name}_xhr_*.json"))
+        assert saved == [f"{name}_xhr_{n:03d}.json" for n in sorted(served.bodies)]
+        assert (workdir / "XHR" / f"{name}_sites_000.json").is_file()
+        assert progress(workdir)[name]["url"] == url
+    imported = run_script("2_XHRtoDB.py", "--xhr-dir", "XHR", "--db", "y.db", cwd=workdir)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    for url in urls:
+        key = image_key(url.encode("utf-8"))
+        assert imported_ids(workdir / "y.db", serp.url_query_name(url)) == served_ids(fake, key)
+    searches = fake.served[image_key(urls[0].encode("utf-8"))].uploads
+    again = run_script(SCRIPT, *args, cwd=workdir, env=env)
+    assert "0 to search, 2 already done" in again.stdout
+    assert fake.served[image_key(urls[0].encode("utf-8"))].uploads == searches
+
+
+@browser
+def test_unreachable_site_stops_the_run_with_one_line(workdir: Path):
+    photos(workdir, [f"u{i}.jpg" for i in range(6)])
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = run_script(
+        SCRIPT, "--base-url", f"http://127.0.0.1:{port}/images/", "--max-tabs", "1", cwd=workdir
+    )
+    assert run.returncode == 1
+    err = " ".join(run.stderr.split())
+    assert err.count("cannot connect to") == 1 and "check --base-url and --proxy" in err
+    statuses = sorted(r["status"] for r in progress(workdir).values())
+    assert statuses == ["failed"] * 3
+    assert "not started" in run.stdout
+
+
+@browser
+def test_ctrl_c_prints_a_clean_summary_and_a_rerun_finishes(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    queries = photos(workdir, ["c1.jpg", "c2.jpg", "c3.jpg", "c4.jpg"])
+    fake.configure(latency=0.15)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / SCRIPT), "--base-url", server.base_url, "--max-tabs", "1"],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            path = workdir / "XHR" / ".progress.json"
+            if path.exists() and any(r["status"] == "done" for r in progress(workdir).values()):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the first photo never finished")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 130, out + err
+    assert "Step 1" in out and "interrupted" in out
+    assert "Interrupted by user" in err
+    assert "Future exception" not in err and "Traceback" not in err + out
+    fake.configure(latency=0.0)
+    again = crawl(workdir, server, "--max-tabs", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for photo in queries:
+        assert_saved_as_served(workdir, fake, photo)
+
+
+@browser
+def test_profile_keeps_cookies_and_delay_paces(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    photos(workdir, ["p1.jpg", "p2.jpg"])
+    fake.configure(cookie_popup="load")
+    profile = workdir / "profile"
+    first = crawl(
+        workdir, server, "--profile", str(profile), "--max-tabs", "1", "--delay", "0.1-0.2"
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert profile.is_dir() and any(profile.iterdir())
+    fake.reset()
+    again = crawl(workdir, server, "--profile", str(profile), "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fake.cookie_requests > 0  # the popup's answer survived the browser
+
+
+def test_bad_flags_are_usage_errors(workdir: Path):
+    photos(workdir, ["x.jpg"])
+    for flags, message in (
+        (["--tabs", "similar,videos"], "--tabs"),
+        (["--delay", "2-1"], "--delay"),
+        (["--delay", "soon"], "--delay"),
+        (["--quiet-period", "0"], "--quiet-period"),
+        (["--proxy", "nohost"], "--proxy"),
+    ):
+        run = run_script(SCRIPT, *flags, cwd=workdir)
+        assert run.returncode == 2 and message in run.stderr, (flags, run.stderr)
+    (workdir / "u.txt").write_text("ftp://x/y.jpg\n", encoding="utf-8")
+    run = run_script(SCRIPT, "--urls", "u.txt", cwd=workdir)
+    assert run.returncode == 2 and "line 1 is not an http(s) URL" in run.stderr

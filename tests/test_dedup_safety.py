@@ -247,3 +247,13 @@ def test_folders_other_steps_wrote_are_not_scanned(workdir: Path, folder: Path) 
     assert report["groups"] == []
     for skipped in ("sorted", "by_quality", "q"):
         assert f"not scanned (written by the pipeline): {folder / skipped}" in done.stdout
+
+
+def test_step6_speaks_russian_under_a_russian_locale(workdir: Path, folder: Path) -> None:
+    done = run(
+        workdir, folder, "--mode", "exact", "--dry-run", env={"LANG": "ru_RU.UTF-8", "LC_ALL": ""}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Пробный запуск: ничего не перемещено и не удалено." in done.stdout
+    assert "Группы дубликатов (первые 2 из 2):" in done.stdout
+    assert "просмотрено файлов" in done.stdout

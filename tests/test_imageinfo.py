@@ -120,3 +120,31 @@ def test_a_file_object_opens_too_with_a_narrower_list() -> None:
     buf.seek(0)
     with open_image(buf, formats=imageinfo.WEB_FORMATS) as image:
         assert image.size == (5, 4)
+
+
+def test_the_extension_table_matches_pillows_registry() -> None:
+    """The table is written out (so that step 6's exact mode never imports
+    Pillow); it must say what the installed Pillow says, less the refused
+    formats."""
+    Image.init()
+    registry = {
+        ext.lower(): fmt
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and fmt not in imageinfo.EXCLUDED_FORMATS
+    }
+    table = imageinfo.EXTENSION_FORMATS
+    assert {e: f for e, f in registry.items() if e in table} == {
+        e: f for e, f in table.items() if e in registry
+    }
+    missing_here = set(registry) - set(table)
+    assert not missing_here, f"Pillow reads these, add them to EXTENSION_FORMATS: {missing_here}"
+    assert {".eps", ".ps", ".pdf"}.isdisjoint(imageinfo.IMAGE_EXTENSIONS)
+
+
+def test_importing_the_module_does_not_import_pillow() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, yandex_reverse.imageinfo; print('PIL' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

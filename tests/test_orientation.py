@@ -296,7 +296,10 @@ def test_ctrl_c_then_rerun_loses_and_duplicates_nothing(workdir: Path) -> None:
             proc.send_signal(signal.SIGINT)
             break
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, 130), err
+    # 130: interrupted mid-way; 0: done before the signal came; -SIGINT: the
+    # signal landed while the finished interpreter was shutting down (seen on
+    # two busy cores: Python then exits by the signal, with no output).
+    assert proc.returncode in (0, 130, -signal.SIGINT), err
     assert "Traceback" not in err
     done = run_script(SCRIPT, "--source", src, "--mode", "move", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr

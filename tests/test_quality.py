@@ -145,6 +145,10 @@ def test_scores_match_pyiqa_and_images_sort_by_thresholds(photos, workdir):
     report = json.loads((dest / "quality_report.json").read_text(encoding="utf-8"))
     assert set(report) == set(rows)
     assert report["sharp.jpg"]["scale"] == "piqe: (0..100) to 0..100, inverted (lower is better)"
+    assert report["sharp.jpg"]["path"] == f"{rows['sharp.jpg']['category']}/sharp.jpg"
+    assert all(
+        not Path(e[k]).is_absolute() for e in report.values() for k in ("path", "source_path")
+    )
     assert (dest / "quality_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary_count(done.stdout, "scored now") == 7
 
@@ -225,7 +229,10 @@ def test_move_never_overwrites_and_sidecars_follow(photos, workdir):
     assert files_in(dest / "errors") == ["corrupt.jpg", "truncated.jpg"]
     assert not any(p.exists() for p in paths.values())
     report = json.loads((dest / "quality_report.json").read_text(encoding="utf-8"))
-    assert report["sharp.jpg"]["path"] == str(folder / "sharp_1.jpg")
+    # paths as seen from the report's folder: the folders can move together
+    assert report["sharp.jpg"]["path"] == f"{row['category']}/sharp_1.jpg"
+    assert report["sharp.jpg"]["source_path"] == "../photos/sharp.jpg"
+    assert report["corrupt.jpg"]["path"] == "errors/corrupt.jpg"
 
     # a re-run finds nothing to do; the report still holds every image
     again = run_script(SCRIPT, "--source", source, "--dest", dest, "--model", "piqe",
@@ -424,3 +431,108 @@ def test_out_of_memory_halves_the_batch_and_scores_stay():
         out = runner.score(items[:2])
     assert runner.batch_size == 1
     assert out[0] == "model: piqe out of memory at batch size 1"
+
+
+def test_fast_piqe_gives_pyiqa_numbers_bit_for_bit(photos):
+    """The step's PIQE (score only, strip-wise Gaussian) equals pyiqa's piqe exactly,
+    one image at a time and in a same-size batch, on sizes that need padding and not."""
+    import torch
+    from pyiqa.archs.piqe_arch import piqe
+    from pyiqa.utils.img_util import imread2tensor
+
+    from yandex_reverse.quality.metrics import FastPiqe
+
+    _, paths = photos
+    fast = FastPiqe.create()
+    images = [imread2tensor(str(paths[k]))[None] for k in ("sharp", "noisy", "tiny", "huge")]
+    images.append(torch.rand(2, 3, 200, 130, generator=torch.Generator().manual_seed(3)))
+    with torch.inference_mode():
+        for image in images:  # 320x240, 40x30 (pad), 2400x300, a batch of two 130x200
+            assert torch.equal(fast(image), piqe(image)[0])
+
+
+def test_musiq_bfloat16_is_checked_against_float32_on_the_first_batch():
+    """bfloat16 MUSIQ is used only while the first batch's scores stay within 0.05 of
+    float32; that batch keeps its float32 scores; a net whose scores move more stays
+    in float32."""
+    import copy
+
+    import pyiqa
+    import torch
+
+    from yandex_reverse.quality import metrics
+
+    reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
+    opts = dict(reference.net.data_preprocess_opts)
+    image = torch.from_numpy(np.asarray(_photo(96, 64, 1)).copy()).permute(2, 0, 1).float() / 255
+    patches = metrics.musiq_patches(image, opts)[None]
+    with torch.inference_mode():
+        exact = float(reference(image[None]))
+        checked = metrics.MusiqForward(copy.deepcopy(reference.net), low_precision=True)
+        assert float(checked(patches)) == pytest.approx(exact, abs=1e-5)
+        assert checked.bf16 is True and checked.difference is not None
+        assert 0 < checked.difference <= metrics.BF16_TOLERANCE
+        assert float(checked(patches)) == pytest.approx(exact, abs=metrics.BF16_TOLERANCE)
+
+        loud = copy.deepcopy(reference.net)  # scores x1000: bfloat16's error grows with them
+        loud.head.weight.mul_(1000)
+        loud.head.bias.mul_(1000)
+        guarded = metrics.MusiqForward(loud, low_precision=True)
+        first = float(guarded(patches))
+        assert guarded.bf16 is False and guarded.difference > metrics.BF16_TOLERANCE
+        assert float(guarded(patches)) == first  # float32 from then on
+
+
+def test_thresholds_that_leave_a_category_empty_say_so_and_suggest_better(photos, workdir):
+    source, _ = photos
+    args = ("--source", source, "--model", "piqe", "--dry-run")
+    done = run_script(SCRIPT, *args, "--thresholds", "100,100", cwd=workdir)
+    assert done.returncode == 0, done.stderr + done.stdout
+    text = " ".join(done.stdout.split())
+    assert "No image is high: with piqe the scores run from" in text
+    suggested = re.search(r"--thresholds (\d+\.\d),(\d+\.\d) \(30% high", text)
+    assert suggested, text
+    again = run_script(SCRIPT, *args, "--thresholds", ",".join(suggested.groups()), cwd=workdir)
+    assert again.returncode == 0, again.stderr + again.stdout
+    cats = [r["category"] for r in db_rows(source / "quality_sorted").values() if r["category"]]
+    assert set(cats) == set(CATS) and len(cats) == 7
+    assert "No image is" not in again.stdout
+
+
+def test_on_a_terminal_missing_weights_are_said_at_once_and_piqe_offered(workdir):
+    """The model answer is checked before the next question: MUSIQ without its weights
+    gets the line saying where to put them, then the menu again with piqe as the
+    default; Enter takes it and the run scores with piqe."""
+    import pexpect
+
+    from tests.conftest import spawn
+
+    source = workdir / "t"
+    source.mkdir()
+    for i in range(3):
+        _photo(64, 48, i).save(source / f"a{i}.jpg")
+    hub = workdir / "empty_hub"
+    hub.mkdir()
+    child = spawn(SCRIPT, "--source", str(source), "--weights-dir", str(hub), cwd=workdir)
+    child.expect("Quality model")
+    child.expect("> ")
+    child.sendline("1")  # musiq
+    child.expect("weights for musiq are missing", timeout=120)
+    child.expect("Or use --model piqe")
+    child.expect(r"4\) PIQE .*\(default\)")
+    child.expect("> ")
+    child.sendline("")  # Enter: the default, piqe
+    child.expect("Sort mode", timeout=120)
+    child.expect("> ")
+    child.sendline("")
+    child.expect("Output folder")
+    child.expect("> ")
+    child.sendline("")
+    child.expect(r"Start quality assessment\?")
+    child.sendline("y")
+    child.expect("Quality sorting", timeout=180)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    rows = db_rows(source / "quality_sorted")
+    assert len(rows) == 3 and {r["models"] for r in rows.values()} == {"piqe"}

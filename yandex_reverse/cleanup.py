@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import db
+from . import db, i18n
 from .console import (
     StepFailed,
     UsageError,
@@ -52,6 +52,7 @@ from .console import (
     table,
 )
 from .fsutil import atomic_write_text
+from .i18n import N_, _, ngettext
 from .urls import normalize_url
 
 LEGACY_DUP_REASON = "duplicate variant (legacy import)"
@@ -84,43 +85,45 @@ KEPT_BY_FALLBACK = f"NOT usable_url(origUrl) AND NOT ({BROKEN_RESULTS})"
 RULES: tuple[Rule, ...] = (
     Rule(
         "orphan_links",
-        "query links whose result is gone",
+        N_("query links whose result is gone"),
         "query_results",
         "image_id NOT IN (SELECT id FROM images)",
         "query, image_id",
     ),
     Rule(
         "orphan_variants",
-        "variants whose result is gone",
+        N_("variants whose result is gone"),
         "image_variants",
         "image_id NOT IN (SELECT id FROM images)",
         "id, image_id, url",
     ),
-    Rule("empty_variants", "variants with an empty URL", "image_variants", _EMPTY, "id, image_id"),
+    Rule(
+        "empty_variants", N_("variants with an empty URL"), "image_variants", _EMPTY, "id, image_id"
+    ),
     Rule(
         "unusable_variants",
-        "variants with a relative, non-http(s) or unparseable URL",
+        N_("variants with a relative, non-http(s) or unparseable URL"),
         "image_variants",
         f"NOT {_EMPTY} AND NOT usable_url(url)",
         "id, image_id, url",
     ),
     Rule(
         "broken_result_links",
-        "query links of the results removed below",
+        N_("query links of the results removed below"),
         "query_results",
         "image_id IN temp.broken_results",
         "query, image_id",
     ),
     Rule(
         "broken_result_variants",
-        "variants of the results removed below",
+        N_("variants of the results removed below"),
         "image_variants",
         "image_id IN temp.broken_results",
         "id, image_id, url",
     ),
     Rule(
         "broken_results",
-        "results without any usable URL",
+        N_("results without any usable URL"),
         "images",
         "id IN temp.broken_results",
         "id, origUrl",
@@ -212,7 +215,9 @@ def probe(path: Path) -> tuple[bool, int]:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise StepFailed(f"{path} is not a usable SQLite database: {exc}") from exc
+        raise StepFailed(
+            _("{path} is not a usable SQLite database: {reason}").format(path=path, reason=exc)
+        ) from exc
 
 
 def _legacy_archived(conn: sqlite3.Connection) -> int:
@@ -238,7 +243,7 @@ def opened(path: Path, *, scratch: bool) -> Iterator[tuple[sqlite3.Connection, i
     Yields the connection and the number of legacy duplicates the migration
     archived on this opening.
     """
-    _, archived_before = probe(path)
+    _legacy, archived_before = probe(path)
     tmp = Path(tempfile.mkdtemp(prefix="yr_cleanup_")) if scratch else None
     try:
         target = db.backup(path, tmp / path.name) if tmp else path
@@ -271,8 +276,10 @@ def _read_ledger(path: Path) -> list[dict]:
         return []
     except (OSError, ValueError) as exc:
         raise StepFailed(
-            f"the backup ledger {ledger_path(path)} is unreadable ({one_line(exc)}); "
-            "move it away to continue (no backup is deleted without it)"
+            _(
+                "the backup ledger {ledger} is unreadable ({reason}); "
+                "move it away to continue (no backup is deleted without it)"
+            ).format(ledger=ledger_path(path), reason=one_line(exc))
         ) from exc
     entries = data.get("backups") if isinstance(data, dict) else None
     return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
@@ -325,7 +332,7 @@ def plan_pruning(path: Path, keep: int, *, adding: int = 0) -> Pruning:
     for entry in entries[:split]:
         name = entry.get("name")
         if not isinstance(name, str) or not pattern.fullmatch(name):
-            plan.refused.append((str(name), "not a backup name of this DB"))
+            plan.refused.append((str(name), _("not a backup name of this DB")))
             continue
         target = path.with_name(name)
         try:
@@ -333,13 +340,13 @@ def plan_pruning(path: Path, keep: int, *, adding: int = 0) -> Pruning:
         except FileNotFoundError:
             continue  # gone already: dropped from the ledger
         except OSError as exc:
-            plan.refused.append((name, f"cannot check it: {exc.strerror or exc}"))
+            plan.refused.append((name, _("cannot check it: {reason}").format(reason=exc.strerror)))
             plan.keep.insert(0, entry)
             continue
         if not stat.S_ISREG(st.st_mode):
-            plan.refused.append((name, "not a regular file"))
+            plan.refused.append((name, _("not a regular file")))
         elif (st.st_size, st.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
-            plan.refused.append((name, "changed since step 4 made it"))
+            plan.refused.append((name, _("changed since step 4 made it")))
         else:
             plan.delete.append(target)
     return plan
@@ -355,7 +362,8 @@ def prune_backups(path: Path, plan: Pruning) -> list[Path]:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            plan.refused.append((target.name, f"could not delete it: {exc.strerror or exc}"))
+            reason = _("could not delete it: {reason}").format(reason=exc.strerror)
+            plan.refused.append((target.name, reason))
     _write_ledger(path, plan.keep)
     return deleted
 
@@ -363,37 +371,41 @@ def prune_backups(path: Path, plan: Pruning) -> list[Path]:
 def print_pruning(plan: Pruning, *, keep: int, dry_run: bool) -> None:
     """The backups that go (before they go), the refused entries, the others kept."""
     if plan.delete:
-        verb = "would be deleted" if dry_run else "to delete"
-        console.print(
-            f"Old backups made by step 4 {verb} (keeping the newest {keep}):", markup=False
-        )
+        if dry_run:
+            title = _("Old backups made by step 4 would be deleted (keeping the newest {n}):")
+        else:
+            title = _("Old backups made by step 4 to delete (keeping the newest {n}):")
+        console.print(title.format(n=keep), markup=False, soft_wrap=True)
         for target in plan.delete:
-            console.print(f"  {target}", markup=False)
+            console.print(f"  {target}", markup=False, soft_wrap=True)
     for name, reason in plan.refused:
-        console.print(f"Not deleted (refused backup ledger entry): {name}: {reason}", markup=False)
+        line = _("Not deleted (refused backup ledger entry): {name}: {reason}")
+        console.print(line.format(name=name, reason=reason), markup=False, soft_wrap=True)
     if plan.others:
-        console.print(
-            f"{plan.others} other backup(s) in the folder were not made by step 4: kept.",
-            markup=False,
+        line = ngettext(
+            "{n} other backup in the folder was not made by step 4: kept.",
+            "{n} other backups in the folder were not made by step 4: kept.",
+            plan.others,
         )
+        console.print(line.format(n=plan.others), markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- report
 
 
 def print_outcome(out: Outcome, *, dry_run: bool, show: int) -> None:
-    verb = "would be removed" if dry_run else "removed"
     rows = [
-        ("duplicate variants (legacy import, archived by the migration)", out.legacy_duplicates)
+        (_("duplicate variants (legacy import, archived by the migration)"), out.legacy_duplicates)
     ]
-    rows += [(rule.label, out.removed.get(rule.key, 0)) for rule in RULES]
-    rows.append((f"total {verb}", out.total))
-    rows.append(("results with a bad origUrl kept (usable fallback)", out.kept_by_fallback))
-    console.print(table(f"Rows {verb}", ("", "rows"), rows))
+    rows += [(i18n._(rule.label), out.removed.get(rule.key, 0)) for rule in RULES]
+    rows.append((_("total would be removed") if dry_run else _("total removed"), out.total))
+    rows.append((_("results with a bad origUrl kept (usable fallback)"), out.kept_by_fallback))
+    title = _("Rows that would be removed") if dry_run else _("Rows removed")
+    console.print(table(title, ("", _("rows")), rows))
     console.print(
         table(
-            "Rows per table",
-            ("table", "before", "after"),
+            _("Rows per table"),
+            (_("table"), _("before"), _("after")),
             [(t, out.rows_before.get(t, 0), out.rows_after.get(t, 0)) for t in TABLES],
         )
     )
@@ -403,8 +415,9 @@ def print_outcome(out: Outcome, *, dry_run: bool, show: int) -> None:
             if samples:
                 cols = [c.strip() for c in rule.sample.split(",")]
                 more = out.removed[rule.key] - len(samples)
-                title = f"{rule.label} ({out.removed[rule.key]:,}" + (
-                    f", first {len(samples)})" if more > 0 else ")"
+                title = _("{label} ({n:,}, first {first})") if more > 0 else _("{label} ({n:,})")
+                title = title.format(
+                    label=i18n._(rule.label), n=out.removed[rule.key], first=len(samples)
                 )
                 console.print(table(title, cols, samples, numeric_from=len(cols)))
 
@@ -415,7 +428,7 @@ def print_outcome(out: Outcome, *, dry_run: bool, show: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="4_DB_cleanup.py",
-        description=(
+        description=_(
             "Remove orphan, empty and unusable rows from a pipeline DB (legacy duplicates are "
             "archived on opening). Backs up first; one transaction; VACUUM after."
         ),
@@ -423,37 +436,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--db",
         type=Path,
-        help="DB to clean (asked on a terminal: yandex_images.db or vk_images.db)",
+        help=_("DB to clean (asked on a terminal: yandex_images.db or vk_images.db)"),
     )
-    parser.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help=_("show what would go, change nothing")
+    )
     parser.add_argument(
         "--archive",
         action="store_true",
-        help="move removed rows into <table>_archive tables instead of deleting them",
+        help=_("move removed rows into <table>_archive tables instead of deleting them"),
     )
     parser.add_argument(
         "--keep-backups",
         type=int,
         default=5,
         metavar="N",
-        help=(
+        help=_(
             "keep only the newest N backups that this step made of this DB (recorded in "
             "<db>.backups.json; others are never deleted) (default: 5; 0 keeps all)"
         ),
     )
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--yes", action="store_true", help=_("do not ask for confirmation"))
     parser.add_argument(
         "--show",
         type=int,
         default=10,
         metavar="N",
-        help="with --dry-run, list the first N rows of each kind (default: 10)",
+        help=_("with --dry-run, list the first N rows of each kind (default: 10)"),
     )
     parser.add_argument(
         "--log-file",
         type=Path,
         default=Path("4_DB_cleanup.log"),
-        help="details and tracebacks (default: 4_DB_cleanup.log)",
+        help=_("details and tracebacks (default: 4_DB_cleanup.log)"),
     )
     return parser
 
@@ -462,7 +477,7 @@ def choose_db(given: Path | None) -> Path:
     if given is not None:
         return given
     answer = ask_choice(
-        "Which database to clean?",
+        _("Which database to clean?"),
         [("yandex_images.db", "yandex_images.db"), ("vk_images.db", "vk_images.db")],
         flag="--db",
     )
@@ -472,16 +487,18 @@ def choose_db(given: Path | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.keep_backups < 0 or args.show < 0:
-        raise UsageError("--keep-backups and --show must be 0 or more")
+        raise UsageError(_("--keep-backups and --show must be 0 or more"))
     setup_logging(args.log_file)
     path = choose_db(args.db)
     if not path.is_file():
-        raise StepFailed(f"database not found: {path}")
-    legacy, _ = probe(path)
+        raise StepFailed(_("database not found: {path}").format(path=path))
+    legacy, _archived = probe(path)
     size_before = db_size(path)
-    console.print(f"Database: {esc(path)} ({human_bytes(size_before)})")
+    console.print(
+        _("Database: {path} ({size})").format(path=esc(path), size=human_bytes(size_before))
+    )
     if legacy:
-        console.print("Legacy schema (original scripts): it is migrated first.")
+        console.print(_("Legacy schema (original scripts): it is migrated first."))
 
     if args.dry_run or not args.yes:
         with opened(path, scratch=legacy) as (conn, dups):
@@ -492,24 +509,26 @@ def main(argv: list[str] | None = None) -> int:
         pruning = plan_pruning(path, args.keep_backups, adding=1)
         print_pruning(pruning, keep=args.keep_backups, dry_run=True)
         if args.dry_run:
-            console.print("Dry run: nothing was changed.")
+            console.print(_("Dry run: nothing was changed."))
             return 0
         if not preview.total and not legacy:
-            console.print("Nothing to clean.")
+            console.print(_("Nothing to clean."))
             return 0
-        if not confirm(f"Back up and clean {path}?", assume_yes=args.yes):
-            console.print("Cancelled by user.")
+        if not confirm(_("Back up and clean {path}?").format(path=path), assume_yes=args.yes):
+            console.print(_("Cancelled by user."))
             return 0
 
     backup = db.backup(path)
     record_backup(path, backup)
-    console.print(f"Backup: {esc(backup)}")
+    console.print(_("Backup: {path}").format(path=esc(backup)), soft_wrap=True)
     with opened(path, scratch=False) as (conn, dups):
         try:
             out = clean(conn, dry_run=False, archive=args.archive, show=0)
         except Exception as exc:
             raise StepFailed(
-                f"cleanup failed, the DB is unchanged ({one_line(exc)}); backup: {backup}"
+                _("cleanup failed, the DB is unchanged ({reason}); backup: {path}").format(
+                    reason=one_line(exc), path=backup
+                )
             ) from exc
         out.legacy_duplicates = dups
         if out.total or dups:
@@ -522,14 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     size_after = db_size(path)
     print_outcome(out, dry_run=False, show=0)
     print_summary(
-        "DB cleanup",
+        _("DB cleanup"),
         [
-            ("size before", human_bytes(size_before)),
-            ("size after", human_bytes(size_after)),
-            ("space saved", human_bytes(max(0, size_before - size_after))),
-            ("backup", str(backup)),
-            ("old backups deleted", len(pruned)),
-            ("mode", "archived" if args.archive else "deleted"),
+            (_("size before"), human_bytes(size_before)),
+            (_("size after"), human_bytes(size_after)),
+            (_("space saved"), human_bytes(max(0, size_before - size_after))),
+            (_("backup"), str(backup)),
+            (_("old backups deleted"), len(pruned)),
+            (_("mode"), _("archived") if args.archive else _("deleted")),
         ],
     )
     return 0

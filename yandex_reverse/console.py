@@ -26,29 +26,53 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
-
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .i18n import _
 from .i18n import setup as setup_language
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
 T = TypeVar("T")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use. Rich costs tens of milliseconds
+    to import (its progress bars more), which a quick step such as step 6's
+    exact mode need not pay before it has something to show."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._real: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        if self._real is None:
+            from rich.console import Console
+
+            self._real = Console(**self._options)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def progress_shown() -> bool:
+    """Will progress bars be drawn? (Without importing rich when they will not.)"""
+    forced = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
+    if console._real is None and not any(os.environ.get(k) for k in forced):
+        try:
+            return sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            return False
+    return console.is_terminal
+
+
+console: Any = _LazyConsole(highlight=False)
+err_console: Any = _LazyConsole(stderr=True, highlight=False)
 log = logging.getLogger("yandex_reverse")
 
 EXIT_OK = 0
@@ -59,6 +83,8 @@ EXIT_INTERRUPTED = 130
 
 def esc(value: object) -> str:
     """``value`` as text that rich prints literally: THE escaping helper for outside text."""
+    from rich.markup import escape
+
     return escape(str(value))
 
 
@@ -189,6 +215,19 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
 
     On a non-terminal output rich prints nothing per item, so logs stay short.
     """
+    if not progress_shown():  # nothing to draw: counting per item would only cost time
+        yield lambda n=1, **fields: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = [
         TextColumn("[bold]{task.fields[title]}"),
         BarColumn(),
@@ -201,10 +240,7 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
-    bar = Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
-    if bar.disable:  # nothing to draw: counting per item would only cost time
-        yield lambda n=1, **fields: None
-        return
+    bar = Progress(*columns, console=console.real, transient=False)
     with bar:
         task = bar.add_task(description, total=total, rate="", info="", title=esc(description))
         pending = 0
@@ -249,6 +285,8 @@ def table(
     Title, headers and cells are plain text (escaped here); a cell may also be
     a rich ``Text`` for a styled value.
     """
+    from rich.table import Table
+
     out = Table(title=esc(title), title_justify="left", show_lines=False)
     for index, header in enumerate(headers):
         out.add_column(esc(header), justify="right" if index >= numeric_from else "left")
@@ -258,6 +296,8 @@ def table(
 
 
 def _fmt(cell: Any) -> str | Text:
+    from rich.text import Text
+
     if isinstance(cell, Text):
         return cell
     if isinstance(cell, bool) or cell is None:

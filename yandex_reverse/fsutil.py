@@ -1,5 +1,7 @@
 """Files on disk, shared by every step: atomic writes, placing a file without
 ever overwriting (with its sidecars), temporary names, and a folder lock.
+(shutil and filecmp are imported where used: step 6's exact mode needs
+neither, and every millisecond of its start counts against jdupes.)
 
 A file is written under a temporary name in its folder and renamed, so an
 interrupted run never leaves a half-written file under a final name.
@@ -7,10 +9,7 @@ interrupted run never leaves a half-written file under a final name.
 
 from __future__ import annotations
 
-import filecmp
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,26 +31,28 @@ def sidecars_of(path: Path) -> list[Path]:
 # ----------------------------------------------------------- placing files
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def temp_file(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty ``.<name>.<random>.part`` in ``folder``, open for writing.
 
-
-_FILE_MODE = 0o666 & ~_umask()
+    Created exclusively, with the usual permissions (0666 less the umask;
+    ``mkstemp`` would leave 0600). Returns the descriptor and the path.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = folder / f".{name}.{os.urandom(4).hex()}.part"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name in the same folder, then rename.
-
-    The file gets the usual permissions (``mkstemp`` alone would leave 0600).
-    """
+    """Write ``data`` under a temporary name in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,6 +64,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def same_content(a: Path, b: Path) -> bool:
+    import filecmp
+
     try:
         return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
     except OSError:
@@ -84,7 +87,9 @@ def _claim(target: Path, source: Path, *, copy: bool) -> bool:
             return False
         except OSError:
             pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    import shutil
+
+    fd, tmp = temp_file(target.parent, target.name)
     os.close(fd)
     try:
         shutil.copy2(source, tmp)
@@ -159,6 +164,8 @@ def place_file(source: Path, dest_dir: Path, *, mode: str, dry_run: bool = False
 
 
 def _place_sidecars(source: Path, target: Path, mode: str) -> tuple[Path, ...]:
+    import shutil
+
     placed: list[Path] = []
     for side in sidecars_of(source):
         side_target = target.with_suffix(side.suffix)
@@ -185,12 +192,16 @@ class Locked(OSError):
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, *, per_process: bool = False) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if missing) for the block.
 
     Raises :class:`Locked` at once when another process holds it. The lock
     goes with the process (a killed run leaves no stale lock). Windows has no
     advisory locks here: the block runs unlocked there.
+
+    ``per_process``: a POSIX record lock (``lockf``) instead of ``flock``.
+    Forked children (a process pool started inside the block) do not inherit
+    it, so workers left behind by a killed run cannot keep it held.
     """
     try:
         import fcntl
@@ -198,14 +209,15 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         yield
         return
     with Path(path).open("a") as handle:
+        lock = fcntl.lockf if per_process else fcntl.flock
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise Locked(f"locked by another run: {path}") from exc
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            lock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------- pipeline outputs

@@ -15,55 +15,49 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
 
-# The extensions every step accepts (the originals disagreed: 7.1 had no webp,
-# 7.3 no gif). Pillow's other readable formats are added below.
+# Pillow is imported on first use, not with this module: Pillow and its
+# plugin registry cost more than a whole exact-mode run of step 6 (which
+# needs only the extensions below).
+
+# Extension -> Pillow format, for every format the project accepts: Pillow's
+# readable formats (its registry, Pillow 13) less those that are not photos
+# users collect or that run external tools (EPS/PS run Ghostscript; PDF,
+# FITS, HDF5, GRIB, BUFR, MPEG, WMF/EMF). tests/test_imageinfo.py checks
+# this table against the installed Pillow's registry.
+EXTENSION_FORMATS: dict[str, str] = {
+    ".apng": "PNG", ".avif": "AVIF", ".avifs": "AVIF", ".blp": "BLP", ".bmp": "BMP",
+    ".bw": "SGI", ".cur": "CUR", ".dcx": "DCX", ".dds": "DDS", ".dib": "DIB", ".flc": "FLI",
+    ".fli": "FLI", ".ftc": "FTEX", ".ftu": "FTEX", ".gbr": "GBR", ".gif": "GIF", ".icb": "TGA",
+    ".icns": "ICNS", ".ico": "ICO", ".iim": "IPTC", ".im": "IM", ".j2c": "JPEG2000",
+    ".j2k": "JPEG2000", ".jfif": "JPEG", ".jp2": "JPEG2000", ".jpc": "JPEG2000", ".jpe": "JPEG",
+    ".jpeg": "JPEG", ".jpf": "JPEG2000", ".jpg": "JPEG", ".jpx": "JPEG2000", ".msp": "MSP",
+    ".pbm": "PPM", ".pcd": "PCD", ".pcx": "PCX", ".pfm": "PPM", ".pgm": "PPM", ".png": "PNG",
+    ".pnm": "PPM", ".ppm": "PPM", ".psd": "PSD", ".pxr": "PIXAR", ".qoi": "QOI", ".ras": "SUN",
+    ".rgb": "SGI", ".rgba": "SGI", ".sgi": "SGI", ".tga": "TGA", ".tif": "TIFF", ".tiff": "TIFF",
+    ".vda": "TGA", ".vst": "TGA", ".webp": "WEBP", ".xbm": "XBM", ".xpm": "XPM",
+}  # fmt: skip
+# Readable by Pillow but refused (see above); the test keeps both lists true.
+EXCLUDED_FORMATS = frozenset({"EPS", "PDF", "FITS", "HDF5", "GRIB", "BUFR", "MPEG", "WMF"})
+# The extensions every step agreed on (the originals disagreed: 7.1 had no
+# webp, 7.3 no gif); the rest of the table comes on top.
 COMMON_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-# Readable by Pillow but not photos users collect, or needing external tools
-# (EPS and PS run Ghostscript).
-_EXCLUDED = frozenset(
-    {
-        ".eps",
-        ".ps",
-        ".pdf",
-        ".fit",
-        ".fits",
-        ".h5",
-        ".hdf",
-        ".grib",
-        ".bufr",
-        ".mpeg",
-        ".mpg",
-        ".emf",
-        ".wmf",
-    }
-)
-_EXCLUDED_FORMATS = frozenset({"EPS", "PDF", "FITS", "HDF5", "GRIB", "BUFR", "MPEG", "WMF"})
-
-
-def _pillow_extensions() -> dict[str, str]:
-    Image.init()
-    return {
-        ext.lower(): fmt
-        for ext, fmt in Image.registered_extensions().items()
-        if fmt in Image.OPEN and ext.lower() not in _EXCLUDED and fmt not in _EXCLUDED_FORMATS
-    }
-
-
-_EXTENSION_FORMATS = _pillow_extensions()
-IMAGE_EXTENSIONS: frozenset[str] = COMMON_EXTENSIONS | frozenset(_EXTENSION_FORMATS)
+IMAGE_EXTENSIONS: frozenset[str] = COMMON_EXTENSIONS | frozenset(EXTENSION_FORMATS)
 # The Pillow openers a file may reach (by content, whatever its name). The
 # JPEG opener also returns MPO (camera multi-picture files).
-ACCEPTED_FORMATS: tuple[str, ...] = tuple(sorted(set(_EXTENSION_FORMATS.values())))
+ACCEPTED_FORMATS: tuple[str, ...] = tuple(sorted(set(EXTENSION_FORMATS.values())))
 # The formats a web photo comes in: what step 5 stores.
 WEB_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
@@ -75,10 +69,23 @@ MAX_PIXELS = 89_478_485
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
 
-# Pillow warns between its limit and twice it; we refuse those ourselves, by
-# size, before the warning could matter, so the warning is noise (on stderr,
-# once per place). This filter only silences it: no decision depends on it.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+@functools.cache
+def _pil() -> ModuleType:
+    """PIL.Image, imported once. Pillow warns between its limit and twice it;
+    we refuse those ourselves, by size, so the warning is noise (on stderr,
+    once per place). This filter only silences it: no decision depends on it."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    Image.init()
+    return Image
+
+
+@functools.cache
+def _openable(formats: tuple[str, ...]) -> list[str]:
+    """``formats`` this Pillow build can open (AVIF needs libavif, for one)."""
+    return [f for f in formats if f in _pil().OPEN]
 
 
 class ImageError(Exception):
@@ -102,33 +109,47 @@ def iter_images(
     or quarantine inside the source) and subfolders for which ``skip_dir``
     says so are skipped.
     """
-    root = Path(root)
+    for entry in iter_image_entries(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir):
+        yield Path(entry.path)
+
+
+def iter_image_entries(
+    root: Path,
+    *,
+    recursive: bool = True,
+    exclude: Iterable[Path] = (),
+    skip_dir: Callable[[Path], bool] | None = None,
+) -> Iterator[os.DirEntry[str]]:
+    """:func:`iter_images` as ``os.DirEntry`` objects (their ``stat`` and
+    ``is_symlink`` need no path parsing: step 6 scans 20,000 files with them)."""
     excluded = {Path(p).resolve() for p in exclude}
-    if root.resolve() in excluded:
+    if Path(root).resolve() in excluded:
         return
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError:
-        return
-    subdirs: list[Path] = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        path = Path(entry.path)
+    extensions = IMAGE_EXTENSIONS
+    stack = [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
         try:
-            if entry.is_dir(follow_symlinks=False):
-                if (
-                    recursive
-                    and path.resolve() not in excluded
-                    and not (skip_dir and skip_dir(path))
-                ):
-                    subdirs.append(path)
-            elif entry.is_file() and is_image(path):
-                yield path
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
-    for sub in subdirs:
-        yield from iter_images(sub, recursive=True, exclude=excluded, skip_dir=skip_dir)
+        subdirs: list[str] = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        sub = Path(entry.path)
+                        if sub.resolve() not in excluded and not (skip_dir and skip_dir(sub)):
+                            subdirs.append(entry.path)
+                elif name[name.rfind(".") :].lower() in extensions and entry.is_file():
+                    yield entry
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))  # depth first, in name order, as before
 
 
 @dataclass(frozen=True)
@@ -146,7 +167,7 @@ class ImageInfo:
         return self.width * self.height / 1_000_000
 
 
-def exif_orientation(image: Image.Image) -> int:
+def exif_orientation(image: PILImage.Image) -> int:
     try:
         value = image.getexif().get(_EXIF_ORIENTATION, 1)
         return int(value) if value in range(1, 9) else 1
@@ -169,7 +190,7 @@ def open_image(
     *,
     max_pixels: int | None = MAX_PIXELS,
     formats: Sequence[str] | None = ACCEPTED_FORMATS,
-) -> Image.Image:
+) -> PILImage.Image:
     """``Image.open`` of a path or binary file object, header only, guarded.
 
     Only ``formats`` reach Pillow; an image whose header size is above
@@ -177,13 +198,15 @@ def open_image(
     an :class:`ImageError` with a one-line reason. The caller decides how
     much to decode (and closes the image).
     """
+    Image = _pil()
+    allowed = _openable(tuple(formats)) if formats is not None else None
     try:
-        image = Image.open(source, formats=list(formats) if formats is not None else None)  # type: ignore[arg-type]
+        image = Image.open(source, formats=allowed)  # type: ignore[arg-type]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception only where some code turned
         # warnings into errors; it is a refusal either way (above Pillow's limit).
         raise ImageError(f"refused as a decompression bomb: {one_line(exc)}") from exc
-    except UnidentifiedImageError as exc:
+    except Image.UnidentifiedImageError as exc:
         raise ImageError("not an image Pillow can read") from exc
     except FileNotFoundError as exc:
         raise ImageError("file not found") from exc
@@ -294,6 +317,8 @@ def read_infos(
     size = max(16, min(512, len(paths) // (workers * 8)))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     done: list[list[ImageInfo | str] | None] = [None] * len(chunks)
+    import multiprocessing
+
     try:
         # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are
         # daemons and leaving the block terminates them, so Ctrl-C at any

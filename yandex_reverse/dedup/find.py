@@ -9,21 +9,21 @@ cached hashes of unchanged files.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
-import stat
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..console import progress
+from ..console import progress, progress_shown
 from ..fsutil import is_pipeline_output
-from ..imageinfo import ImageError, iter_images, read_info
+from ..i18n import _
+from ..imageinfo import ImageError, iter_image_entries, read_info
 from . import hashing
 
 _IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)
@@ -34,6 +34,9 @@ KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
 def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]]:
     """A progress bar updated at most ten times a second: per-file redraws cost
     more than hashing a cached file."""
+    if not progress_shown():  # no bar: not even a clock read per file
+        yield lambda: None
+        return
     with progress(label, total) as advance:
         pending, last = 0, time.monotonic()
 
@@ -54,7 +57,7 @@ def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]
 class Entry:
     """One image file as scanned (a hard-linked file appears once)."""
 
-    path: Path
+    name: str  # the full path as text; ``path`` makes the Path when needed
     rel: str
     size: int
     mtime_ns: int
@@ -67,6 +70,10 @@ class Entry:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 @dataclass
@@ -117,35 +124,40 @@ def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
 
     def skip_dir(path: Path) -> bool:
         if is_pipeline_output(path):
-            result.notes.append(f"not scanned (written by the pipeline): {path}")
+            result.notes.append(
+                _("not scanned (written by the pipeline): {path}").format(path=path)
+            )
             return True
         return False
 
-    with ticking("Scanning") as advance:
-        for path in iter_images(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir):
-            name = str(path)
+    walk = iter_image_entries(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir)
+    with ticking(_("Scanning")) as advance:
+        for item in walk:
+            name = item.path
             rel = name[prefix:].replace(os.sep, "/")  # Path.relative_to is the slow part
             try:
-                st = os.lstat(name)
-                if stat.S_ISLNK(st.st_mode):
+                if item.is_symlink():
                     links.append((rel, name))
                     continue
+                st = item.stat(follow_symlinks=False)
             except OSError as exc:
-                result.unreadable.append((rel, f"cannot stat: {exc.strerror or exc}"))
+                result.unreadable.append(
+                    (rel, _("cannot stat: {reason}").format(reason=exc.strerror or exc))
+                )
                 continue
             inode = (st.st_dev, st.st_ino)
             if inode in inodes:  # a hard link of a file already seen
                 result.hard_links.append((rel, inodes[inode]))
                 continue
             inodes[inode] = rel
-            result.entries.append(Entry(path, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
+            result.entries.append(Entry(name, rel, st.st_size, st.st_mtime_ns, len(result.entries)))
             advance()
     for rel, name in links:
         try:
             st = os.stat(name)
             target = inodes.get((st.st_dev, st.st_ino)) or os.path.realpath(name)
         except OSError:
-            target = "(dangling symlink)"
+            target = _("(dangling symlink)")
         result.hard_links.append((rel, target))
     return result
 
@@ -186,24 +198,27 @@ def keep_key(rule: str, *, by_name: bool = False) -> Callable[[Entry], tuple]:
 
 
 def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
-    """Byte-identical files: same size, then same edges, then same xxh3_128.
+    """Byte-identical files: same size, then same xxh3_128 of the whole file.
 
-    Zero-byte files are never duplicates of anything worth keeping; they are
-    left alone (as jdupes does). Files are read in threads: the work is I/O.
+    Files up to 256 KiB are hashed whole at once (one open and read costs
+    less than reading their edges first and opening them again); bigger
+    ones are compared by their first and last 4 KiB first. Zero-byte files
+    are never duplicates of anything worth keeping; they are left alone (as
+    jdupes does). Files are read in threads, in a few chunks each.
     """
     by_size: dict[int, list[Entry]] = defaultdict(list)
     for entry in found.entries:
         if entry.size > 0:
             by_size[entry.size].append(entry)
     tied = [group for group in by_size.values() if len(group) > 1]
-    # 8 KiB reads: a thread hand-off costs more than the read itself
-    tied = _refine(
-        tied, lambda e: hashing.edge_hash(e.path, e.size), "Comparing file edges", found, 1
+    small = [g for g in tied if g[0].size <= hashing.WHOLE_AT_ONCE]
+    big = [g for g in tied if g[0].size > hashing.WHOLE_AT_ONCE]
+    done = _refine(small, lambda e: hashing.full_hash(e.name), _("Hashing files"), found, workers)
+    big = _refine(
+        big, lambda e: hashing.edge_hash(e.name, e.size), _("Comparing file edges"), found, workers
     )
-    whole = [g for g in tied if g[0].size > 2 * hashing.EDGE_BLOCK]
-    done = [g for g in tied if g[0].size <= 2 * hashing.EDGE_BLOCK]  # edges were the whole file
     done += _refine(
-        whole, lambda e: hashing.full_hash(e.path), "Hashing whole files", found, workers
+        big, lambda e: hashing.full_hash(e.name), _("Hashing whole files"), found, workers
     )
     for number, group in enumerate(done):
         for entry in group:
@@ -223,15 +238,30 @@ def _refine(
     if not todo:
         return []
 
-    def one(entry: Entry) -> tuple[Entry, bytes | None, str | None]:
-        try:
-            return entry, fingerprint(entry), None
-        except OSError as exc:
-            return entry, None, f"unreadable: {exc.strerror or exc}"
+    def chunk(entries: list[Entry]) -> list[tuple[Entry, bytes | None, str | None]]:
+        out = []
+        for entry in entries:
+            try:
+                out.append((entry, fingerprint(entry), None))
+            except OSError as exc:
+                out.append(
+                    (entry, None, _("unreadable: {reason}").format(reason=exc.strerror or exc))
+                )
+        return out
 
+    # A few chunks per thread, not one task per file: a hand-off costs more
+    # than reading a small file. Interleaved, so each chunk gets big and small.
+    parts = max(1, min(len(todo) // 32, 8 * workers)) if workers > 1 else 1
+    chunks = [todo[i::parts] for i in range(parts)]
     prints: dict[int, bytes] = {}
-    with ticking(label, len(todo)) as advance, ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(one, todo) if workers > 1 else map(one, todo)
+    with ticking(label, len(todo)) as advance:
+        if parts > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                results = [r for part in pool.map(chunk, chunks) for r in part]
+        else:
+            results = chunk(todo)
         for entry, value, error in results:
             if error:
                 found.unreadable.append((entry.rel, error))
@@ -274,17 +304,19 @@ def hash_pictures(
             found.cached += 1
         else:
             todo.append(entry)
-    args = [(str(e.path), method, hash_size, draft) for e in todo]
+    args = [(e.name, method, hash_size, draft) for e in todo]
     pending: list[tuple] = []
     results: Iterable[tuple]
-    pool: ProcessPoolExecutor | None = None
+    pool = None
     if workers > 1 and len(todo) > 2 * workers:
+        from concurrent.futures import ProcessPoolExecutor
+
         # Started before the progress bar's thread; workers leave Ctrl-C to us.
         pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
         results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
     else:
         results = map(_hash_star, args)
-    with ticking("Perceptual hashing", len(todo)) as advance:
+    with ticking(_("Perceptual hashing"), len(todo)) as advance:
         try:
             for entry, (value, width, height, error) in zip(todo, results, strict=True):
                 _apply(found, entry, value, width, height, error)
@@ -353,8 +385,8 @@ def similar_groups(
     position = {id(e): n for n, e in enumerate(nodes)}
     hashed = [n for n, e in enumerate(nodes) if e.hash is not None]
     packed = index.pack([nodes[n].hash for n in hashed])  # type: ignore[misc]
-    with progress("Searching the hash index", 1) as advance:
-        pi, pj, _ = index.close_pairs(packed, threshold, nbits=hash_size * hash_size)
+    with progress(_("Searching the hash index"), 1) as advance:
+        pi, pj, _dist = index.close_pairs(packed, threshold, nbits=hash_size * hash_size)
         advance()
     rows = np.asarray(hashed, dtype=np.int64)
     edge_i = [rows[pi]] if len(pi) else []
@@ -436,9 +468,11 @@ def filename_groups(found: Scan, *, keep: str, workers: int) -> list[Group]:
         entry.width, entry.height = info.width, info.height
         return entry, None
 
+    from concurrent.futures import ThreadPoolExecutor
+
     bad: set[int] = set()
     with (
-        ticking("Reading sizes", len(candidates)) as advance,
+        ticking(_("Reading sizes"), len(candidates)) as advance,
         ThreadPoolExecutor(max(1, workers)) as pool,
     ):
         for entry, error in pool.map(one, candidates):

@@ -239,3 +239,25 @@ def data_state(
 ) -> dict:
     """The server-rendered ``data-state`` of the similar page (built by serp)."""
     return serp.data_state(location, entities, has_more=has_more, **shape)
+
+
+def sites_for(seed: str, count: int) -> list[dict[str, Any]]:
+    """The "Сайты" tab for one picture: pages where the picture itself appears."""
+    rng = random.Random(f"sites:{seed}")
+    out = []
+    for n in range(count):
+        domain, page = rng.choice(_SITES)
+        w, h = rng.choice(_SIZES)
+        as_str = rng.random() < 0.3
+        out.append(
+            serp.site(
+                page.format(a=rng.randint(1000, 99999), b=rng.randint(1, 9999)),
+                f"{rng.choice(_WORDS)} <b>фото</b> &amp; №{n}",
+                domain=domain,
+                description=f"Страница на {domain} с этой картинкой",
+                thumb=f"//avatars.mds.yandex.net/i?id={_hex(rng, 32)}-images-thumbs&n=13",
+                width=str(w) if as_str else w,
+                height=str(h) if as_str else h,
+            )
+        )
+    return out

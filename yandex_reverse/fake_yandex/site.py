@@ -24,7 +24,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -36,7 +37,10 @@ from . import results
 CONTROL_PREFIX = "/__"
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 CAPTCHA_HEADER = "x-yandex-captcha"
-END_MODES = ("button", "404", "error")
+END_MODES = ("button", "404", "error", "disabled")
+UPLOAD_VARIANTS = ("A", "B", "B-url")
+COOKIE_MODES = ("", "load", "late", "again")
+STATIC = Path(__file__).with_name("static")
 
 
 @dataclass
@@ -46,7 +50,9 @@ class Settings:
     pages: int = 3  # serpList/fetch pages after the server-rendered one
     first_page: int = 30  # results rendered in the similar page
     per_page: int = 30  # results per XHR page
-    end: str = "button"  # after the last page: the button goes, a 404, or an error notice
+    end: str = (
+        "button"  # after the last page: the button goes, a 404, an error notice, or "disabled"
+    )
     empty_pages: list[int] = field(default_factory=list)  # XHR pages answered with no results
     broken_json_page: int | None = None  # this XHR page is broken JSON the first time it is served
     latency: float = 0.0  # seconds added to every request
@@ -56,12 +62,27 @@ class Settings:
     captcha_next: int = 0  # the next K requests get a captcha
     captcha_page: int | None = None  # this XHR page answers a captcha (JSON + header)
     upload_500_next: int = 0  # the next K uploads answer 500
-    upload_variant: str = "A"  # which upload endpoint the page calls: A or B
+    upload_variant: str = (
+        "A"  # the upload endpoint: A, B (cbirId reply) or B-url (params.url reply)
+    )
     renamed_similar_tab: bool = False  # the "Похожие" tab loses its usual class (a markup change)
     extra_content: bool = True  # blocks[0] is extra-content (the adapter is then blocks[1])
     fault_rate: float = 0.0  # share of results whose origUrl carries ?yr_fault=...
     shared_fraction: float = 0.1  # share of results common to every query
     max_upload_bytes: int = 20 * 1024 * 1024  # larger uploads answer 413
+    # the live page's behaviours (reference §1, §6), each a switch:
+    scroll_loads: int = 1  # pages loaded by scrolling to the bottom before the button shows
+    button_delay: float = 0.0  # seconds after each load before the button shows (again)
+    client_route: bool = False  # "Похожие" is a pushState route; its results come as a p=0 XHR
+    cookie_popup: str = ""  # the cookie popup: "" none, "load", "late", "again" (comes back)
+    cookie_delay: float = 0.3  # seconds before a late popup shows
+    hydration_delay: float = 0.0  # the camera button does nothing for this long after load
+    data_states: int = 1  # data-state attributes on the similar page (the results in the last)
+    keys_order: bool = False  # serpList.items carries keys (the order); entities shuffled
+    plain_block_name: bool = False  # blocks name themselves "block": "…" rather than name.block
+    under_construction: bool = False  # Host yandex.com answers "…is under construction"
+    sites: int = 5  # entries of the "Сайты" tab
+    legacy_sites: bool = False  # the sites tab as before 2025-05: a top-level "sites" state
     # per-picture overrides: {image_key or its prefix: {"pages": 1, "end": "404", "captcha": true, ...}}
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -73,6 +94,10 @@ class Settings:
             setattr(self, key, value)
         if self.end not in END_MODES:
             raise ValueError(f"end must be one of {END_MODES}")
+        if self.upload_variant not in UPLOAD_VARIANTS:
+            raise ValueError(f"upload_variant must be one of {UPLOAD_VARIANTS}")
+        if self.cookie_popup not in COOKIE_MODES:
+            raise ValueError(f"cookie_popup must be one of {COOKIE_MODES}")
 
 
 @dataclass
@@ -85,7 +110,10 @@ class Served:
     cbir_id: str | None = None
     pages: dict[int, list[str]] = field(default_factory=dict)
     end: str | None = None
+    url: str | None = None  # a search by image URL: the URL
+    sites: list[str] = field(default_factory=list)  # the "Сайты" tab's URLs, when it was shown
     bodies: dict[int, str] = field(default_factory=dict, repr=False)  # the JSON served, per page
+    sites_body: str | None = field(default=None, repr=False)  # the sites tab's state, as served
 
     @property
     def results(self) -> int:
@@ -117,6 +145,7 @@ class FakeYandex:
             self.upload_count = 0
             self.requests = 0
             self.latency_total = 0.0
+            self.cookie_requests = 0
 
     def configure(self, **changes: Any) -> None:
         with self.lock:
@@ -145,7 +174,11 @@ class FakeYandex:
                 "latency_total": self.latency_total,
                 "images": {
                     key: {
-                        **{k: v for k, v in dataclasses.asdict(s).items() if k != "bodies"},
+                        **{
+                            k: v
+                            for k, v in dataclasses.asdict(s).items()
+                            if k not in ("bodies", "sites_body")
+                        },
                         "results": s.results,
                     }
                     for key, s in self.served.items()
@@ -184,6 +217,12 @@ class FakeYandex:
                 captcha = True
         if delay:
             await asyncio.sleep(delay)
+        if "gdpr" in request.cookies:
+            with self.lock:
+                self.cookie_requests += 1  # the browser kept the cookie popup's answer
+        host = (request.host or "").rsplit(":", 1)[0].lower()
+        if self.settings.under_construction and host.endswith("yandex.com"):
+            return _html(_UNDER_CONSTRUCTION)
         if captcha:
             return self.captcha_answer(request)
         return await handler(request)
@@ -239,11 +278,15 @@ class FakeYandex:
         raise web.HTTPFound("/images/")
 
     async def start_page(self, request: web.Request) -> web.Response:
-        variant = json.dumps(self.settings.upload_variant)
-        state = {"location": "/images/", "initialState": {"cbir": {"uploadVariant": variant}}}
-        body = f"""<!DOCTYPE html><html lang="ru"><head><meta charset="utf-8">
-<title>Яндекс Картинки: поиск изображений в интернете</title><style>{_CSS}</style></head><body>
-{_root(state)}
+        start = {
+            "variant": self.settings.upload_variant,
+            "hydration": self.settings.hydration_delay,
+        }
+        state = {
+            "location": "/images/",
+            "initialState": {"cbir": {"uploadVariant": start["variant"]}},
+        }
+        body = f"""{_root(state)}
 <header class="HeaderDesktop"><form class="HeaderForm" action="/images/search">
 <input class="HeaderForm-Input" name="text" placeholder="Поиск изображений">
 <button type="button" class="Button HeaderDesktopActions-CbirButton" aria-label="Поиск по картинке">&#128247;</button>
@@ -252,8 +295,13 @@ class FakeYandex:
 <div class="CbirCore"><label class="CbirCore-FileLabel">Выберите файл
 <input type="file" class="CbirCore-FileInput" accept="image/*"></label>
 <input class="CbirCore-UrlInput" placeholder="Введите адрес картинки"></div></div></div>
-<script>const VARIANT = {variant};{_START_JS}</script></body></html>"""
-        return _html(body)
+{_script("FAKE_START", start, "start.js")}"""
+        return _html(self._page("Яндекс Картинки: поиск изображений в интернете", body))
+
+    def _page(self, title: str, body: str) -> str:
+        """A page with the styles and, when switched on, the cookie popup."""
+        cookie = {"mode": self.settings.cookie_popup, "delay": self.settings.cookie_delay}
+        return _page(title, body + _script("FAKE_COOKIE", cookie, "cookie.js"))
 
     async def _upload(
         self, request: web.Request, data: bytes, name: str | None
@@ -308,10 +356,16 @@ class FakeYandex:
         if isinstance(out, web.Response):
             return out
         orig = f"https://avatars.mds.yandex.net/get-images-cbir/{out['shard']}/{out['id']}/orig"
-        return web.json_response(serp.upload_reply_b(out["cbir_id"], orig))
+        shape = "url" if self.settings.upload_variant == "B-url" else "ids"
+        plain = self.settings.plain_block_name
+        return web.json_response(
+            serp.upload_reply_b(out["cbir_id"], orig, shape=shape, plain_block_name=plain)
+        )
 
     async def search(self, request: web.Request) -> web.Response:
         cbir_id = request.query.get("cbir_id", "")
+        if not cbir_id and request.query.get("url") and request.query.get("rpt") == "imageview":
+            cbir_id = self.url_search(request.query["url"])
         key = self.by_cbir.get(cbir_id)
         if key is None:
             return _html(
@@ -321,56 +375,122 @@ class FakeYandex:
             return self.fetch_page(request, key)
         if request.query.get("cbir_page") == "similar":
             return self.similar_page(request, key)
+        if request.query.get("cbir_page") == "sites":
+            return self.sites_page(request, key, cbir_id)
         return self.result_page(request, key, cbir_id)
 
-    def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
+    def url_search(self, url: str) -> str:
+        """A search by image URL: the URL seeds the results as uploaded bytes would."""
+        data = url.encode("utf-8")
+        key = results.image_key(data)
+        shard, image_id = results.cbir_ids(data)
+        cbir_id = f"{shard}/{image_id}"
+        with self.lock:
+            served = self.served.setdefault(key, Served())
+            served.uploads += 1
+            served.url = served.name = url
+            served.cbir_id = cbir_id
+            self.by_cbir[cbir_id] = key
+        return cbir_id
+
+    def _nav(self, request: web.Request, cbir_id: str, active: str) -> tuple[str, str]:
+        """The CbirNavigation tabs, and the similar page's URL."""
         q = {"cbir_id": cbir_id, "url": request.query.get("url", "")}
         similar = "/images/search?" + urlencode({**q, "cbir_page": "similar", "rpt": "imagelike"})
         sites = "/images/search?" + urlencode({**q, "cbir_page": "sites", "rpt": "imageview"})
+        search = "/images/search?" + urlencode({**q, "rpt": "imageview"})
+
+        def cls(name: str) -> str:
+            return " CbirNavigation-TabsItem_active" if name == active else ""
+
         if self.settings.renamed_similar_tab:
-            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_type_similar" data-tab="similar" href="{html.escape(similar)}">Похожие</a>'
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_type_similar{cls("similar")}" data-tab="similar" href="{html.escape(similar)}">Похожие</a>'
         else:
-            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_similar-page" data-cbir-page-type="similar" href="{html.escape(similar)}">Похожие</a>'
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_similar-page{cls("similar")}" data-cbir-page-type="similar" href="{html.escape(similar)}">Похожие</a>'
         nav = f"""<div class="CbirNavigation" id="CbirNavigation-{uuid.uuid4().hex[:8]}"><nav class="CbirNavigation-Tabs">
-<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_active CbirNavigation-TabsItem_name_search-by-image" data-cbir-page-type="search-by-image" href="{html.escape(str(request.rel_url))}">Поиск по изображению</a>
+<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_search-by-image{cls("search")}" data-cbir-page-type="search-by-image" href="{html.escape(search)}">Поиск по изображению</a>
 {tab}
-<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_sites-page" data-cbir-page-type="sites" href="{html.escape(sites)}">Сайты</a>
+<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_sites-page{cls("sites")}" data-cbir-page-type="sites" href="{html.escape(sites)}">Сайты</a>
 </nav></div>"""
-        state = {"location": str(request.rel_url), "initialState": {"cbirSites": {"sites": []}}}
-        return _html(_page("Результаты поиска по изображению", _root(state) + nav))
+        return nav, similar
+
+    def _client(self, request: web.Request, key: str, s: Settings, *, first_xhr: int) -> dict:
+        """The similar grid's script settings."""
+        return {
+            "cbir": request.query.get("cbir_id", ""),
+            "url": request.query.get("url", ""),
+            "yu": str(int(key[:12], 16)),
+            "serpid": key[12:34],
+            "firstXhr": first_xhr,
+            "scrollLoads": s.scroll_loads,
+            "buttonDelay": s.button_delay,
+            "end": s.end,
+            "finished": first_xhr > 0 and s.pages == 0 and s.end in ("button", "disabled"),
+            "clientRoute": s.client_route,
+        }
+
+    def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
+        s = self.for_image(key)
+        nav, _ = self._nav(request, cbir_id, "search")
+        state = {"location": str(request.rel_url), "initialState": {"cbirNavigation": {}}}
+        body = _root(state) + nav
+        if s.client_route:
+            body += _script(
+                "FAKE_SIMILAR", self._client(request, key, s, first_xhr=0), "similar.js"
+            )
+        return _html(self._page("Результаты поиска по изображению", body))
+
+    def sites_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
+        s = self.for_image(key)
+        sites = results.sites_for(key, s.sites)
+        location = str(request.rel_url)
+        if s.legacy_sites:
+            state = serp.legacy_sites_state(sites)
+            root = _root(state, root_id=f"CbirSites_infinite-{uuid.uuid4().hex[:8]}")
+        else:
+            state = serp.data_state(location, None, sites=sites)
+            root = _root(state)
+        with self.lock:
+            served = self.served[key]
+            served.sites = [x["url"] for x in sites]
+            served.sites_body = json.dumps(state, ensure_ascii=False)
+        nav, _ = self._nav(request, cbir_id, "sites")
+        items = "".join(
+            f'<div class="CbirSites-Item"><a href="{html.escape(x["url"])}">{html.escape(x["title"])}</a></div>'
+            for x in sites
+        )
+        return _html(self._page("Сайты с картинкой", root + nav + items))
 
     def similar_page(self, request: web.Request, key: str) -> web.Response:
         s = self.for_image(key)
         entities = self._page_entities(key, s, 0)
-        has_more = s.pages > 0 or s.end != "button"
+        has_more = s.pages > 0 or s.end not in ("button", "disabled")
         location = str(request.rel_url)
-        state = results.data_state(location, entities, has_more=has_more)
+        state = results.data_state(location, entities, has_more=has_more, keys=s.keys_order)
         with self.lock:
             served = self.served[key]
             served.pages[0] = [e["id"] for e in entities]
             served.bodies[0] = json.dumps(state, ensure_ascii=False)
             if not has_more:
                 served.end = "button"
-
+        others = [
+            {"location": location, "initialState": {"header": {"user": None}}},
+            results.data_state(location, [], has_more=True),
+        ]
+        roots = "".join(_root(others[i % 2]) for i in range(max(0, s.data_states - 1)))
         thumbs = "".join(_thumb(e) for e in entities)
         button = (
-            '<div class="FetchListButton"><button type="button" class="Button FetchListButton-Button">'
-            '<span class="Button-Text">Показать ещё</span></button></div>'
-            if has_more
-            else ""
+            '<div class="FetchListButton" style="display:none"><button type="button" '
+            'class="Button FetchListButton-Button"><span class="Button-Text">Показать ещё</span>'
+            "</button></div>"
         )
-        client = {
-            "cbir": request.query.get("cbir_id", ""),
-            "url": request.query.get("url", ""),
-            "yu": str(int(key[:12], 16)),
-            "serpid": key[12:34],
-        }
         body = (
-            _root(state)
+            roots
+            + _root(state)
             + f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>{button}'
-            + f"<script>const S = {json.dumps(client)};{_SIMILAR_JS}</script>"
+            + _script("FAKE_SIMILAR", self._client(request, key, s, first_xhr=1), "similar.js")
         )
-        return _html(_page("Похожие картинки", body))
+        return _html(self._page("Похожие картинки", body))
 
     def _page_entities(self, key: str, s: Settings, page: int) -> list[dict[str, Any]]:
         total = s.first_page + s.per_page * s.pages
@@ -390,14 +510,14 @@ class FakeYandex:
             with self.lock:
                 served.captchas += 1
             return self.captcha_answer(request)
-        if page < 1 or page > s.pages:
+        if page < (0 if s.client_route else 1) or page > s.pages:
             if s.end == "404":
                 served.end = "404"
                 return web.Response(status=404)
             if s.end == "error":
                 served.end = "error"
                 return web.Response(status=500)
-            served.end = "button"
+            served.end = s.end
             return web.json_response(
                 results.adapter_payload([], last=True, extra_content=s.extra_content)
             )
@@ -408,10 +528,16 @@ class FakeYandex:
             )
             return web.Response(text=text[: len(text) // 2], headers=JSON_HEADERS)
         entities = [] if page in s.empty_pages else self._page_entities(key, s, page)
-        last = page == s.pages and s.end == "button"
+        last = page == s.pages and s.end in ("button", "disabled")
         if last:
-            served.end = "button"
-        payload = results.adapter_payload(entities, last=last, extra_content=s.extra_content)
+            served.end = s.end
+        payload = results.adapter_payload(
+            entities,
+            last=last,
+            extra_content=s.extra_content,
+            plain_block_name=s.plain_block_name,
+            keys=s.keys_order,
+        )
         text = json.dumps(payload, ensure_ascii=False)
         with self.lock:
             served.pages[page] = [e["id"] for e in entities]
@@ -507,13 +633,14 @@ def _html(body: str) -> web.Response:
 def _page(title: str, body: str) -> str:
     return (
         f'<!DOCTYPE html><html lang="ru"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_CSS}</style></head><body>{body}</body></html>"
+        f"<style>{_static('style.css')}</style></head><body>{body}</body></html>"
     )
 
 
-def _root(state: dict[str, Any]) -> str:
+def _root(state: dict[str, Any], root_id: str | None = None) -> str:
     payload = html.escape(json.dumps(state, ensure_ascii=False), quote=True)
-    return f'<div class="Root" id="ImagesApp-{uuid.uuid4().hex[:10]}" data-state="{payload}"></div>'
+    root_id = root_id or f"ImagesApp-{uuid.uuid4().hex[:10]}"
+    return f'<div class="Root" id="{root_id}" data-state="{payload}"></div>'
 
 
 def _thumb(entity: dict[str, Any]) -> str:
@@ -534,121 +661,19 @@ def _thumb(entity: dict[str, Any]) -> str:
     )
 
 
-_CSS = """
-body{font-family:sans-serif;margin:0}
-.SerpList{display:flex;flex-wrap:wrap;gap:8px;padding:8px}
-.SerpItem{width:180px;height:240px;background:#eee}
-.SerpItem img{width:180px;height:200px;object-fit:cover}
-.FetchListButton{padding:24px;text-align:center}
-.FetchListNotice{color:#c00;padding:12px}
-.CbirPanel-Popup{position:absolute;top:60px;left:20%;background:#fff;border:1px solid #ccc;padding:24px}
-""".replace("\n", "")
+@cache
+def _static(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
 
-# The start page: the camera button opens the panel; choosing a file uploads it
-# with fetch() to endpoint A or B, then navigates to the search page.
-_START_JS = r"""
-const camera = document.querySelector('button[aria-label="Поиск по картинке"]');
-const popup = document.querySelector('.CbirPanel-Popup');
-camera.addEventListener('click', () => { popup.style.display = 'block'; popup.classList.add('Popup2_visible'); });
-function fail(text) {
-  const d = document.createElement('div');
-  d.className = 'CbirUploadErrorNotify';
-  d.innerHTML = '<span class="CbirUploadErrorNotify-IconError"></span><span class="CbirUploadErrorNotify-Text"></span>';
-  d.lastChild.textContent = text;
-  document.querySelector('.CbirPanel-Main').appendChild(d);
-}
-document.querySelector('.CbirCore-FileInput').addEventListener('change', async (ev) => {
-  const file = ev.target.files[0];
-  if (!file) return;
-  try {
-    let r;
-    if (VARIANT === 'B') {
-      const fd = new FormData();
-      fd.append('upfile', file, file.name);
-      const req = JSON.stringify({blocks: [{block: 'cbir-uploader__get-cbir-id'}]});
-      r = await fetch('/images/touch/search?rpt=imageview&format=json&request=' + encodeURIComponent(req), {method: 'POST', body: fd});
-    } else {
-      r = await fetch('/images-apphost/image-download?cbird=111&images_avatars_size=preview&images_avatars_namespace=images-cbir',
-                      {method: 'POST', body: file, headers: {'Content-Type': file.type || 'application/octet-stream'}});
-    }
-    if (r.status === 413) return fail('Изображение слишком большое');
-    if (!r.ok) return fail('Не удалось загрузить изображение');
-    const j = await r.json();
-    if (j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
-    let cbir, orig;
-    if (VARIANT === 'B') { cbir = j.blocks[0].params.cbirId; orig = j.blocks[0].params.originalImageUrl; }
-    else { cbir = j.cbir_id; orig = j.url.replace(/\/preview$/, '/orig'); }
-    location.href = '/images/search?cbir_id=' + encodeURIComponent(cbir) + '&rpt=imageview&url=' +
-                    encodeURIComponent(orig) + '&cbir_page=search-by-image';
-  } catch (e) { fail('Ошибка сети'); }
-});
-"""
 
-# The similar page: scrolling to the end loads the next page once; then each
-# click on "Показать ещё" fetches one more. The button is disabled while a
-# fetch runs, removed after the last page; a 404 leaves it as it was; an
-# error shows the FetchListNotice; broken JSON re-enables it for a retry.
-_SIMILAR_JS = r"""
-const list = document.querySelector('.SerpList');
-let page = 1, loading = false, autoLoaded = false;
-function esc(t) { const d = document.createElement('div'); d.textContent = t; return d.innerHTML; }
-function thumb(e) {
-  const d = document.createElement('div');
-  d.className = 'SerpItem';
-  d.dataset.id = e.id;
-  const href = '/images/search?img_url=' + encodeURIComponent(e.origUrl) + '&pos=' + e.pos + '&rpt=simage';
-  d.innerHTML = '<div class="SerpItem-Thumb"><div class="ImagesContentImage"><a class="Link ImagesContentImage-Cover" href="' +
-    esc(href) + '"><img class="ImagesContentImage-Image" src="' + esc(e.image) + '" alt="' + esc(e.alt) + '"></a></div></div>';
-  return d;
-}
-function notice() {
-  if (document.querySelector('.FetchListNotice')) return;
-  const d = document.createElement('div');
-  d.className = 'FetchListNotice FetchListButton-Error';
-  d.textContent = 'Не удалось загрузить. Попробуйте ещё раз';
-  (document.querySelector('.FetchListButton') || list).after(d);
-}
-async function load() {
-  const btn = document.querySelector('.FetchListButton-Button');
-  if (loading || !btn) return;
-  loading = true;
-  btn.disabled = true;
-  const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
-                        {block: {block: 'i-react-ajax-adapter:ajax'}, params: {type: 'ImagesApp', ajaxKey: 'serpList/fetch'}, version: 2}],
-               metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
-  const q = 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + page + '&rpt=imagelike&cbir_id=' +
-            encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + '&serpid=' + S.serpid;
-  let finished = false;
-  try {
-    const r = await fetch('/images/search?' + q, {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
-    if (r.status === 404) {
-      /* nothing more; the button stays */
-    } else if (!r.ok) {
-      notice();
-    } else {
-      let j = null;
-      try { j = await r.json(); } catch (e) { j = null; }
-      if (j && j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
-      if (j) {
-        const a = j.blocks.find(b => b.name && b.name.block === 'i-react-ajax-adapter:ajax');
-        const sl = a.params.adapterData.serpList;
-        for (const e of Object.values(sl.items.entities)) list.appendChild(thumb(e));
-        page += 1;
-        finished = sl.loadNextState === 'finished';
-      }
-    }
-  } catch (e) { notice(); }
-  loading = false;
-  if (finished) document.querySelector('.FetchListButton').remove();
-  else btn.disabled = false;
-}
-const button = document.querySelector('.FetchListButton-Button');
-if (button) {
-  button.addEventListener('click', load);
-  new IntersectionObserver((items) => {
-    if (!autoLoaded && items.some(i => i.isIntersecting)) { autoLoaded = true; load(); }
-  }).observe(document.querySelector('.SerpList-Sentinel'));
-}
-"""
+def _script(variable: str, settings: dict[str, Any], name: str) -> str:
+    """A script from ``static/``, its settings in ``window.<variable>`` (JSON, ``<`` escaped)."""
+    config = json.dumps(settings, ensure_ascii=False).replace("<", "\\u003c")
+    return f"<script>window.{variable} = {config};\n{_static(name)}</script>"
+
+
+_UNDER_CONSTRUCTION = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Yandex</title></head><body><div class="Construction"><h1>yandex.com is under construction</h1>
+<p>We are working on a new version of the site. Meanwhile, try yandex.ru.</p></div></body></html>"""
 
 __all__ = ["FakeYandex", "ServerThread", "Settings", "start"]

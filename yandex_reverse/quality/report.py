@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..i18n import _, ngettext
 
 if TYPE_CHECKING:
     from .decode import Task
@@ -212,8 +214,8 @@ def write_reports(
             "max_score": row["max_score"],
             "error": row["error_message"],
             "category": row["category"],
-            "path": row["placed_path"] or row["path"],
-            "source_path": row["path"],
+            "path": _relative(row["placed_path"] or row["path"], dest),
+            "source_path": _relative(row["path"], dest),
             "processing_time": row["processing_time"],
             "vram_usage": row["vram_usage"],
             "ram_usage": row["ram_usage"],
@@ -234,6 +236,32 @@ def write_reports(
     return {"per_category": per_category, "errors": errors, "total": len(report)}
 
 
+def _relative(path: str | None, folder: Path) -> str | None:
+    """A path as seen from the report's folder (posix), so the report stays true when
+    the working folder is moved or copied to another machine."""
+    if not path:
+        return None
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:  # another drive on Windows: no relative path exists
+        return Path(path).as_posix()
+
+
+def empty_category_hint(
+    per_category: dict[str, list[float]], cut: tuple[float, float]
+) -> tuple[str, float, float, tuple[float, float]] | None:
+    """With fixed thresholds, the first category no image reached, the lowest and highest
+    score, and thresholds that would split these scores 30/40/30; None if all are used."""
+    scores = sorted(v for values in per_category.values() for v in values)
+    empty = next((c for c in CATEGORIES if not per_category.get(c)), None)
+    if empty is None or len(scores) < 3:
+        return None
+    import numpy as np
+
+    suggestion = (float(np.percentile(scores, 70)), float(np.percentile(scores, 30)))
+    return empty, scores[0], scores[-1], suggestion
+
+
 def _histogram(
     scores: list[float], cut: tuple[float, float], models: Sequence[str], target: Path
 ) -> None:
@@ -244,12 +272,15 @@ def _histogram(
 
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
     axes.hist(scores, bins=50, color="#4c72b0")
-    for value, label, colour in ((cut[0], "high", "#2ca02c"), (cut[1], "medium", "#ff7f0e")):
+    for value, label, colour in (
+        (cut[0], _("high"), "#2ca02c"),
+        (cut[1], _("medium"), "#ff7f0e"),
+    ):
         if math.isfinite(value):
             axes.axvline(value, color=colour, linestyle="--", label=f"{label} >= {value:.1f}")
-    axes.set_xlabel(f"quality score 0-100 ({'+'.join(models)})")
-    axes.set_ylabel("images")
-    axes.set_title(f"{len(scores)} images")
+    axes.set_xlabel(_("quality score 0-100 ({models})").format(models="+".join(models)))
+    axes.set_ylabel(_("images"))
+    axes.set_title(ngettext("{n} image", "{n} images", len(scores)).format(n=len(scores)))
     axes.legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")

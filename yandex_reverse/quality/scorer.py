@@ -27,9 +27,10 @@ from typing import Any
 
 from .. import console
 from ..console import UsageError, log, one_line
+from ..i18n import _
 from ..imageinfo import ImageError
 from .decode import DecodeSet, Task, read_header
-from .metrics import PRETRAINED_ENV, Metric, Preprocessed, create_metrics
+from .metrics import PRETRAINED_ENV, Metric, create_metrics
 from .report import error_row, now_text, score_row
 
 
@@ -44,6 +45,7 @@ class ScoreSettings:
     weights_dir: Path | None = None
     workers: int | None = None  # threads; default one per core (decode threads on a GPU)
     pretrained: bool = True  # False: random weights (tests, benchmarks)
+    precision: str = "auto"  # auto: MUSIQ in bfloat16 where it pays and is checked; fp32
 
     @classmethod
     def from_env(cls, **fields: Any) -> ScoreSettings:
@@ -78,7 +80,11 @@ class Scorer:
             self.threads = settings.workers if settings.workers is not None else cpus
             torch.set_num_threads(1)
         self.metrics = create_metrics(
-            settings.models, self.device, settings.weights_dir, pretrained=settings.pretrained
+            settings.models,
+            self.device,
+            settings.weights_dir,
+            pretrained=settings.pretrained,
+            precision=settings.precision,
         )
         self.scales = {m.name: m.scale for m in self.metrics}
         self.base = {
@@ -150,14 +156,16 @@ def pick_device(choice: str) -> Any:
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available to torch here")
+        raise UsageError(_("--device cuda: no CUDA GPU is available to torch here"))
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(choice)
     if device.type == "cuda":
-        console.console.print(f"Device: CUDA ({torch.cuda.get_device_name(device)})")
+        console.console.print(
+            _("Device: CUDA ({name})").format(name=torch.cuda.get_device_name(device))
+        )
     else:
-        console.console.print("Device: CPU (no GPU in use; MUSIQ/CLIPIQA are slow on a CPU)")
+        console.console.print(_("Device: CPU (no GPU in use; MUSIQ/CLIPIQA are slow on a CPU)"))
     return device
 
 
@@ -295,7 +303,9 @@ class ModelRunner:
                     self.batch_size = max(1, self.batch_size // 2)
                     self.halvings += 1
                     console.console.print(
-                        f"[yellow]Out of memory: batch size now {self.batch_size}[/yellow]"
+                        "[yellow]"
+                        + _("Out of memory: batch size now {n}").format(n=self.batch_size)
+                        + "[/yellow]"
                     )
                     continue
                 if len(chunk) > 1:  # find the one image that fails; score the rest
@@ -350,16 +360,11 @@ class ModelRunner:
                 for item in chunk
             ]
             batch = torch.stack(padded).to(self.device, non_blocking=non_blocking)
-            net = metric.model.net
-            # The patches are already MUSIQ's own preprocessing; its forward skips that
-            # step only when ``self.training`` is set, so it runs on a view of the net
-            # that says so (children stay in eval mode; thread-safe, the net is untouched).
-            scores = type(net).forward(Preprocessed(net), batch)
         else:
             batch = torch.stack([item["image"] for item in chunk]).to(
                 self.device, non_blocking=non_blocking
             )
-            scores = metric.model(batch)
+        scores = metric(batch)
         if isinstance(scores, (tuple, list)):
             scores = scores[0]
         flat = scores.detach().float().reshape(-1).cpu()

@@ -1,0 +1,117 @@
+// The "Похожие" grid. Scrolling to the end loads the next page, S.scrollLoads
+// times; then "Показать ещё" shows (S.buttonDelay s after each load) and each
+// click fetches one more page. The button is disabled while a fetch runs. After
+// the last page it is removed (end "button") or stays disabled ("disabled"); a
+// 404 leaves it as it was; an HTTP error shows the FetchListNotice; broken JSON
+// re-enables it for a retry. With S.clientRoute the result page's "Похожие"
+// tab is a client-side route: history.pushState, then the p=0 XHR.
+(() => {
+  const S = window.FAKE_SIMILAR;
+  const ADAPTER = 'i-react-ajax-adapter:ajax';
+  let list, box, btn, sentinel;
+  let page = S.firstXhr, loading = false, scrollLeft = S.scrollLoads, finished = !!S.finished, timer = null;
+  const named = (b, name) => b && ((b.name && b.name.block === name) || b.block === name);
+  function esc(t) { const d = document.createElement('div'); d.textContent = t; return d.innerHTML; }
+  function thumb(e) {
+    const d = document.createElement('div');
+    d.className = 'SerpItem';
+    d.dataset.id = e.id;
+    const href = '/images/search?img_url=' + encodeURIComponent(e.origUrl) + '&pos=' + e.pos + '&rpt=simage';
+    d.innerHTML = '<div class="SerpItem-Thumb"><div class="ImagesContentImage"><a class="Link ImagesContentImage-Cover" href="' +
+      esc(href) + '"><img class="ImagesContentImage-Image" src="' + esc(e.image) + '" alt="' + esc(e.alt) + '"></a></div></div>';
+    return d;
+  }
+  function notice() {
+    if (document.querySelector('.FetchListNotice')) return;
+    const d = document.createElement('div');
+    d.className = 'FetchListNotice FetchListButton-Error';
+    d.textContent = 'Не удалось загрузить. Попробуйте ещё раз';
+    (box || list).after(d);
+  }
+  function showButton() {
+    if (finished || !box.isConnected) return;
+    box.style.display = '';
+    btn.disabled = false;
+  }
+  function afterLoad() {
+    if (finished) {
+      if (S.end === 'disabled') { box.style.display = ''; btn.disabled = true; } else box.remove();
+      return;
+    }
+    btn.disabled = false;
+    if (scrollLeft > 0) {
+      box.style.display = 'none';
+      // still at the bottom after the load: the next one comes by itself
+      if (sentinel.getBoundingClientRect().top <= innerHeight + 1) setTimeout(() => scrolled(), 50);
+      return;
+    }
+    if (S.buttonDelay > 0) {
+      box.style.display = 'none';
+      clearTimeout(timer);
+      timer = setTimeout(showButton, S.buttonDelay * 1000);
+    } else showButton();
+  }
+  async function load() {
+    if (loading || finished) return;
+    loading = true;
+    btn.disabled = true;
+    const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
+                          {block: {block: ADAPTER}, params: {type: 'ImagesApp', ajaxKey: 'serpList/fetch'}, version: 2}],
+                 metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
+    const q = 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + page + '&rpt=imagelike&cbir_id=' +
+              encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + '&serpid=' + S.serpid;
+    try {
+      const r = await fetch('/images/search?' + q, {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
+      if (r.status === 404) {
+        /* nothing more; the button stays */
+      } else if (!r.ok) {
+        notice();
+      } else {
+        let j = null;
+        try { j = await r.json(); } catch (e) { j = null; }
+        if (j && j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
+        if (j) {
+          const sl = j.blocks.find(b => named(b, ADAPTER)).params.adapterData.serpList;
+          const ids = sl.items.keys || Object.keys(sl.items.entities);
+          for (const id of ids) list.appendChild(thumb(sl.items.entities[id]));
+          page += 1;
+          finished = sl.loadNextState === 'finished';
+          window.dispatchEvent(new Event('fake:loaded'));
+        }
+      }
+    } catch (e) { notice(); }
+    loading = false;
+    afterLoad();
+  }
+  function scrolled() {
+    if (scrollLeft > 0 && !loading && !finished && sentinel.getBoundingClientRect().top <= innerHeight + 1) {
+      scrollLeft -= 1;
+      load();
+    }
+  }
+  function start() {
+    list = document.querySelector('.SerpList');
+    box = document.querySelector('.FetchListButton');
+    btn = box.querySelector('.FetchListButton-Button');
+    sentinel = document.querySelector('.SerpList-Sentinel');
+    btn.addEventListener('click', load);
+    new IntersectionObserver((items) => { if (items.some(i => i.isIntersecting)) scrolled(); }).observe(sentinel);
+    addEventListener('scroll', scrolled, {passive: true});
+    if (page === 0) load(); else afterLoad();
+  }
+  if (!S.clientRoute) { start(); return; }
+  const tab = document.querySelector('a[data-cbir-page-type="similar"], .CbirNavigation-TabsItem_type_similar');
+  tab.addEventListener('click', (ev) => {
+    ev.preventDefault();
+    if (list) return;
+    history.pushState({}, '', tab.getAttribute('href'));
+    document.querySelectorAll('.CbirNavigation-TabsItem_active').forEach(a => a.classList.remove('CbirNavigation-TabsItem_active'));
+    tab.classList.add('CbirNavigation-TabsItem_active');
+    const main = document.createElement('div');
+    main.innerHTML = '<div class="SerpList"></div><div class="SerpList-Sentinel"></div>' +
+      '<div class="FetchListButton" style="display:none"><button type="button" class="Button FetchListButton-Button">' +
+      '<span class="Button-Text">Показать ещё</span></button></div>';
+    document.body.appendChild(main);
+    start();
+  });
+})();
