@@ -355,6 +355,7 @@ BEHAVIOURS = {
     "cookie popup late, and back after each load": {"cookie_popup": "again", "cookie_delay": 0.2},
     "end shown as a disabled button": {"end": "disabled"},
     "camera button needs hydration": {"hydration_delay": 1.0},
+    "the button wants a real pointer": {"trusted_clicks": True, "pages": 3},
     "several data-states": {"data_states": 3},
     "keys give the order": {"keys_order": True},
     "endpoint B, cbirId reply, plain block names": {
