@@ -263,3 +263,13 @@ def test_sites_tab_is_counted_in_a_view_of_its_own(workdir: Path) -> None:
     with (workdir / "domains_report.csv").open(encoding="utf-8") as handle:
         got = {(r["view"], r["kind"], r["name"]): int(r["count"]) for r in csv.DictReader(handle)}
     assert got[("sites tab", "service", "VK")] == 2
+
+
+def test_russian_report_under_a_russian_locale(source_db: Path, workdir: Path) -> None:
+    env = {"LANG": "ru_RU.UTF-8", "LC_ALL": ""}
+    done = run_script(SCRIPT, "--no-export", cwd=workdir, env=env, check=True)
+    assert "Главные сервисы — результаты" in done.stdout
+    assert "Прочие домены — результаты" in done.stdout and "Доля VK" in done.stdout
+    assert "Top services" not in done.stdout
+    report = json.loads((workdir / "domains_report.json").read_text(encoding="utf-8"))
+    assert "source pages" in report["views"]  # the report's keys stay English data

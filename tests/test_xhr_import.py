@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
 from yandex_reverse import db, serp
@@ -286,8 +288,12 @@ def test_killed_import_is_completed_by_a_rerun(workdir: Path, tmp_path: Path) ->
             ledger = rows(database, "SELECT count(*) FROM xhr_files")[0][0]
         except sqlite3.Error:
             pass
+    parsers = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The parser processes end with it instead of waiting for work forever.
+    _, left = psutil.wait_procs(parsers, timeout=120)
+    assert not left, left
     imported_before_kill = rows(database, "SELECT count(*) FROM xhr_files")[0][0]
     assert 0 < imported_before_kill < 400  # really interrupted mid-run
 
@@ -344,6 +350,7 @@ def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
         json.dump(xhr_payload([entity("badname")]), handle)
     os.mkfifo(xhr / "fifo.jpg_xhr_001.json")
     (xhr / "zero.jpg_xhr_001.json").symlink_to("/dev/zero")
+    (xhr / "loop.jpg_xhr_001.json").symlink_to("loop.jpg_xhr_001.json")
     with open(xhr / "huge.jpg_xhr_001.json", "wb") as handle:  # sparse: no disk used
         handle.truncate(65 * 2**20)
     files = {
@@ -352,6 +359,7 @@ def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
         "fifo.jpg_xhr_001.json": "not a regular file (a FIFO)",
         "zero.jpg_xhr_001.json": "not a regular file (a character device)",
         "huge.jpg_xhr_001.json": "larger than 64 MiB",
+        "loop.jpg_xhr_001.json": "unreadable",
     }
     return files, {name: reason for name, (_, _, reason) in results.items()}
 
@@ -575,3 +583,29 @@ def test_search_by_url_keeps_the_url_of_each_query(workdir: Path) -> None:
     assert rows(database, "SELECT query, image_id FROM query_results") == [(name, "u1")]
     assert rows(database, "SELECT query FROM query_sites") == [(name,)]
     assert count_of(done.stdout, "searches by URL") == 1
+
+
+def test_russian_summary_under_a_russian_locale(workdir: Path) -> None:
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("r1")])
+    (workdir / "XHR" / "broken.jpg_xhr_001.json").write_text("{", encoding="utf-8")
+
+    done = run_script("2_XHRtoDB.py", cwd=workdir, env={"LANG": "ru_RU.UTF-8", "LC_ALL": ""})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Импорт XHR" in done.stdout and "файлов импортировано" in done.stdout
+    assert "Файлы с ошибкой" in done.stdout and "Причины" in done.stdout
+    assert "files imported" not in done.stdout
+
+
+def test_a_second_import_into_the_same_db_stops_with_one_line(workdir: Path) -> None:
+    import fcntl
+
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("l1")])
+    with open(workdir / "yandex_images.db.import.lock", "a") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)  # a first run, still importing
+        done = import_xhr(workdir)
+    assert done.returncode == 1
+    assert "another 2_XHRtoDB.py is importing into yandex_images.db" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert import_xhr(workdir).returncode == 0  # once it is gone
+    assert rows(workdir / "yandex_images.db", "SELECT id FROM images") == [("l1",)]

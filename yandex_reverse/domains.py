@@ -32,8 +32,9 @@ from typing import Any
 from rich.table import Table
 
 from . import db
-from .console import StepFailed, UsageError, console, progress, setup_logging, table
+from .console import StepFailed, UsageError, console, esc, progress, setup_logging, table
 from .fsutil import atomic_write_bytes, atomic_write_text
+from .i18n import _
 from .urls import host_of
 
 SERVICES_FILE = Path(__file__).with_name("services.json")
@@ -234,7 +235,7 @@ def analyse(conn: sqlite3.Connection, classifier: Classifier, *, batch: int = 50
     variants: Counter[Host] = Counter()
     total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     cursor = conn.execute("SELECT id, origUrl, image_url, snippet_url FROM images")
-    with progress("Results", total) as advance:
+    with progress(_("Results"), total) as advance:
         while rows := cursor.fetchmany(batch):
             hosts = [classify(row[1]) for row in rows]
             results.update(hosts)
@@ -255,7 +256,7 @@ def analyse(conn: sqlite3.Connection, classifier: Classifier, *, batch: int = 50
             advance(len(rows))
     total_variants = conn.execute("SELECT count(*) FROM image_variants").fetchone()[0]
     cursor = conn.execute("SELECT url FROM image_variants")
-    with progress("Variants", total_variants) as advance:
+    with progress(_("Variants"), total_variants) as advance:
         while rows := cursor.fetchmany(batch):
             variants.update([classify(row[0]) for row in rows])
             advance(len(rows))
@@ -289,7 +290,7 @@ def _analyse_sites(
     on_vk: set[str] = set()
     total = conn.execute("SELECT count(*) FROM query_sites").fetchone()[0]
     cursor = conn.execute("SELECT query, url FROM query_sites")
-    with progress("Sites tab", total) as advance:
+    with progress(_("Sites tab"), total) as advance:
         while rows := cursor.fetchmany(batch):
             for query, url in rows:
                 host = classify(url)
@@ -434,7 +435,7 @@ def chart_png(view: View, limit: int = 20) -> bytes:
     items = view.services.most_common(limit)
     other = sum(view.other.values())
     if other:
-        items.append(("other domains", other))
+        items.append((_("other domains"), other))
     items.sort(key=lambda item: item[1])
     fig, ax = plt.subplots(figsize=(9, max(2.5, 0.4 * len(items) + 1.2)))
     try:
@@ -442,16 +443,27 @@ def chart_png(view: View, limit: int = 20) -> bytes:
         counts = [count for _, count in items]
         bars = ax.barh(names, counts, color="#4a76a8")
         ax.bar_label(bars, labels=[f"{c:,}" for c in counts], padding=3)
-        ax.set_title(f"Results by service ({view.urls:,} result URLs)")
-        ax.set_xlabel("results")
+        ax.set_title(_("Results by service ({n} result URLs)").format(n=f"{view.urls:,}"))
+        ax.set_xlabel(_("results"))
         if not items:
-            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, _("no results"), ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def view_title(name: str) -> str:
+    """A view's name (an English key of the JSON and CSV reports) in the user's language."""
+    titles = {
+        "results": _("results"),
+        "variants": _("variants"),
+        "source pages": _("source pages"),
+        "sites tab": _("sites tab"),
+    }
+    return titles.get(name, name)
 
 
 def _wide(out: Table) -> Table:
@@ -468,37 +480,40 @@ def print_report(a: Analysis, top: int) -> None:
             (name, count, f"{_pct(count, view.urls):.2f}%")
             for name, count in view.services.most_common()
         ]
-        rows.append(("other domains", sum(view.other.values()), ""))
+        rows.append((_("other domains"), sum(view.other.values()), ""))
         rows.append((GARBAGE, view.garbage, ""))
         rows.append((EMPTY, view.empty, ""))
-        title = f"Top services — {view.name} ({view.urls:,} URLs)"
-        console.print(_wide(table(title, ("service", "count", "%"), rows)))
+        name = view_title(view.name)
+        title = _("Top services — {view} ({n} URLs)").format(view=name, n=f"{view.urls:,}")
+        console.print(_wide(table(title, (_("service"), _("count"), "%"), rows)))
         # Every view's other domains, as the JSON report has them: the results'
         # table alone can be empty while the source pages hold hundreds.
         if view.other:
             shown = view.other.most_common(top)
-            title = f"Other domains — {view.name} — top {top}"
-            console.print(_wide(table(title, ("domain", "count"), shown)))
+            title = _("Other domains — {view} — top {top}").format(view=name, top=top)
+            console.print(_wide(table(title, (_("domain"), _("count")), shown)))
             more = len(view.other) - len(shown)
             if more > 0:
-                console.print(f"…and {more:,} more domains")
-        console.print(f"Other unique domains ({view.name}): {len(view.other):,}")
+                console.print(_("…and {n} more domains").format(n=f"{more:,}"))
+        console.print(
+            _("Other unique domains ({view}): {n}").format(view=name, n=f"{len(view.other):,}")
+        )
     share = [
-        ("results on VK", a.vk_results, a.results.urls, _pct(a.vk_results, a.results.urls)),
+        (_("results on VK"), a.vk_results, a.results.urls, _pct(a.vk_results, a.results.urls)),
         (
-            "results on VK or OK.ru",
+            _("results on VK or OK.ru"),
             a.vk_group_results,
             a.results.urls,
             _pct(a.vk_group_results, a.results.urls),
         ),
         (
-            "query images found on VK",
+            _("query images found on VK"),
             a.queries_with_vk,
             a.queries,
             _pct(a.queries_with_vk, a.queries),
         ),
         (
-            "query images found on VK or OK.ru",
+            _("query images found on VK or OK.ru"),
             a.queries_with_vk_group,
             a.queries,
             _pct(a.queries_with_vk_group, a.queries),
@@ -507,13 +522,14 @@ def print_report(a: Analysis, top: int) -> None:
     if a.site_queries:
         share.append(
             (
-                "query images on VK pages (sites tab)",
+                _("query images on VK pages (sites tab)"),
                 a.site_queries_on_vk,
                 a.site_queries,
                 _pct(a.site_queries_on_vk, a.site_queries),
             )
         )
-    console.print(table("VK share", ("", "count", "of", "%"), share))
+    headers = ("", _("count"), _("of"), "%")
+    console.print(table(_("VK share"), headers, share))
 
 
 def write_reports(a: Analysis, data: dict[str, Any], report_dir: Path, top: int) -> list[Path]:
@@ -535,38 +551,41 @@ def write_reports(a: Analysis, data: dict[str, Any], report_dir: Path, top: int)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="3_VK_Domain_Analyzer.py",
-        description=(
-            "Domain statistics of the search results (services, other domains, VK share) "
-            "and the VK results exported to a separate DB of the same schema."
+        description=_(
+            "Domain statistics of the search results (services, other domains, VK share, "
+            "the sites tab) and the VK results exported to a separate DB of the same schema."
         ),
     )
     parser.add_argument(
         "--db",
         type=Path,
         default=Path("yandex_images.db"),
-        help="source DB (default: yandex_images.db)",
+        help=_("source DB (default: yandex_images.db)"),
     )
     parser.add_argument(
         "--vk-db",
         type=Path,
         default=Path("vk_images.db"),
-        help="DB the VK results are exported to (default: vk_images.db)",
+        help=_("DB the VK results are exported to (default: vk_images.db)"),
     )
     parser.add_argument(
-        "--top", type=int, default=100, help="how many other domains to list (default: 100)"
+        "--top",
+        type=int,
+        default=100,
+        help=_("how many other domains to list per view (default: 100)"),
     )
-    parser.add_argument("--no-export", action="store_true", help="analyse only, write no VK DB")
+    parser.add_argument("--no-export", action="store_true", help=_("analyse only, write no VK DB"))
     parser.add_argument(
         "--report-dir",
         type=Path,
         default=Path("."),
-        help="folder for domains_report.json/.csv/.png (default: the working folder)",
+        help=_("folder for domains_report.json/.csv/.png (default: the working folder)"),
     )
     parser.add_argument(
         "--log-file",
         type=Path,
         default=Path("3_VK_Domain_Analyzer.log"),
-        help="details and tracebacks (default: 3_VK_Domain_Analyzer.log)",
+        help=_("details and tracebacks (default: 3_VK_Domain_Analyzer.log)"),
     )
     return parser
 
@@ -574,14 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 0:
-        raise UsageError("--top must be 0 or more")
+        raise UsageError(_("--top must be 0 or more"))
     setup_logging(args.log_file)
     if args.db.resolve() == args.vk_db.resolve() and not args.no_export:
-        raise UsageError("--db and --vk-db are the same file")
+        raise UsageError(_("--db and --vk-db are the same file"))
     try:
         conn = db.connect(args.db, create=False)
     except FileNotFoundError as exc:
-        raise StepFailed(f"{exc} (run 2_XHRtoDB.py first, or pass --db)") from exc
+        raise StepFailed(
+            _("database not found: {path} (run 2_XHRtoDB.py first, or pass --db)").format(
+                path=args.db
+            )
+        ) from exc
     except db.SchemaError as exc:
         raise StepFailed(str(exc)) from exc
     try:
@@ -591,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             if analysis.vk_results:
                 exported = export_vk(conn, args.vk_db)
             else:
-                console.print("No VK results: nothing to export.")
+                console.print(_("No VK results: nothing to export."))
     finally:
         conn.close()
     print_report(analysis, args.top)
@@ -600,16 +623,16 @@ def main(argv: list[str] | None = None) -> int:
     if exported is not None:
         console.print(
             table(
-                f"VK export → {args.vk_db}",
-                ("", "count"),
+                _("VK export → {path}").format(path=args.vk_db),
+                ("", _("count")),
                 [
-                    ("VK results exported", exported.images),
-                    ("of them new in the VK DB", exported.new_images),
-                    ("variants", exported.variants),
-                    ("query links", exported.links),
+                    (_("VK results exported"), exported.images),
+                    (_("of them new in the VK DB"), exported.new_images),
+                    (_("variants"), exported.variants),
+                    (_("query links"), exported.links),
                 ],
             )
         )
     for path in paths:
-        console.print(f"Report: {path}")
+        console.print(_("Report: {path}").format(path=esc(path)))
     return 0

@@ -192,12 +192,16 @@ class Locked(OSError):
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, *, per_process: bool = False) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if missing) for the block.
 
     Raises :class:`Locked` at once when another process holds it. The lock
     goes with the process (a killed run leaves no stale lock). Windows has no
     advisory locks here: the block runs unlocked there.
+
+    ``per_process``: a POSIX record lock (``lockf``) instead of ``flock``.
+    Forked children (a process pool started inside the block) do not inherit
+    it, so workers left behind by a killed run cannot keep it held.
     """
     try:
         import fcntl
@@ -205,14 +209,15 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         yield
         return
     with Path(path).open("a") as handle:
+        lock = fcntl.lockf if per_process else fcntl.flock
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise Locked(f"locked by another run: {path}") from exc
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            lock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------- pipeline outputs

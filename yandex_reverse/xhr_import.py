@@ -38,6 +38,8 @@ import re
 import signal
 import sqlite3
 import stat
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -59,6 +61,8 @@ from .console import (
     setup_logging,
     table,
 )
+from .fsutil import Locked, exclusive_lock
+from .i18n import _
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
 from .urls import SIMPLE_URL, host_of, normalize_url
@@ -552,6 +556,8 @@ def _add_results(
             continue
         try:
             image, variants = entity_rows(str(key), entity)
+            if not image[0]:
+                raise BadValue("result without an id")
             if not checked:
                 check_text(image)
                 for row in variants:
@@ -594,8 +600,20 @@ def parse_files(jobs: list[Job]) -> list[ParsedFile]:
     return out
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+def _worker_init(parent: int) -> None:
+    """A parser process: Ctrl-C is the main process's to handle; it ends when the main one does.
+
+    A forked worker holds both ends of the pool's pipes, so after a kill -9 of
+    the main process it would wait for work forever: it watches its parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def parsed_in_order(jobs: Iterator[Job], workers: int) -> Iterator[ParsedFile]:
@@ -605,7 +623,7 @@ def parsed_in_order(jobs: Iterator[Job], workers: int) -> Iterator[ParsedFile]:
         for chunk in chunks:
             yield from parse_files(chunk)
         return
-    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         pending: deque[Future[list[ParsedFile]]] = deque()
         try:
             for chunk in chunks:
@@ -774,10 +792,30 @@ def import_folder(
 ) -> Stats:
     """Import every XHR file under ``xhr_dir`` into ``db_path``; returns the counts."""
     if not xhr_dir.is_dir():
-        raise StepFailed(f"XHR folder not found: {xhr_dir} (run step 1 first, or pass --xhr-dir)")
+        raise StepFailed(
+            _("XHR folder not found: {path} (run step 1 first, or pass --xhr-dir)").format(
+                path=xhr_dir
+            )
+        )
     files = list(xhr_files(xhr_dir))
     if not files:
-        raise StepFailed(f"no *.json files in {xhr_dir}")
+        raise StepFailed(_("no *.json files in {path}").format(path=xhr_dir))
+    lock = db_path.with_name(db_path.name + ".import.lock")
+    try:
+        # One import per DB: a second run beside it stops at once.
+        with exclusive_lock(lock, per_process=True):
+            return _import(xhr_dir, db_path, files, batch_files, workers)
+    except Locked:
+        raise StepFailed(
+            _("another 2_XHRtoDB.py is importing into {path}; wait for it to end").format(
+                path=db_path
+            )
+        ) from None
+
+
+def _import(
+    xhr_dir: Path, db_path: Path, files: list[Path], batch_files: int, workers: int | None
+) -> Stats:
     stats = Stats(files=len(files))
     conn = db.connect(db_path)
     try:
@@ -801,7 +839,8 @@ def import_folder(
                 st = path.stat()
             except OSError:
                 st = None
-            if known and st and (known[0], known[1]) == (st.st_size, st.st_mtime_ns):
+            seen = (st.st_size, st.st_mtime_ns) if st else (0, 0)  # (0, 0): cannot be stat'ed
+            if known and (known[0], known[1]) == seen and (st or known[3] == "failed"):
                 stats.unchanged += 1  # skipped by the ledger, not even read
                 stats.unchanged_failed += known[3] == "failed"
             else:
@@ -814,11 +853,11 @@ def import_folder(
             db.start_bulk_load(conn)
             conn.execute("PRAGMA foreign_keys = OFF")  # every row's parent is in its batch
         writer = Writer(conn, stats, bulk=bulk and bool(jobs), batch_files=batch_files)
-        with progress("Importing XHR", total=len(files)) as advance:
+        with progress(_("Importing XHR"), total=len(files)) as advance:
             advance(stats.unchanged)
             for parsed in parsed_in_order(iter(jobs), workers):
                 writer.add(parsed)
-                advance(info=f"{stats.entities:,} results")
+                advance(info=_("{n} results").format(n=f"{stats.entities:,}"))
             writer.flush()
         if writer.bulk:
             conn.execute("PRAGMA foreign_keys = ON")
@@ -834,78 +873,83 @@ def import_folder(
 
 def report(stats: Stats, db_path: Path) -> None:
     lines: list[tuple[str, Any]] = [
-        ("files found", stats.files),
-        ("files imported", stats.imported),
-        ("files skipped (unchanged)", stats.unchanged),
-        ("files failed", stats.failed),
-        ("empty result pages", stats.empty_pages),
-        ("results read", stats.entities),
-        ("results skipped (malformed)", stats.bad_entities),
-        ("images new", stats.new_images),
-        ("results of images already known", stats.entities - stats.new_images),
-        ("variants new", stats.new_variants),
-        ("query links new", stats.new_links),
+        (_("files found"), stats.files),
+        (_("files imported"), stats.imported),
+        (_("files skipped (unchanged)"), stats.unchanged),
+        (_("files failed"), stats.failed),
+        (_("empty result pages"), stats.empty_pages),
+        (_("results read"), stats.entities),
+        (_("results skipped (malformed)"), stats.bad_entities),
+        (_("images new"), stats.new_images),
+        (_("results of images already known"), stats.entities - stats.new_images),
+        (_("variants new"), stats.new_variants),
+        (_("query links new"), stats.new_links),
     ]
     if stats.unchanged_failed:
-        lines.insert(3, ("of them failed before", stats.unchanged_failed))
+        lines.insert(3, (_("of them failed before"), stats.unchanged_failed))
     if stats.sites_pages or stats.new_sites:
         lines += [
-            ("sites tab pages imported", stats.sites_pages),
-            ("sites read", stats.sites),
-            ("sites new", stats.new_sites),
+            (_("sites tab pages imported"), stats.sites_pages),
+            (_("sites read"), stats.sites),
+            (_("sites new"), stats.new_sites),
         ]
     if stats.url_queries:
-        lines.append(("searches by URL", stats.url_queries))
-    print_summary("XHR import", lines)
+        lines.append((_("searches by URL"), stats.url_queries))
+    print_summary(_("XHR import"), lines)
     if stats.reasons:
-        console.print(
-            table("Reasons", ("reason", "count"), stats.reasons.most_common(), numeric_from=1)
-        )
+        console.print(table(_("Reasons"), (_("reason"), _("count")), stats.reasons.most_common()))
     if stats.failures:
         shown = stats.failures[:20]
-        console.print(table("Failed files", ("file", "reason"), shown, numeric_from=99))
+        console.print(table(_("Failed files"), (_("file"), _("reason")), shown, numeric_from=99))
         if len(stats.failures) > len(shown):
             console.print(
-                f"... and {len(stats.failures) - len(shown)} more (see the xhr_files table)"
+                _("... and {n} more (see the xhr_files table)").format(
+                    n=len(stats.failures) - len(shown)
+                )
             )
-    console.print(f"Database: {esc(db_path)}")
+    console.print(_("Database: {path}").format(path=esc(db_path)))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="2_XHRtoDB.py",
-        description=(
+        description=_(
             "Import the XHR JSON files saved by step 1 (results and the sites tab) into "
             "SQLite. Idempotent: unchanged files are skipped, changed ones re-imported "
             "without duplicates."
         ),
     )
     parser.add_argument(
-        "--xhr-dir", type=Path, default=Path("XHR"), help="folder of XHR JSON files (default: XHR)"
+        "--xhr-dir",
+        type=Path,
+        default=Path("XHR"),
+        help=_("folder of XHR JSON files (default: XHR)"),
     )
     parser.add_argument(
         "--db",
         type=Path,
         default=Path("yandex_images.db"),
-        help="SQLite database (default: yandex_images.db)",
+        help=_("SQLite database (default: yandex_images.db)"),
     )
     parser.add_argument(
         "--log-file",
         type=Path,
         default=Path("2_XHRtoDB.log"),
-        help="details and tracebacks (default: 2_XHRtoDB.log)",
+        help=_("details and tracebacks (default: 2_XHRtoDB.log)"),
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="parser processes (default: one per core, for large folders)",
+        help=_("parser processes (default: one per core, for large folders)"),
     )
     parser.add_argument(
         "--batch-files",
         type=int,
         default=BATCH_FILES,
-        help=f"files per transaction (default: {BATCH_FILES}); an interrupt loses at most one batch",
+        help=_("files per transaction (default: {n}); an interrupt loses at most one batch").format(
+            n=BATCH_FILES
+        ),
     )
     return parser
 
@@ -920,11 +964,13 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.OperationalError as exc:  # disk full, locked, I/O: the run cannot go on
         log.exception("database error")
         raise StepFailed(
-            f"database {args.db}: {one_line(exc)}; nothing of the batch in flight was "
-            "written, re-run to continue"
+            _(
+                "database {path}: {reason}; nothing of the batch in flight was written, "
+                "re-run to continue"
+            ).format(path=args.db, reason=one_line(exc))
         ) from exc
     report(stats, args.db)
     if stats.failed and stats.failed == stats.files:
-        console.print("[red]No file could be read.[/red]")
+        console.print("[red]" + esc(_("No file could be read.")) + "[/red]")
         return 1
     return 0

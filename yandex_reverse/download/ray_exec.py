@@ -58,7 +58,7 @@ WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 t
 class ShardResult:
     """What a worker hands back: per URL a checked body (in a temp file) or the failure."""
 
-    results: list[Checked | FetchFailure]
+    results: list[Checked | FetchFailure | OSError]
     pauses: dict[str, float]  # host -> seconds it asked to be left alone from now
 
 
@@ -77,10 +77,10 @@ async def _fetch_shard(
         for host, wait in pauses.items():
             fetcher.hosts[host] = HostState(asyncio.Semaphore(opts.per_host), now + wait)
 
-        async def one(url: str) -> Checked | FetchFailure:
+        async def one(url: str) -> Checked | FetchFailure | OSError:
             try:
                 return await fetcher.fetch_checked(url)
-            except FetchFailure as exc:
+            except (FetchFailure, OSError) as exc:  # an OSError: the disk; the driver stops
                 return exc
 
         results = list(await asyncio.gather(*(one(url) for url in urls)))
@@ -188,7 +188,7 @@ class ShardDispatcher:
                 if future.done():  # its unit was cancelled: drop the body
                     if isinstance(result, Checked) and result.body.temp is not None:
                         result.body.temp.unlink(missing_ok=True)
-                elif isinstance(result, FetchFailure):
+                elif isinstance(result, (FetchFailure, OSError)):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
@@ -243,6 +243,8 @@ class RayDownloader(Downloader):
             return await asyncio.to_thread(settle, self.store, checked, candidate, image_id)
         except FetchFailure as exc:
             return failed_outcome(candidate, image_id, exc)
+        except OSError as exc:  # the shared folder's disk (here or on a worker): stop
+            raise self.stop(exc) from exc
         finally:
             if checked is not None and checked.body.temp is not None:
                 checked.body.temp.unlink(missing_ok=True)

@@ -303,17 +303,22 @@ class Downloader:
                 exc.http_status, exc.content_type = body.http_status, body.content_type or None
             return failed_outcome(candidate, image_id, exc)
         except OSError as exc:  # the local disk, not the URL: stop the run, record nothing
-            if self.fatal is None:
-                self.fatal = exc
-                log.error("stopping: %s", exc, exc_info=exc)
-                current = asyncio.current_task()
-                for task in self.tasks:  # the others stop now (their URLs stay pending)
-                    if task is not current:
-                        task.cancel()
-            raise Stopped(exc) from exc
+            raise self.stop(exc) from exc
         finally:
             if body is not None and body.temp is not None:
                 body.temp.unlink(missing_ok=True)
+
+    def stop(self, exc: OSError) -> Stopped:
+        """The run stops on a disk error: the other downloads are cancelled (their URLs
+        stay pending); the caller raises what this returns."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("stopping: %s", exc, exc_info=exc)
+            current = asyncio.current_task()
+            for task in self.tasks:  # the others stop now (their URLs stay pending)
+                if task is not current:
+                    task.cancel()
+        return Stopped(exc)
 
     def _check_and_settle(self, body: Body, candidate: Candidate, image_id: str) -> Outcome:
         """In a worker thread: one hop for both halves (a remote worker splits them)."""
