@@ -1335,7 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
         (_("not started"), count["not started"]),
         (_("interrupted"), count["interrupted"]),
         (_("XHR files saved"), sum(o.xhr_files for o in outcomes)),
-        (_("results"), sum(o.results for o in outcomes)),
+        (_("results saved"), sum(o.results for o in outcomes)),
         (_("bad responses (see errors.log)"), sum(o.bad_files for o in outcomes)),
     ]
     if "sites" in opts.tabs:
