@@ -209,6 +209,45 @@ def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_
     assert ledger(db_path) == rows
 
 
+HEAD = """
+import logging, sys
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
+def test_download_joins_a_running_cluster_with_ray_address(workdir):
+    """--ray-address: the step joins a cluster it did not start (the package is
+    shipped with the job) and leaves it running."""
+    entities = [result(f"{uid()}j{i}", host=f"sun9-{i % 3}.userapi.com") for i in range(6)]
+    db_path = build_db(workdir, entities)
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert head.stdout is not None
+        address = head.stdout.readline().strip()
+        assert address, "the test's Ray head did not start"
+        with ImageWebServer() as web:
+            done = run_script("5_Download_async.py", "--proxy", web.proxy_url, "--executor", "ray",
+                              "--ray-address", address, cwd=workdir, timeout=WAIT)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"Executor: Ray, cluster {address}: 1 node, 2 CPUs" in done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
+        assert [r["status"] for r in ledger(db_path).values()] == ["done"] * 6
+        assert head.poll() is None  # the cluster is still up: the step only left it
+    finally:
+        assert head.stdin is not None
+        head.stdin.close()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+
+
 # ------------------------------------------------------------------ step 7.3
 
 

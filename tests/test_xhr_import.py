@@ -609,3 +609,39 @@ def test_a_second_import_into_the_same_db_stops_with_one_line(workdir: Path) -> 
     assert "Traceback" not in done.stdout + done.stderr
     assert import_xhr(workdir).returncode == 0  # once it is gone
     assert rows(workdir / "yandex_images.db", "SELECT id FROM images") == [("l1",)]
+
+
+def test_db_in_a_missing_folder_is_one_line(workdir: Path) -> None:
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("m1")])
+    done = import_xhr(workdir, "--db", workdir / "nowhere" / "x.db")
+    assert done.returncode == 1
+    assert "cannot write next to the database" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Critical error" not in done.stderr
+
+
+def test_duplicate_variants_without_their_index_are_archived_not_fatal(workdir: Path) -> None:
+    """A DB holding variants (no images) and no unique index: no bulk load, and no crash."""
+    database = workdir / "yandex_images.db"
+    db.connect(database).close()
+    conn = sqlite3.connect(database)
+    conn.execute("DROP INDEX image_variants_unique")  # as the original scripts had it
+    thumb = entity("o1")["viewerData"]["thumb"]["url"].replace("//", "https://", 1)
+    for _ in range(2):  # variants of an image the DB does not hold, twice
+        conn.execute(
+            "INSERT INTO image_variants (image_id, variant_type, url) VALUES ('o1', 'thumb', ?)",
+            (thumb,),
+        )
+    conn.commit()
+    conn.close()
+    write_xhr(workdir / "XHR", "cat.jpg", 1, [entity("o1")])
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Critical error" not in done.stderr
+    assert rows(database, "SELECT id FROM images") == [("o1",)]
+    thumbs = "SELECT count(*) FROM image_variants WHERE image_id = 'o1' AND variant_type = 'thumb'"
+    assert rows(database, thumbs) == [(1,)]
+    assert rows(database, "SELECT count(*) FROM image_variants_archive") == [(1,)]  # kept
+    assert import_xhr(workdir).returncode == 0

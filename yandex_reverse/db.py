@@ -280,9 +280,14 @@ INSERT_PENDING_VARIANT = _insert(PENDING_VARIANTS, _IMPORT_VARIANT_COLUMNS)
 
 
 def is_empty_for_import(conn: sqlite3.Connection) -> bool:
-    """No result and no ledger row yet: the first import may bulk-load."""
+    """No row in any table step 2 writes: the first import may bulk-load.
+
+    (A legacy DB may hold variants without their images: then no bulk load,
+    whose plain inserts would meet them when the unique index is rebuilt.)
+    """
+    tables = ("images", "image_variants", "query_results", "query_sites", "xhr_files")
     return not conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM images) OR EXISTS (SELECT 1 FROM xhr_files)"
+        "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {t})" for t in tables)
     ).fetchone()[0]
 
 
@@ -309,8 +314,14 @@ def bulk_load_unfinished(conn: sqlite3.Connection) -> bool:
 def finish_bulk_load(conn: sqlite3.Connection) -> None:
     """Build the deferred indexes, merge the pending variants in order, drop their table."""
     with transaction(conn):
-        for ddl in DEFERRED_INDEXES.values():
-            conn.execute(ddl)
+        for name, ddl in DEFERRED_INDEXES.items():
+            try:
+                conn.execute(ddl)
+            except sqlite3.IntegrityError:  # rows written without the index by someone else
+                if name != "image_variants_unique":
+                    raise
+                archive_duplicate_variants(conn, "duplicate variant (index rebuilt)")
+                conn.execute(ddl)
         if table_exists(conn, PENDING_VARIANTS):
             cols = ", ".join(_IMPORT_VARIANT_COLUMNS)
             # "WHERE true" lets SQLite parse the upsert after a SELECT.
@@ -423,15 +434,9 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
     _run_script(conn, _ORIGINAL_DDL)
 
 
-def _migrate_to_2(conn: sqlite3.Connection) -> None:
-    present = set(columns_of(conn, "images"))
-    for column in IMAGE_EXTRA_COLUMNS:
-        if column not in present:
-            conn.execute(f'ALTER TABLE images ADD COLUMN "{column}" TEXT')
-    # The original imported variants with plain INSERT, so every re-run
-    # duplicated them. Keep the lowest id of each (image_id, variant_type, url)
-    # -- the id step 5's old tracker knew -- and archive the others, so not a
-    # row of information is lost.
+def archive_duplicate_variants(conn: sqlite3.Connection, reason: str) -> None:
+    """Keep the lowest id of each (image_id, variant_type, url) -- the id step 5's
+    old tracker knew -- and move the others to the archive: not a row is lost."""
     dup_ids = (
         "SELECT v.id FROM image_variants v WHERE EXISTS (SELECT 1 FROM image_variants k "
         "WHERE k.image_id IS v.image_id AND k.variant_type IS v.variant_type "
@@ -443,9 +448,19 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
         conn.execute(
             f'INSERT INTO "{archive}" SELECT {cols}, ?, ? FROM image_variants '
             f"WHERE id IN ({dup_ids})",
-            (now_iso(), "duplicate variant (legacy import)"),
+            (now_iso(), reason),
         )
         conn.execute(f"DELETE FROM image_variants WHERE id IN ({dup_ids})")
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    present = set(columns_of(conn, "images"))
+    for column in IMAGE_EXTRA_COLUMNS:
+        if column not in present:
+            conn.execute(f'ALTER TABLE images ADD COLUMN "{column}" TEXT')
+    # The original imported variants with plain INSERT, so every re-run
+    # duplicated them.
+    archive_duplicate_variants(conn, "duplicate variant (legacy import)")
     conn.execute(
         "CREATE UNIQUE INDEX IF NOT EXISTS image_variants_unique "
         "ON image_variants(image_id, variant_type, url)"

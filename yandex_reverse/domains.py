@@ -455,15 +455,32 @@ def chart_png(view: View, limit: int = 20) -> bytes:
     return buffer.getvalue()
 
 
-def view_title(name: str) -> str:
-    """A view's name (an English key of the JSON and CSV reports) in the user's language."""
-    titles = {
-        "results": _("results"),
-        "variants": _("variants"),
-        "source pages": _("source pages"),
-        "sites tab": _("sites tab"),
+def view_texts(name: str) -> tuple[str, str, str]:
+    """A view's three headings in the user's language (whole sentences: "results"
+    alone is a different word in Russian in every one of them)."""
+    texts = {
+        "results": (
+            _("Top services — results ({n} URLs)"),
+            _("Other domains — results — top {top}"),
+            _("Other unique domains (results): {n}"),
+        ),
+        "variants": (
+            _("Top services — variants ({n} URLs)"),
+            _("Other domains — variants — top {top}"),
+            _("Other unique domains (variants): {n}"),
+        ),
+        "source pages": (
+            _("Top services — source pages ({n} URLs)"),
+            _("Other domains — source pages — top {top}"),
+            _("Other unique domains (source pages): {n}"),
+        ),
+        "sites tab": (
+            _("Top services — sites tab ({n} URLs)"),
+            _("Other domains — sites tab — top {top}"),
+            _("Other unique domains (sites tab): {n}"),
+        ),
     }
-    return titles.get(name, name)
+    return texts[name]
 
 
 def _wide(out: Table) -> Table:
@@ -483,21 +500,19 @@ def print_report(a: Analysis, top: int) -> None:
         rows.append((_("other domains"), sum(view.other.values()), ""))
         rows.append((GARBAGE, view.garbage, ""))
         rows.append((EMPTY, view.empty, ""))
-        name = view_title(view.name)
-        title = _("Top services — {view} ({n} URLs)").format(view=name, n=f"{view.urls:,}")
+        top_title, other_title, unique_line = view_texts(view.name)
+        title = top_title.format(n=f"{view.urls:,}")
         console.print(_wide(table(title, (_("service"), _("count"), "%"), rows)))
         # Every view's other domains, as the JSON report has them: the results'
         # table alone can be empty while the source pages hold hundreds.
         if view.other:
             shown = view.other.most_common(top)
-            title = _("Other domains — {view} — top {top}").format(view=name, top=top)
+            title = other_title.format(top=top)
             console.print(_wide(table(title, (_("domain"), _("count")), shown)))
             more = len(view.other) - len(shown)
             if more > 0:
                 console.print(_("…and {n} more domains").format(n=f"{more:,}"))
-        console.print(
-            _("Other unique domains ({view}): {n}").format(view=name, n=f"{len(view.other):,}")
-        )
+        console.print(unique_line.format(n=f"{len(view.other):,}"))
     share = [
         (_("results on VK"), a.vk_results, a.results.urls, _pct(a.vk_results, a.results.urls)),
         (

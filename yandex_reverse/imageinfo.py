@@ -25,6 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from .i18n import _
+
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
@@ -180,8 +182,9 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None = MAX_PIXELS) -> 
     width, height = size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
-            f"refused as a decompression bomb: {width}x{height} = {width * height} pixels, "
-            f"limit {max_pixels}"
+            _(
+                "refused as a decompression bomb: {width}x{height} = {pixels} pixels, limit {limit}"
+            ).format(width=width, height=height, pixels=width * height, limit=max_pixels)
         )
 
 
@@ -205,13 +208,15 @@ def open_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception only where some code turned
         # warnings into errors; it is a refusal either way (above Pillow's limit).
-        raise ImageError(f"refused as a decompression bomb: {one_line(exc)}") from exc
+        raise ImageError(
+            _("refused as a decompression bomb: {reason}").format(reason=one_line(exc))
+        ) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageError("not an image Pillow can read") from exc
+        raise ImageError(_("not an image Pillow can read")) from exc
     except FileNotFoundError as exc:
-        raise ImageError("file not found") from exc
+        raise ImageError(_("file not found")) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"unreadable: {one_line(exc)}") from exc
+        raise ImageError(_("unreadable: {reason}").format(reason=one_line(exc))) from exc
     try:
         check_pixels(image.size, max_pixels)
     except ImageError:
@@ -231,7 +236,7 @@ def read_info(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> ImageInfo:
     try:
         width, height = image.size
         if width <= 0 or height <= 0:
-            raise ImageError(f"invalid size {width}x{height}")
+            raise ImageError(_("invalid size {width}x{height}").format(width=width, height=height))
         orientation = exif_orientation(image)
         if orientation in _SWAPPING_ORIENTATIONS:
             width, height = height, width
@@ -239,7 +244,7 @@ def read_info(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> ImageInfo:
     except ImageError:
         raise
     except Exception as exc:  # broken EXIF and the like
-        raise ImageError(f"unreadable header: {one_line(exc)}") from exc
+        raise ImageError(_("unreadable header: {reason}").format(reason=one_line(exc))) from exc
     finally:
         image.close()
 
@@ -250,7 +255,7 @@ def verify_image(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> None:
     try:
         image.load()
     except Exception as exc:
-        raise ImageError(f"corrupt or truncated: {one_line(exc)}") from exc
+        raise ImageError(_("corrupt or truncated: {reason}").format(reason=one_line(exc))) from exc
     finally:
         image.close()
 
@@ -264,7 +269,7 @@ def _info_or_reason(path: Path) -> ImageInfo | str:
     except ImageError as exc:
         return str(exc)
     except Exception as exc:  # one odd file never stops the run
-        return f"unreadable: {type(exc).__name__}: {one_line(exc)}"
+        return _("unreadable: {reason}").format(reason=f"{type(exc).__name__}: {one_line(exc)}")
 
 
 def _info_chunk(paths: list[Path]) -> list[ImageInfo | str]:

@@ -139,6 +139,16 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         "configure_logging": False,
     }
     if address:
+        # Ray 2.60 clusters check a token (``ray start`` writes ~/.ray/auth_token), but a
+        # driver joining one only sends it in token mode: use it where there is one.
+        if "RAY_AUTH_MODE" not in os.environ and _has_token():
+            os.environ["RAY_AUTH_MODE"] = "token"
+            with suppress(ImportError, AttributeError):  # Ray read its config at import
+                from ray._private.authentication.authentication_token_setup import (
+                    _enable_token_auth,
+                )
+
+                _enable_token_auth()
         # Workers on other machines run this driver's code (the package is shipped
         # with the job) and see the switches the step's code reads from the environment.
         import yandex_reverse
@@ -174,6 +184,14 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         with suppress(Exception), _stderr_to_log():
             ray.shutdown()
         log.info("ray: shut down in %.1f s", time.monotonic() - stopping)
+
+
+def _has_token() -> bool:
+    """A Ray auth token where Ray looks for one (variable, named file, ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(named).is_file() if named else (Path.home() / ".ray" / "auth_token").is_file()
 
 
 def _cluster(ray: Any, address: str | None) -> Cluster:

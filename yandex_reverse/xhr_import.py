@@ -811,6 +811,14 @@ def import_folder(
                 path=db_path
             )
         ) from None
+    except OSError as exc:  # the DB's folder is missing or not writable
+        if exc.filename is None or Path(exc.filename) != lock:
+            raise
+        raise StepFailed(
+            _("cannot write next to the database {path}: {reason}").format(
+                path=db_path, reason=exc.strerror or exc
+            )
+        ) from None
 
 
 def _import(
