@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,27 +318,34 @@ class MusiqForward:
         self.net = net
         self.bf16: bool | None = None if low_precision else False
         self.difference: float | None = None
+        self._deciding = threading.Lock()  # the worker threads decide once, together
         if low_precision:
             _in_float32(net.transformer_encoder.encoder_norm)
             _in_float32(net.head)
 
     def __call__(self, patches: Any) -> Any:
         if self.bf16 is None:
-            exact = self._run(patches, bf16=False)
-            self.difference = float((self._run(patches, bf16=True) - exact).abs().max())
-            self.bf16 = self.difference <= BF16_TOLERANCE
-            log.info("MUSIQ bfloat16 vs float32 on the first batch: %.5f", self.difference)
-            console.console.print(
-                _("MUSIQ: bfloat16 (first batch within {difference:.4f} of float32)").format(
-                    difference=self.difference
-                )
-                if self.bf16
-                else _("MUSIQ: float32 (bfloat16 differed by {difference:.3f})").format(
-                    difference=self.difference
-                )
+            with self._deciding:
+                if self.bf16 is None:
+                    return self._decide(patches)
+        return self._run(patches, bf16=bool(self.bf16))
+
+    def _decide(self, patches: Any) -> Any:
+        """Score this batch both ways; keep float32's scores; choose for the rest."""
+        exact = self._run(patches, bf16=False)
+        self.difference = float((self._run(patches, bf16=True) - exact).abs().max())
+        self.bf16 = self.difference <= BF16_TOLERANCE
+        log.info("MUSIQ bfloat16 vs float32 on the first batch: %.5f", self.difference)
+        console.console.print(
+            _("MUSIQ: bfloat16 (first batch within {difference:.4f} of float32)").format(
+                difference=self.difference
             )
-            return exact
-        return self._run(patches, bf16=self.bf16)
+            if self.bf16
+            else _("MUSIQ: float32 (bfloat16 differed by {difference:.3f})").format(
+                difference=self.difference
+            )
+        )
+        return exact
 
     def _run(self, patches: Any, *, bf16: bool) -> Any:
         import torch
