@@ -3,6 +3,7 @@
 #   make lint   - ruff check and ruff format --check
 #   make bench  - every benchmark in bench/, one table of ratios at the end
 #   make demo   - the whole pipeline against the offline imitation, in demo/
+#   make locale - check the translations (stubs for missing ones)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,7 @@ QUIET  := 2>&1 | { grep -v "is ignored" || true; }
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv browser test lint format bench peers demo clean
+.PHONY: venv browser test lint format bench peers demo locale clean
 
 venv: $(STAMP)
 
@@ -64,6 +65,12 @@ peers:
 
 demo: venv browser
 	$(PY) -m yandex_reverse.demo
+
+# Translations: .po stubs for untranslated messages, then the catalogue test.
+# (No compiling: the .po files are read directly, see yandex_reverse/i18n.py.)
+locale: venv
+	$(PY) -m yandex_reverse.i18n missing
+	$(PY) -m pytest -q tests/test_i18n.py
 
 clean:
 	rm -rf demo bench/_work .pytest_cache .ruff_cache

@@ -48,6 +48,14 @@ def run_script(
     return done
 
 
+@pytest.fixture(autouse=True)
+def english_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests read English unless they choose a language: the developer's locale must not matter."""
+    for name in ("LC_ALL", "LC_MESSAGES", "YR_LANG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """An empty working folder, as a user's folder of photos would be."""

@@ -157,8 +157,11 @@ def test_keep_backups_prunes_oldest(damaged_db: Path, workdir: Path) -> None:
 
 def test_without_terminal_db_and_confirmation_are_flags(damaged_db: Path, workdir: Path) -> None:
     before = dump(damaged_db)
-    done = run_script(SCRIPT, cwd=workdir)
-    assert done.returncode == 2 and "--db" in done.stderr
+    done = run_script(SCRIPT, cwd=workdir)  # --db takes its default, yandex_images.db
+    assert done.returncode == 2 and "--yes" in done.stderr
+    elsewhere = run_script(SCRIPT, cwd=workdir.parent)  # no yandex_images.db there
+    assert elsewhere.returncode == 1 and "not found: yandex_images.db" in elsewhere.stderr
+    assert "step 2" in elsewhere.stderr  # the hint names the step that makes it
     done = run_script(SCRIPT, "--db", damaged_db, cwd=workdir)
     assert done.returncode == 2 and "--yes" in done.stderr
     assert dump(damaged_db) == before

@@ -355,6 +355,7 @@ BEHAVIOURS = {
     "cookie popup late, and back after each load": {"cookie_popup": "again", "cookie_delay": 0.2},
     "end shown as a disabled button": {"end": "disabled"},
     "camera button needs hydration": {"hydration_delay": 1.0},
+    "the button wants a real pointer": {"trusted_clicks": True, "pages": 3},
     "several data-states": {"data_states": 3},
     "keys give the order": {"keys_order": True},
     "endpoint B, cbirId reply, plain block names": {
@@ -659,3 +660,39 @@ def test_bad_flags_are_usage_errors(workdir: Path):
     (workdir / "u.txt").write_text("ftp://x/y.jpg\n", encoding="utf-8")
     run = run_script(SCRIPT, "--urls", "u.txt", cwd=workdir)
     assert run.returncode == 2 and "line 1 is not an http(s) URL" in run.stderr
+
+
+@browser
+def test_sites_tab_and_url_search_through_steps_2_and_3(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    (photo,) = photos(workdir, ["cat.jpg"])
+    url = "https://example.com/dog.jpg"
+    (workdir / "urls.txt").write_text(url + "\n", encoding="utf-8")
+    for extra in ((), ("--urls", "urls.txt")):
+        done = crawl(workdir, server, "--tabs", "sites,similar", *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+    imported = run_script("2_XHRtoDB.py", "--xhr-dir", "XHR", "--db", "y.db", cwd=workdir)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    name = serp.url_query_name(url)
+    conn = sqlite3.connect(workdir / "y.db")
+    try:
+        for query, key in (
+            (photo.name, image_key(photo.read_bytes())),
+            (name, image_key(url.encode())),
+        ):
+            got = conn.execute(
+                "SELECT url FROM query_sites WHERE query = ? ORDER BY position", (query,)
+            )
+            assert [r[0] for r in got] == fake.served[key].sites
+            assert imported_ids(workdir / "y.db", query) == served_ids(fake, key)
+        assert conn.execute("SELECT query, image_url FROM query_sources").fetchall() == [
+            (name, url)
+        ]
+    finally:
+        conn.close()
+    analysed = run_script("3_VK_Domain_Analyzer.py", "--db", "y.db", "--no-export", cwd=workdir)
+    assert analysed.returncode == 0, analysed.stdout + analysed.stderr
+    report = json.loads((workdir / "domains_report.json").read_text(encoding="utf-8"))
+    assert report["views"]["sites tab"]["urls"] == 10
+    assert report["sites_tab"]["query_images"] == 2

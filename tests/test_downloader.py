@@ -190,6 +190,7 @@ def test_good_images_are_valid_files_named_by_content(faulty_run):
         keys = [line.split(": ", 1)[0] for line in side]
         assert keys == [
             "url", "origin_url", "image_id", "variant_type", "width", "height", "final_url",
+            "query_photo", "source_page", "title",
         ]  # fmt: skip
         assert side[0] == f"url: {row['url']}"
         assert path.name.startswith(row["image_id"] + "_")

@@ -101,12 +101,14 @@ def test_russian_plural_forms() -> None:
         ([], {"LANG": "ru_RU.UTF-8"}, "ru"),
         ([], {"LANG": "C"}, "en"),
         ([], {"LANG": "Russian_Russia.1251"}, "ru"),
+        ([], {"YR_LANG": "ru", "LC_ALL": "C"}, "ru"),  # handed down by `run` and `demo`
+        (["--lang", "en"], {"YR_LANG": "ru"}, "en"),
     ],
 )
 def test_language_from_argv_then_environment(
     argv: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG", i18n.CHILD_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -153,3 +155,21 @@ def test_a_broken_catalogue_leaves_the_others_working(
         assert i18n.translations("ru").gettext("Critical error:") == "Критическая ошибка:"
     finally:
         i18n.translations.cache_clear()
+
+
+def test_extraction_flags_fstrings_and_keeps_marked_variables(tmp_path: Path) -> None:
+    source = tmp_path / "module.py"
+    source.write_text(
+        'LABEL = N_("Saved")\n'
+        "_(f'Saved {n}')\n"
+        '_("a" + b)\n'
+        "_(LABEL)\n"
+        'ngettext("{n} file", "{n} files", n)\n',
+        encoding="utf-8",
+    )
+    assert list(i18n.extract(source)) == [
+        (1, "Saved"),
+        (2, None),
+        (3, None),
+        (5, ("{n} file", "{n} files")),
+    ]

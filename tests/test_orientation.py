@@ -71,10 +71,16 @@ def test_copy_sorts_every_image_by_displayed_orientation(photos: Path, workdir: 
     done = run_script(SCRIPT, "--source", photos, "--mode", "copy", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr
     for name, folder in EXPECTED.items():
-        assert (photos / folder / name).read_bytes() == before[name], name
+        assert (workdir / "sorted" / "orientation" / folder / name).read_bytes() == before[name], (
+            name
+        )
         assert (photos / name).exists(), f"copy must keep the original {name}"
-    assert (photos / "landscape" / "wide.txt").read_text() == before["wide.txt"].decode()
-    placed = {p.name for p in photos.glob("*/*") if p.suffix != ".txt"}
+    assert (workdir / "sorted" / "orientation" / "landscape" / "wide.txt").read_text() == before[
+        "wide.txt"
+    ].decode()
+    placed = {
+        p.name for p in (workdir / "sorted" / "orientation").glob("*/*") if p.suffix != ".txt"
+    }
     assert placed == set(EXPECTED)
     # Unreadable files: listed with a reason, left where they were.
     for name in ("broken.jpg", "empty.png"):
@@ -94,8 +100,8 @@ def test_move_leaves_only_unreadable_files_and_carries_sidecars(
     left = {p.name for p in photos.iterdir() if p.is_file()}
     assert left == {"broken.jpg", "empty.png", "notes.md"}
     for name, folder in EXPECTED.items():
-        assert (photos / folder / name).read_bytes() == before[name]
-    assert (photos / "landscape" / "wide.txt").exists()
+        assert (workdir / "sorted" / "orientation" / folder / name).read_bytes() == before[name]
+    assert (workdir / "sorted" / "orientation" / "landscape" / "wide.txt").exists()
     assert not (photos / "wide.txt").exists()
 
 
@@ -107,8 +113,8 @@ def test_square_policy_puts_squares_with_the_chosen_side(
         SCRIPT, "--source", photos, "--mode", "copy", "--square", policy, "--yes", cwd=workdir
     )
     assert done.returncode == 0, done.stderr
-    assert (photos / policy / "box.jpg").exists()
-    assert not (photos / "square").exists(), "no empty square folder"
+    assert (workdir / "sorted" / "orientation" / policy / "box.jpg").exists()
+    assert not (workdir / "sorted" / "orientation" / "square").exists(), "no empty square folder"
 
 
 def test_square_tolerance_counts_near_squares_as_square(photos: Path, workdir: Path) -> None:
@@ -124,7 +130,10 @@ def test_square_tolerance_counts_near_squares_as_square(photos: Path, workdir: P
         cwd=workdir,
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (photos / "square").iterdir()) == ["box.jpg", "near_square.webp"]
+    assert sorted(p.name for p in (workdir / "sorted" / "orientation" / "square").iterdir()) == [
+        "box.jpg",
+        "near_square.webp",
+    ]
 
 
 def test_dry_run_changes_nothing_and_shows_the_plan(photos: Path, workdir: Path) -> None:
@@ -152,23 +161,33 @@ def test_rerun_creates_no_copies(photos: Path, workdir: Path) -> None:
 def test_interrupted_move_finishes_on_rerun(photos: Path, workdir: Path) -> None:
     """A file copied into place but whose source was not yet removed (Ctrl-C
     between the two) is recognised, not duplicated."""
-    (photos / "landscape").mkdir()
-    (photos / "landscape" / "wide.jpg").write_bytes((photos / "wide.jpg").read_bytes())
+    (workdir / "sorted" / "orientation" / "landscape").mkdir(parents=True)
+    (workdir / "sorted" / "orientation" / "landscape" / "wide.jpg").write_bytes(
+        (photos / "wide.jpg").read_bytes()
+    )
     done = run_script(SCRIPT, "--source", photos, "--mode", "move", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert not (photos / "wide.jpg").exists()
-    assert sorted(p.name for p in (photos / "landscape").glob("wide*")) == ["wide.jpg", "wide.txt"]
+    assert sorted(
+        p.name for p in (workdir / "sorted" / "orientation" / "landscape").glob("wide*")
+    ) == ["wide.jpg", "wide.txt"]
 
 
 def test_name_clash_with_a_different_file_gets_a_unique_name(photos: Path, workdir: Path) -> None:
-    other = make_image(photos / "landscape" / "wide.jpg", (80, 20))
+    other = make_image(workdir / "sorted" / "orientation" / "landscape" / "wide.jpg", (80, 20))
     other_bytes = other.read_bytes()
     incoming = (photos / "wide.jpg").read_bytes()
     done = run_script(SCRIPT, "--source", photos, "--mode", "move", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert (photos / "landscape" / "wide.jpg").read_bytes() == other_bytes, "never overwritten"
-    assert (photos / "landscape" / "wide_1.jpg").read_bytes() == incoming
-    assert (photos / "landscape" / "wide_1.txt").exists(), "the sidecar follows the new name"
+    assert (
+        workdir / "sorted" / "orientation" / "landscape" / "wide.jpg"
+    ).read_bytes() == other_bytes, "never overwritten"
+    assert (
+        workdir / "sorted" / "orientation" / "landscape" / "wide_1.jpg"
+    ).read_bytes() == incoming
+    assert (workdir / "sorted" / "orientation" / "landscape" / "wide_1.txt").exists(), (
+        "the sidecar follows the new name"
+    )
 
 
 def test_recursive_sorts_subfolders_but_never_its_own_output(photos: Path, workdir: Path) -> None:
@@ -177,8 +196,10 @@ def test_recursive_sorts_subfolders_but_never_its_own_output(photos: Path, workd
     args = ("--source", photos, "--mode", "copy", "--recursive", "--yes")
     done = run_script(SCRIPT, *args, cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert (photos / "portrait" / "tall2.jpg").exists()
-    assert {p.name for p in (photos / "landscape").glob("wide*.jpg")} == {"wide.jpg", "wide_1.jpg"}
+    assert (workdir / "sorted" / "orientation" / "portrait" / "tall2.jpg").exists()
+    assert {
+        p.name for p in (workdir / "sorted" / "orientation" / "landscape").glob("wide*.jpg")
+    } == {"wide.jpg", "wide_1.jpg"}
     snapshot = tree(photos)
     again = run_script(SCRIPT, *args, cwd=workdir)
     assert again.returncode == 0
@@ -195,10 +216,14 @@ def test_dest_elsewhere_keeps_the_source_tidy(photos: Path, workdir: Path) -> No
     assert not any(p.is_dir() for p in photos.iterdir())
 
 
-def test_without_a_terminal_mode_and_yes_must_be_given(photos: Path, workdir: Path) -> None:
+def test_without_a_terminal_yes_must_be_given_and_mode_defaults_to_copy(
+    photos: Path, workdir: Path
+) -> None:
     before = tree(photos)
     no_mode = run_script(SCRIPT, "--source", photos, "--yes", cwd=workdir)
-    assert no_mode.returncode == 2 and "--mode" in no_mode.stderr
+    assert no_mode.returncode == 0, no_mode.stderr
+    assert "Mode: copy" in no_mode.stdout  # the default: the originals stay
+    assert (workdir / "sorted" / "orientation" / "landscape" / "wide.jpg").is_file()
     no_yes = run_script(SCRIPT, "--source", photos, "--mode", "move", cwd=workdir)
     assert no_yes.returncode == 2 and "--yes" in no_yes.stderr
     no_source = run_script(SCRIPT, "--mode", "move", "--yes", cwd=workdir)
@@ -208,13 +233,28 @@ def test_without_a_terminal_mode_and_yes_must_be_given(photos: Path, workdir: Pa
     assert tree(photos) == before
 
 
-def test_a_folder_without_images_makes_no_folders(workdir: Path) -> None:
+def test_a_folder_without_images_is_refused_before_any_question(workdir: Path) -> None:
     (workdir / "empty").mkdir()
     (workdir / "empty" / "readme.txt").write_text("no pictures here")
-    done = run_script(SCRIPT, "--source", workdir / "empty", "--mode", "move", "--yes", cwd=workdir)
-    assert done.returncode == 0, done.stderr
-    assert "Images found: 0" in done.stdout
+    done = run_script(SCRIPT, "--source", workdir / "empty", cwd=workdir)
+    assert done.returncode == 2, done.stdout
+    assert f"no images in {workdir / 'empty'}" in " ".join(done.stderr.split())
+    assert "Mode" not in done.stdout and "Start processing" not in done.stdout
     assert [p.name for p in (workdir / "empty").iterdir()] == ["readme.txt"]
+    assert not (workdir / "sorted").exists()
+
+
+def test_an_empty_folder_typed_at_the_prompt_is_refused_at_once(workdir: Path) -> None:
+    (workdir / "empty").mkdir()
+    child = spawn(SCRIPT, cwd=workdir)
+    child.expect("Folder with images")
+    child.sendline(str(workdir / "empty"))
+    child.expect("No images in")  # checked as soon as it is given, asked again
+    child.expect("Folder with images")
+    child.sendcontrol("c")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
 
 
 def test_hundreds_of_images_are_read_in_parallel(workdir: Path) -> None:
@@ -224,8 +264,9 @@ def test_hundreds_of_images_are_read_in_parallel(workdir: Path) -> None:
         make_image(src / f"p{i:03d}.png", (12, 6) if i % 3 else (6, 12))
     done = run_script(SCRIPT, "--source", src, "--mode", "move", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert len(list((src / "landscape").iterdir())) == 300
-    assert len(list((src / "portrait").iterdir())) == 150
+    out = workdir / "sorted" / "orientation"
+    assert len(list((out / "landscape").iterdir())) == 300
+    assert len(list((out / "portrait").iterdir())) == 150
     assert not list(src.glob("*.png"))
 
 
@@ -253,9 +294,9 @@ def test_prompts_in_the_original_order_on_a_terminal(photos: Path, workdir: Path
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
-    assert (photos / "landscape" / "box.jpg").exists()
+    assert (workdir / "sorted" / "orientation" / "landscape" / "box.jpg").exists()
     assert not (photos / "box.jpg").exists(), "1 = move"
-    assert not (photos / "square").exists()
+    assert not (workdir / "sorted" / "orientation" / "square").exists()
 
 
 def test_answering_no_cancels_and_changes_nothing(photos: Path, workdir: Path) -> None:
@@ -303,6 +344,7 @@ def test_ctrl_c_then_rerun_loses_and_duplicates_nothing(workdir: Path) -> None:
     assert "Traceback" not in err
     done = run_script(SCRIPT, "--source", src, "--mode", "move", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    everywhere = [p for p in src.rglob("*") if p.is_file()]
+    roots = (src, workdir / "sorted" / "orientation")
+    everywhere = [p for root in roots for p in root.rglob("*") if p.is_file()]
     assert sorted(p.name for p in everywhere) == sorted(names)
     assert {p.parent.name for p in everywhere} == {"landscape", "portrait"}

@@ -309,3 +309,21 @@ def test_quality_on_ray_equals_local_even_with_an_actor_killed(workdir):
         ray_names = sorted(p.name for p in ray_dir.iterdir()) if ray_dir.exists() else []
         local_names = sorted(p.name for p in local_dir.iterdir()) if local_dir.exists() else []
         assert ray_names == local_names
+
+
+def test_quality_on_ray_missing_weights_end_with_the_local_one_line(workdir):
+    source = workdir / "w"
+    source.mkdir()
+    _photo(64, 48, 1).save(source / "a.jpg")
+    hub = workdir / "empty_hub"
+    hub.mkdir()
+    lines = {}
+    for executor in ("local", "ray"):
+        done = run_script("7_3_separate_images_by_quality.py", "--source", source, "--model",
+                          "musiq", "--weights-dir", hub, "--yes", "--executor", executor,
+                          cwd=workdir, timeout=WAIT)  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        lines[executor] = " ".join(done.stderr.split())
+    assert "weights for musiq are missing" in lines["ray"]
+    assert lines["ray"] == lines["local"]

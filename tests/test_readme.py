@@ -78,3 +78,17 @@ def test_readme_files_it_names_exist() -> None:
             if name.endswith(".py") and not name[0].isdigit():
                 candidates.append(REPO / "yandex_reverse" / Path(name).name)
             assert any(c.exists() for c in candidates), name
+
+
+def test_readme_is_short_and_names_real_subcommands() -> None:
+    from yandex_reverse.cli import COMMANDS
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.split()) <= 2 * 1186  # at most twice the seed README's 1,186 words
+    for activate in ("source .venv/bin/activate", r".venv\Scripts\Activate.ps1",
+                     r".venv\Scripts\activate.bat"):  # fmt: skip
+        assert activate in text
+    named = set(re.findall(r"^\| [\d.—]+ \| `([a-z]+)` \|", text, re.M))
+    assert named == {c.name for c in COMMANDS} - {"run", "demo"}
+    for command in re.findall(r"yandex-reverse ([a-z]+)", text):
+        assert any(command == c.name for c in COMMANDS), command

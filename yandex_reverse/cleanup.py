@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import db, i18n
+from .cli import Yes, add_common_flags, require_input
 from .console import (
     StepFailed,
     UsageError,
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
             "<db>.backups.json; others are never deleted) (default: 5; 0 keeps all)"
         ),
     )
-    parser.add_argument("--yes", action="store_true", help=_("do not ask for confirmation"))
+    parser.add_argument("-y", "--yes", action=Yes, help=_("do not ask for confirmation"))
     parser.add_argument(
         "--show",
         type=int,
@@ -470,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("4_DB_cleanup.log"),
         help=_("details and tracebacks (default: 4_DB_cleanup.log)"),
     )
+    add_common_flags(parser)
     return parser
 
 
@@ -480,8 +482,9 @@ def choose_db(given: Path | None) -> Path:
         _("Which database to clean?"),
         [("yandex_images.db", "yandex_images.db"), ("vk_images.db", "vk_images.db")],
         flag="--db",
+        default="yandex_images.db",
     )
-    return Path(answer)
+    return require_input(Path(answer), flag="--db")  # checked at once, with the step that makes it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,32 @@ class StepFailed(Exception):
     """The step cannot go on (missing input file, unusable DB ...): exit code 1."""
 
 
+_state = {"defaults": False, "verbosity": 0}
+
+
+def answer_with_defaults(on: bool) -> None:
+    """``--yes``: every question from now on takes its default without asking."""
+    _state["defaults"] = on
+
+
+def set_verbosity(level: int) -> None:
+    """``-q`` (below 0): only warnings and errors; ``-v`` (above 0): the log on the terminal too."""
+    _state["verbosity"] = level
+    console.quiet = level < 0
+
+
+def _auto_answer(question: str, answer: str | None, flag: str) -> str:
+    """The answer ``--yes`` gives: the default, shown; no default is a usage error."""
+    if answer is None:
+        raise UsageError(
+            _("{question}: --yes has no default to take here; pass {flag}").format(
+                question=question.rstrip(":?"), flag=flag
+            )
+        )
+    console.print(f"[dim]{esc(question.rstrip(':?'))}: {esc(answer)} (--yes)[/dim]")
+    return answer
+
+
 def is_interactive() -> bool:
     """Questions are asked only on a terminal (never in CI, pipes or cron)."""
     if os.environ.get("YR_NONINTERACTIVE"):
@@ -132,8 +158,13 @@ def ask_choice(
 
     The menu is numbered 1..N; the user may type the number or the value.
     Without a terminal the ``default`` is used, or :class:`UsageError` names
-    the flag. A wrong answer asks again.
+    the flag. Enter takes the default; ``--yes`` takes it without asking. A
+    wrong answer asks again.
     """
+    if _state["defaults"]:
+        label = dict(options).get(default, default) if default is not None else None
+        _auto_answer(question, label, flag)
+        return default  # type: ignore[return-value]
     if not is_interactive():
         if default is not None:
             return default
@@ -153,7 +184,9 @@ def ask_choice(
 
 
 def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
-    """Ask for free text (a path, a list of numbers ...)."""
+    """Ask for free text (a path, a list of numbers ...); Enter takes the default."""
+    if _state["defaults"]:
+        return _auto_answer(question, default, flag)
     if not is_interactive():
         if default is not None:
             return default
@@ -167,16 +200,31 @@ def ask_text(question: str, *, flag: str, default: str | None = None) -> str:
             return default
 
 
-def ask_folder(question: str, *, flag: str, default: Path | None = None) -> Path:
-    """Ask for an existing folder until one is given (drag and drop works)."""
+def ask_folder(
+    question: str,
+    *,
+    flag: str,
+    default: Path | None = None,
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
+    """Ask for an existing folder until one is given (drag and drop works).
+
+    ``check(path)`` returns why a folder will not do ("no images in ..."), or
+    ``None``: the answer is checked as soon as it is given, and asked again.
+    """
     while True:
         answer = ask_text(question, flag=flag, default=str(default) if default else None)
         path = clean_path_answer(answer)
-        if path.is_dir():
+        problem = None
+        if not path.is_dir():
+            problem = _("not a folder: {path}").format(path=path)
+        elif check is not None:
+            problem = check(path)
+        if problem is None:
             return path
-        if not is_interactive():
-            raise UsageError(_("not a folder: {path} ({flag})").format(path=path, flag=flag))
-        message = _("Not a folder: {path}. Try again.").format(path=path)
+        if not is_interactive() or _state["defaults"]:
+            raise UsageError(f"{problem} ({flag})")
+        message = _("{problem}. Try again.").format(problem=problem[:1].upper() + problem[1:])
         console.print(f"[yellow]{esc(message)}[/yellow]")
 
 
@@ -186,7 +234,7 @@ def confirm(question: str, *, assume_yes: bool = False, flag: str = "--yes") -> 
     Without a terminal and without ``--yes`` this is a usage error: nothing
     destructive ever happens unattended unless asked for explicitly.
     """
-    if assume_yes:
+    if assume_yes or _state["defaults"]:
         return True
     if not is_interactive():
         raise UsageError(
@@ -334,7 +382,19 @@ def setup_logging(log_file: Path | None) -> None:
         log.addHandler(handler)
     else:
         log.addHandler(logging.NullHandler())
+    if _state["verbosity"] > 0:  # -v: the log's lines on the terminal too, never tracebacks
+        terminal = logging.StreamHandler(sys.stderr)
+        terminal.setLevel(logging.INFO if _state["verbosity"] == 1 else logging.DEBUG)
+        terminal.setFormatter(_OneLine())
+        log.addHandler(terminal)
     log.propagate = False
+
+
+class _OneLine(logging.Formatter):
+    """A log record without its traceback (that stays in the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname} {' '.join(record.getMessage().split())}"
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -346,6 +406,8 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     else: 1 and "critical error", the traceback in the log.
     """
     setup_language(sys.argv[1:] if argv is None else argv)
+    answer_with_defaults(False)  # a previous in-process run must not answer for this one
+    set_verbosity(0)
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -374,13 +436,23 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     return reason[:limit]
 
 
-def folder_option(value: str | None, question: str, *, flag: str) -> Path:
-    """The folder given by ``flag`` (it must exist), or asked for when the flag is missing."""
+def folder_option(
+    value: str | None,
+    question: str,
+    *,
+    flag: str,
+    default: Path | None = None,
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
+    """The folder given by ``flag`` (it must exist and pass ``check``), else asked for."""
     if value is None:
-        return ask_folder(question, flag=flag)
+        return ask_folder(question, flag=flag, default=default, check=check)
     path = clean_path_answer(value)
     if not path.is_dir():
         raise UsageError(_("not a folder: {path} ({flag})").format(path=path, flag=flag))
+    problem = check(path) if check is not None else None
+    if problem is not None:
+        raise UsageError(f"{problem} ({flag})")
     return path
 
 

@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .console import console, table
+from .cli import add_common_flags
+from .console import StepFailed, console, esc, table
 from .fake_yandex.image_web import ImageWebServer
 from .fake_yandex.site import FakeYandex, ServerThread
 from .fsutil import atomic_write_text
+from .i18n import N_, _
 from .imageinfo import iter_images
+from .run import DOWNLOADS, REPORT, SORTED, pipeline, run_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = 12
-
-
-class DemoFailed(Exception):
-    pass
 
 
 def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
@@ -56,20 +52,6 @@ def make_photos(folder: Path, count: int = PHOTOS) -> list[Path]:
             draw.ellipse([x, y, x + 90, y + 60], fill=((k * 80) % 256, 200, (index * 20) % 256))
         image.save(path, quality=90) if ext == ".jpg" else image.save(path)
     return made
-
-
-def run_step(title: str, script: str, *args: str | os.PathLike[str], cwd: Path) -> None:
-    """Run one numbered script in ``cwd``; its own summary is printed as it comes."""
-    console.rule(f"[bold]{title}")
-    command = [sys.executable, str(REPO / script), *map(str, args)]
-    console.print("$ " + " ".join([f"python {script}", *map(str, args)]), style="dim")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("COLUMNS", str(max(console.width, 120)))
-    started = time.perf_counter()
-    code = subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, env=env).returncode
-    console.print(f"[dim]{script}: exit {code} in {time.perf_counter() - started:.1f} s[/dim]")
-    if code != 0:
-        raise DemoFailed(f"{script} exited {code}")
 
 
 def scalar(db_path: Path, sql: str) -> int:
@@ -99,81 +81,48 @@ def run(
     made = make_photos(demo / "photos", photos)
     fake = FakeYandex(pages=pages, first_page=per_page, per_page=per_page, fault_rate=fault_rate)
     with ServerThread(fake) as yandex, ImageWebServer() as web:
-        console.print(f"Yandex imitation: {yandex.base_url}   image web (proxy): {web.proxy_url}")
-        run_step(
-            "Step 1: reverse search in Yandex Images",
-            "1_Parse_XHR_Async.py",
-            "--images", "photos", "--xhr-dir", "XHR", "--base-url", yandex.base_url,
-            "--max-tabs", "4",
-            cwd=demo,
-        )  # fmt: skip
-        run_step("Step 2: XHR → SQLite", "2_XHRtoDB.py", cwd=demo)
-        run_step(
-            "Step 3: domains and the VK share", "3_VK_Domain_Analyzer.py", "--top", "15", cwd=demo
+        console.print(
+            esc(_("Yandex imitation: {yandex}   image web (proxy): {proxy}")).format(
+                yandex=esc(yandex.base_url), proxy=esc(web.proxy_url)
+            ),
         )
-        run_step(
-            "Step 4: DB cleanup", "4_DB_cleanup.py", "--db", "yandex_images.db", "--yes", cwd=demo
-        )
-        run_step(
-            "Step 5: downloading the originals",
-            "5_Download_async.py",
-            "--db", "yandex_images.db", "--out", "yandex_images", "--proxy", web.proxy_url,
-            "--timeout", "5", "--retries", "1",
-            cwd=demo,
-        )  # fmt: skip
-    downloads = demo / "yandex_images"
-    run_step(
-        "Step 6: duplicates → quarantine",
-        "6_duplicate_finder.py",
-        downloads, "--mode", "both", "--yes", "--report", "dedup_report.json",
-        cwd=demo,
-    )  # fmt: skip
-    sorted_dir = demo / "sorted"
-    run_step(
-        "Step 7.1: by orientation",
-        "7_1_separate_images_by_orientation.py",
-        "--source", downloads, "--dest", sorted_dir / "orientation", "--mode", "copy",
-        "--square", "separate", "--yes",
-        cwd=demo,
-    )  # fmt: skip
-    run_step(
-        "Step 7.2: by megapixels",
-        "7_2_separate_images_by_MegaPixels.py",
-        "--source", downloads, "--dest", sorted_dir / "megapixels", "--mode", "copy",
-        "--strategy", "3", "--yes",
-        cwd=demo,
-    )  # fmt: skip
-    run_step(
-        "Step 7.3: by quality",
-        "7_3_separate_images_by_quality.py",
-        "--source", downloads, "--dest", sorted_dir / "quality", "--mode", "copy",
-        "--model", quality_model, "--percentiles", "30,70", "--yes",
-        cwd=demo,
-    )  # fmt: skip
+        extra = {
+            "crawl": ["--base-url", yandex.base_url, "--max-tabs", "4"],
+            "domains": ["--top", "15"],
+            "download": ["--proxy", web.proxy_url, "--timeout", "5", "--retries", "1"],
+            "quality": ["--model", quality_model],
+        }
+        run_pipeline(demo, pipeline(photos="photos"), extra)
+    downloads = demo / DOWNLOADS
+    sorted_dir = demo / SORTED
     database = demo / "yandex_images.db"
     per_photo = [
         {eid for ids in record.pages.values() for eid in ids} for record in fake.served.values()
     ]
     return {
-        "query photos": len(made),
-        "XHR files": sum(1 for _ in (demo / "XHR").glob("*.json")),
-        "results served by the imitation (this run)": len(set().union(*per_photo)),
-        "photo → result links served (this run)": sum(map(len, per_photo)),
-        "photo → result links in yandex_images.db": scalar(
+        N_("query photos"): len(made),
+        N_("XHR files"): sum(1 for _ in (demo / "XHR").glob("*.json")),
+        N_("results served by the imitation (this run)"): len(set().union(*per_photo)),
+        N_("photo → result links served (this run)"): sum(map(len, per_photo)),
+        N_("photo → result links in yandex_images.db"): scalar(
             database, "SELECT count(*) FROM query_results"
         ),
-        "results in yandex_images.db": scalar(database, "SELECT count(*) FROM images"),
-        "VK results in vk_images.db": scalar(demo / "vk_images.db", "SELECT count(*) FROM images"),
-        "downloads done": scalar(database, "SELECT count(*) FROM downloads WHERE status = 'done'"),
-        "downloads failed": scalar(
+        N_("results in yandex_images.db"): scalar(database, "SELECT count(*) FROM images"),
+        N_("VK results in vk_images.db"): scalar(
+            demo / "vk_images.db", "SELECT count(*) FROM images"
+        ),
+        N_("downloads done"): scalar(
+            database, "SELECT count(*) FROM downloads WHERE status = 'done'"
+        ),
+        N_("downloads failed"): scalar(
             database, "SELECT count(*) FROM downloads WHERE status = 'failed'"
         ),
-        "images downloaded (on disk)": count_images(downloads),  # _duplicates/ is inside
-        "duplicates in quarantine": count_images(downloads / "_duplicates"),
-        "images after deduplication": count_images(downloads, recursive=False),
-        "sorted by orientation": count_images(sorted_dir / "orientation"),
-        "sorted by megapixels": count_images(sorted_dir / "megapixels"),
-        "sorted by quality": sum(
+        N_("images downloaded (on disk)"): count_images(downloads),  # _duplicates/ is inside
+        N_("duplicates in quarantine"): count_images(downloads / "_duplicates"),
+        N_("images after deduplication"): count_images(downloads, recursive=False),
+        N_("sorted by orientation"): count_images(sorted_dir / "orientation"),
+        N_("sorted by megapixels"): count_images(sorted_dir / "megapixels"),
+        N_("sorted by quality"): sum(
             count_images(sorted_dir / "quality" / category)
             for category in ("high", "medium", "low")
         ),
@@ -182,29 +131,36 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m yandex_reverse.demo", description=__doc__.splitlines()[0]
+        prog="yandex-reverse demo",
+        description=_("The whole pipeline, steps 1 → 7.3, against the offline imitation."),
     )
     parser.add_argument(
-        "--dir", type=Path, default=Path("demo"), help="working folder (default: demo)"
+        "--dir", type=Path, default=Path("demo"), help=_("working folder (default: demo)")
     )
     parser.add_argument(
-        "--photos", type=int, default=PHOTOS, help=f"query photos (default {PHOTOS})"
+        "--photos",
+        type=int,
+        default=PHOTOS,
+        help=_("query photos (default {n})").format(n=PHOTOS),
     )
-    parser.add_argument("--per-page", type=int, default=12, help="results per page (default 12)")
+    parser.add_argument("--per-page", type=int, default=12, help=_("results per page (default 12)"))
     parser.add_argument(
-        "--pages", type=int, default=2, help="XHR pages after the first (default 2)"
+        "--pages", type=int, default=2, help=_("XHR pages after the first (default 2)")
     )
     parser.add_argument(
         "--fault-rate",
         type=float,
         default=0.1,
-        help="share of results whose original URL fails (404, 429, HTML ...; default 0.1)",
+        help=_("share of results whose original URL fails (404, 429, HTML ...; default 0.1)"),
     )
     parser.add_argument(
         "--quality-model",
         default="piqe",
-        help="pyiqa metric for step 7.3 (default piqe: needs no weights, so the demo runs offline)",
+        help=_(
+            "pyiqa metric for step 7.3 (default piqe: needs no weights, so the demo runs offline)"
+        ),
     )
+    add_common_flags(parser)
     args = parser.parse_args(argv)
     demo = args.dir.absolute()
     demo.mkdir(parents=True, exist_ok=True)
@@ -218,23 +174,29 @@ def main(argv: list[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             quality_model=args.quality_model,
         )
-    except DemoFailed as exc:
-        console.print(f"[red]Demo stopped: {exc}[/red]")
+    except StepFailed as exc:
+        console.print(f"[red]{esc(_('Demo stopped: {reason}').format(reason=exc))}[/red]")
         return 1
-    console.rule("[bold]Demo finished")
-    console.print(table("What reached each stage", ("stage", "count"), numbers.items()))
+    console.rule(f"[bold]{esc(_('Demo finished'))}")
+    rows = [(_(stage), count) for stage, count in numbers.items()]  # the keys stay English (JSON)
+    console.print(table(_("What reached each stage"), (_("stage"), _("count")), rows))
     console.print(
-        f"Working folder: {demo}\n"
-        f"  photos/            the query photos\n"
-        f"  XHR/               saved Yandex answers (+ .progress.json, errors.log)\n"
-        f"  yandex_images.db   results; vk_images.db: the VK subset\n"
-        f"  domains_report.*   domain statistics (JSON, CSV, PNG)\n"
-        f"  yandex_images/     downloaded originals; _duplicates/ holds the quarantine\n"
-        f"  sorted/            orientation/, megapixels/, quality/ (+ quality_report.db/.json)\n"
-        f"  demo_summary.json  the table above\n"
-        f"Total time: {time.perf_counter() - started:.0f} s. Run `make demo` again: every step resumes."
+        _(
+            "Working folder: {folder}\n"
+            "  photos/            the query photos\n"
+            "  XHR/               saved Yandex answers (+ .progress.json, errors.log)\n"
+            "  yandex_images.db   results; vk_images.db: the VK subset\n"
+            "  domains_report.*   domain statistics (JSON, CSV, PNG)\n"
+            "  yandex_images/     downloaded originals; _duplicates/ holds the quarantine\n"
+            "  sorted/            orientation/, megapixels/, quality/ (+ quality_report.db/.json)\n"
+            "  report.html        where each photo was found\n"
+            "  demo_summary.json  the table above\n"
+            "Total time: {seconds:.0f} s. Run `make demo` again: every step resumes."
+        ).format(folder=demo, seconds=time.perf_counter() - started),
+        markup=False,
     )
     atomic_write_text(demo / "demo_summary.json", json.dumps(numbers, indent=2, ensure_ascii=False))
+    console.print(esc(_("Report: {path}").format(path=demo / REPORT)))
     return 0
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from rich.table import Table
 
 from . import db
+from .cli import add_common_flags
 from .console import StepFailed, UsageError, console, esc, progress, setup_logging, table
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .i18n import _
@@ -602,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("3_VK_Domain_Analyzer.log"),
         help=_("details and tracebacks (default: 3_VK_Domain_Analyzer.log)"),
     )
+    add_common_flags(parser)
     return parser
 
 

@@ -41,7 +41,9 @@ Which language: ``--lang ru|en`` anywhere in the command line (read from
 ``argv`` before any parser is built, so ``--help`` is translated too), else
 the first of ``LC_ALL``, ``LC_MESSAGES``, ``LANG`` that is set (``ru_RU.UTF-8``
 gives Russian, ``C`` or anything else English), else the system locale (how
-Windows says it). :func:`setup` does this; ``run_main`` calls it.
+Windows says it). :func:`setup` does this; ``run_main`` calls it. A command
+that starts steps as child processes (``run``, ``demo``) hands its language
+down in ``YR_LANG``, which comes before the locale.
 
 Adding or checking translations::
 
@@ -71,6 +73,7 @@ LANGUAGES = ("en", "ru")
 DEFAULT_LANGUAGE = "en"
 AREAS = ("common", "crawl", "import", "download", "dedup", "quality", "ray")
 LOCALE_DIR = Path(__file__).with_name("locale")
+CHILD_ENV = "YR_LANG"  # the language a parent command hands to the steps it starts
 PACKAGE_DIR = Path(__file__).parent
 # The functions whose first arguments are msgids (ngettext: the first two).
 KEYWORDS = {"_": 1, "N_": 1, "ngettext": 2}
@@ -126,6 +129,8 @@ def language_from_argv(argv: Sequence[str]) -> str | None:
 def language_from_env(environ: Mapping[str, str] | None = None) -> str:
     """The language of ``LC_ALL``, ``LC_MESSAGES`` or ``LANG`` (the first set), else the system's."""
     environ = os.environ if environ is None else environ
+    if environ.get(CHILD_ENV) in LANGUAGES:
+        return environ[CHILD_ENV]
     for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
         value = environ.get(name)
         if value:
@@ -214,8 +219,10 @@ def source_files(root: Path | None = None) -> list[Path]:
 def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
     """(line, msgid) for each ``_()``/``N_()``/``ngettext()`` call in ``path``.
 
-    The msgid is ``None`` when the argument is not a plain string literal (an
-    f-string, a variable): such a call can never be translated.
+    The msgid is ``None`` when the argument is an f-string, a concatenation or
+    a call: such a text can never be found in a catalogue. A variable or an
+    attribute (``_(label)``) is the ``N_()`` pattern and is skipped: its msgid
+    is extracted where ``N_()`` marked it.
     """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in sorted(ast.walk(tree), key=lambda n: getattr(n, "lineno", 0)):
@@ -225,6 +232,10 @@ def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
         if count is None:
             continue
         args = node.args[:count]
+        if len(args) == count and all(
+            isinstance(a, (ast.Name, ast.Attribute, ast.Subscript)) for a in args
+        ):
+            continue  # _(label): a msgid marked with N_() where it was written
         if len(args) < count or not all(
             isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args
         ):

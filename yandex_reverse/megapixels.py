@@ -20,37 +20,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
-
+from yandex_reverse.cli import add_common_flags, creatable, images_in, sorted_dest
 from yandex_reverse.console import (
     UsageError,
-    add_sort_flags,
     ask_choice,
     ask_text,
     clean_path_answer,
     confirm,
     console,
+    esc,
     folder_option,
-    is_interactive,
     setup_logging,
 )
+from yandex_reverse.i18n import N_, _
 from yandex_reverse.imageinfo import ImageInfo, iter_images
 from yandex_reverse.sorting import print_sort_report, sort_images
 
-DEFAULT_OUTPUT = "sorted_by_mpix"
+KIND = "megapixels"  # the default output: sorted/megapixels/ in the working folder
 DEFAULT_STRATEGY = "ranges"
+DEFAULT_MODE = "copy"
 MODES = (
-    ("copy", "Copy: the originals stay where they are"),
-    ("move", "Move: the originals leave the source folder"),
+    ("copy", N_("Copy: the originals stay where they are")),
+    ("move", N_("Move: the originals leave the source folder")),
 )
 STRATEGIES = (
-    ("exact", "Exact: 0.1 MP steps (folders 2.3MP, 2.4MP, ...)"),
-    ("medium", "Medium: 0.5 MP steps (folders 2.0MP, 2.5MP, ...)"),
-    ("ranges", "Ranges: 0-2, 2-5, 5-10, 10-20, 20+ MP"),
-    ("coarse", "Coarse: 0-5, 5-10, 10+ MP"),
-    ("very-coarse", "Very coarse: under 1, 1-3, 3-8, 8+ MP"),
-    ("quantiles", "Quantiles: N folders with about equal counts"),
-    ("custom", "Custom boundaries, e.g. 1,3,8"),
+    ("exact", N_("Exact: 0.1 MP steps (folders 2.3MP, 2.4MP, ...)")),
+    ("medium", N_("Medium: 0.5 MP steps (folders 2.0MP, 2.5MP, ...)")),
+    ("ranges", N_("Ranges: 0-2, 2-5, 5-10, 10-20, 20+ MP")),
+    ("coarse", N_("Coarse: 0-5, 5-10, 10+ MP")),
+    ("very-coarse", N_("Very coarse: under 1, 1-3, 3-8, 8+ MP")),
+    ("quantiles", N_("Quantiles: N folders with about equal counts")),
+    ("custom", N_("Custom boundaries, e.g. 1,3,8")),
 )
 # name -> (boundaries in MP, first bucket written as "under-X" rather than "0.0-X")
 FIXED = {
@@ -168,7 +168,7 @@ class Strategy:
         )
 
     def describe(self) -> str:
-        label = dict(STRATEGIES)[self.name]
+        label = _(dict(STRATEGIES)[self.name])
         return (
             f"{self.name}:{self.argument} ({label})" if self.argument else f"{self.name} ({label})"
         )
@@ -219,66 +219,78 @@ def _strategy_arg(text: str) -> Strategy:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="7_2_separate_images_by_MegaPixels.py",
-        description="Sort images into one folder per megapixel bucket (size from the header, "
-        "EXIF rotation applied). Asks for what is missing on a terminal.",
+        description=_(
+            "Sort images into one folder per megapixel bucket (size from the header, "
+            "EXIF rotation applied). Asks for what is missing on a terminal."
+        ),
     )
-    parser.add_argument("--source", metavar="DIR", help="folder with the images (asked if missing)")
+    parser.add_argument(
+        "--source", metavar="DIR", help=_("folder with the images (asked if missing)")
+    )
     parser.add_argument(
         "--dest",
         metavar="DIR",
-        help=f"output folder (asked: 1 = <source>/{DEFAULT_OUTPUT}, 2 = another path; "
-        f"default without a terminal: <source>/{DEFAULT_OUTPUT})",
+        help=_(
+            "output folder (asked: 1 = sorted/megapixels/ in the working folder, 2 = another "
+            "path; default: the first)"
+        ),
     )
     parser.add_argument(
         "--mode",
         choices=("copy", "move"),
-        help="copy or move the images (asked: 1 = copy, 2 = move; required without a terminal)",
+        help=_("copy or move the images (asked: 1 = copy, 2 = move; default: copy)"),
     )
     parser.add_argument(
         "--strategy",
         type=_strategy_arg,
         metavar="NAME",
-        help="exact (0.1 MP steps), medium (0.5 MP steps), ranges (0-2/2-5/5-10/10-20/20+), "
-        "coarse (0-5/5-10/10+), very-coarse (<1/1-3/3-8/8+), quantiles:N (N folders of about "
-        "equal counts), custom:1,3,8 (your boundaries in MP); 1-5 = the first five. Asked "
-        "1-7; default without a "
-        f"terminal: {DEFAULT_STRATEGY}",
+        help=_(
+            "exact (0.1 MP steps), medium (0.5 MP steps), ranges (0-2/2-5/5-10/10-20/20+), "
+            "coarse (0-5/5-10/10+), very-coarse (<1/1-3/3-8/8+), quantiles:N (N folders of about "
+            "equal counts), custom:1,3,8 (your boundaries in MP); 1-5 = the first five. Asked "
+            "1-7; default: {default}"
+        ).format(default=DEFAULT_STRATEGY),
     )
-    add_sort_flags(parser)
+    add_common_flags(
+        parser,
+        dry_run=_("show where every image would go; change nothing"),
+        yes=_("answer every question with its default and start (needed without a terminal)"),
+        workers=_("processes reading headers (default: all cores)"),
+        recursive=_("also sort images in subfolders"),
+        log_file=None,
+    )
     return parser
 
 
-def _ask_dest(source: Path, dry_run: bool) -> Path:
+def _ask_dest() -> Path:
+    """The output folder; checked at once, created only when the first image goes there."""
+    default = sorted_dest(KIND)
     choice = ask_choice(
-        "Output folder:",
-        (("default", str(source / DEFAULT_OUTPUT)), ("other", "Another path")),
+        _("Output folder:"),
+        (("default", str(default)), ("other", _("Another path"))),
         flag="--dest",
-        default="default" if not is_interactive() else None,
+        default="default",
     )
     if choice == "default":
-        return source / DEFAULT_OUTPUT
+        return default
     while True:
-        path = clean_path_answer(ask_text("Output folder path", flag="--dest"))
-        if dry_run and not path.exists():
+        path = clean_path_answer(ask_text(_("Output folder path"), flag="--dest"))
+        problem = creatable(path)
+        if problem is None:
             return path
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        except OSError as exc:
-            console.print(
-                f"[yellow]Cannot create {escape(str(path))}: {escape(str(exc))}. Try again.[/yellow]"
-            )
+        console.print(f"[yellow]{esc(_('{problem}. Try again.').format(problem=problem))}[/yellow]")
 
 
 def _ask_strategy() -> Strategy:
-    if not is_interactive():
-        return Strategy(DEFAULT_STRATEGY)
-    name = ask_choice("Sorting strategy:", STRATEGIES, flag="--strategy")
+    strategies = [(value, _(label)) for value, label in STRATEGIES]
+    name = ask_choice(
+        _("Sorting strategy:"), strategies, flag="--strategy", default=DEFAULT_STRATEGY
+    )
     if name in ("quantiles", "custom"):
         question = (
-            "Number of folders (about equal counts)"
+            _("Number of folders (about equal counts)")
             if name == "quantiles"
-            else "Boundaries in MP, comma-separated (e.g. 1,3,8)"
+            else _("Boundaries in MP, comma-separated (e.g. 1,3,8)")
         )
         while True:
             answer = ask_text(
@@ -287,7 +299,8 @@ def _ask_strategy() -> Strategy:
             try:
                 return Strategy.parse(f"{name}:{answer}")
             except ValueError as exc:
-                console.print(f"[yellow]{escape(str(exc))}. Try again.[/yellow]")
+                message = _("{problem}. Try again.").format(problem=exc)
+                console.print(f"[yellow]{esc(message)}[/yellow]")
     return Strategy(name)
 
 
@@ -295,24 +308,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
     source = folder_option(
-        args.source, "Folder with images (drag and drop it here or type a path)", flag="--source"
+        args.source,
+        _("Folder with images (drag and drop it here or type a path)"),
+        flag="--source",
+        check=images_in(recursive=args.recursive),
     )
-    dest = clean_path_answer(args.dest) if args.dest else _ask_dest(source, args.dry_run)
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"not a folder: {dest} (--dest)")
-    mode = args.mode or ask_choice("Mode:", MODES, flag="--mode")
+    dest = clean_path_answer(args.dest) if args.dest else _ask_dest()
+    if (problem := creatable(dest)) is not None:
+        raise UsageError(f"{problem} (--dest)")
+    modes = [(value, _(label)) for value, label in MODES]
+    mode = args.mode or ask_choice(_("Mode:"), modes, flag="--mode", default=DEFAULT_MODE)
     strategy: Strategy = args.strategy or _ask_strategy()
 
-    console.print(f"Source:      {source}", markup=False)
-    console.print(f"Destination: {dest}", markup=False)
-    console.print(f"Mode:        {mode} ({dict(MODES)[mode]})", markup=False)
-    console.print(f"Strategy:    {strategy.describe()}", markup=False)
+    for line in (
+        _("Source: {path}").format(path=source),
+        _("Destination: {path}").format(path=dest),
+        _("Mode: {mode} ({label})").format(mode=mode, label=dict(modes)[mode]),
+        _("Strategy: {strategy}").format(strategy=strategy.describe()),
+    ):
+        console.print(line, markup=False)
     if args.recursive:
-        console.print("Subfolders:  included")
+        console.print(_("Subfolders: included"))
     if args.dry_run:
-        console.print("Dry run: nothing will be moved or copied.")
-    elif not confirm("Start sorting?", assume_yes=args.yes):
-        console.print("Cancelled by user.")
+        console.print(_("Dry run: nothing will be moved or copied."))
+    elif not confirm(_("Start sorting?"), assume_yes=args.yes):
+        console.print(_("Cancelled by user."))
         return 0
 
     # Our own output is never input: the whole destination, or, when it is
@@ -322,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         exclude = [dest]
     paths = list(iter_images(source, recursive=args.recursive, exclude=exclude))
-    console.print(f"Images found: {len(paths):,}")
+    console.print(_("Images found: {n:,}").format(n=len(paths)))
     result = sort_images(
         paths, dest, strategy.assigner(), mode=mode, dry_run=args.dry_run, workers=args.workers
     )

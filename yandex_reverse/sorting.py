@@ -126,9 +126,10 @@ def sort_images(
     whole set), then move or copy them there. Unreadable files stay in place.
     """
     from yandex_reverse import console  # the terminal side; sorting.py stays usable without it
+    from yandex_reverse.i18n import _
 
     paths = list(paths)
-    with console.progress("Reading sizes", len(paths)) as advance:
+    with console.progress(_("Reading sizes"), len(paths)) as advance:
         infos = read_infos(paths, workers=workers, advance=advance)
     readable = [(p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, ImageInfo)]
     unreadable = [(p, i) for p, i in zip(paths, infos, strict=True) if isinstance(i, str)]
@@ -151,6 +152,7 @@ def print_sort_report(
 ) -> None:
     """The distribution (folders in ``order``), the totals, and every file left behind."""
     from yandex_reverse import console
+    from yandex_reverse.i18n import _
 
     counts = result.counts()
     total = sum(counts.values())
@@ -158,39 +160,50 @@ def print_sort_report(
         (name, count, f"{100 * count / total:.1f}%")
         for name, count in sorted(counts.items(), key=lambda kv: order(kv[0]))
     ]
-    rows.append(("total", total, "100.0%" if total else "-"))
-    heading = "Distribution by folder"
+    rows.append((_("total"), total, "100.0%" if total else "-"))
+    heading = _("Distribution by folder")
     if dry_run:
-        heading += " (dry run: nothing was moved or copied)"
-    console.console.print(console.table(heading, ("folder", "files", "share"), rows))
+        heading = _("Distribution by folder (dry run: nothing was moved or copied)")
+    headers = (_("folder"), _("files"), _("share"))
+    console.console.print(console.table(heading, headers, rows))
     new = sum(1 for item in result.placed if item.status != "already")
-    done = "moved" if mode == "move" else "copied"
-    verb = f"would be {done}" if dry_run else done
+    moved = mode == "move"
+    if dry_run:
+        verb = _("would be moved") if moved else _("would be copied")
+    else:
+        verb = _("moved") if moved else _("copied")
     console.print_summary(
-        "Summary",
+        _("Summary"),
         [
-            ("images found", result.found),
+            (_("images found"), result.found),
             (verb, new),
-            ("already in place (identical file there)", total - new),
-            ("unreadable, left in place", len(result.unreadable)),
-            (f"failed to {mode}, left in place", len(result.failed)),
+            (_("already in place (identical file there)"), total - new),
+            (_("unreadable, left in place"), len(result.unreadable)),
+            (
+                _("failed to move, left in place") if moved else _("failed to copy, left in place"),
+                len(result.failed),
+            ),
         ],
     )
     for title, items in (
-        ("Unreadable files (left in place)", result.unreadable),
-        (f"Files that could not be {done}", result.failed),
-    ):
+        (_("Unreadable files (left in place)"), result.unreadable),
+        (_("Files that could not be moved") if moved else _("Files that could not be copied"),
+         result.failed),
+    ):  # fmt: skip
         if not items:
             continue
-        console.console.print(f"[bold]{title}:[/bold]")
+        console.console.print(f"[bold]{console.esc(title)}:[/bold]")
         for path, reason in items[:limit]:
             console.console.print(f"  {path}: {reason}", markup=False)
         for path, reason in items:
             console.log.warning("%s: %s: %s", title, path, reason)
         if len(items) > limit:
-            console.console.print(f"  ... and {len(items) - limit} more (all in the log file)")
-    where = "would go" if dry_run else "are"
-    kept = "the originals stay in the source" if mode == "copy" else "the originals were moved"
+            more = _("  ... and {n} more (all in the log file)").format(n=len(items) - limit)
+            console.console.print(more, markup=False)
     if dry_run:
-        kept = "nothing was changed"
-    console.console.print(f"Sorted images {where} in {dest} ({kept}).", markup=False)
+        line = _("Sorted images would go in {dest} (nothing was changed).")
+    elif mode == "copy":
+        line = _("Sorted images are in {dest} (the originals stay in the source).")
+    else:
+        line = _("Sorted images are in {dest} (the originals were moved).")
+    console.console.print(line.format(dest=dest), markup=False)

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import orjson
 
 from . import db, serp
+from .cli import add_common_flags
 from .console import (
     StepFailed,
     console,
@@ -959,6 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
             n=BATCH_FILES
         ),
     )
+    add_common_flags(parser)
     return parser
 
 

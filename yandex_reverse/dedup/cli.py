@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import i18n
+from ..cli import Yes, add_common_flags
 from ..console import (
     StepFailed,
     UsageError,
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help=_("show what would happen; change nothing")
     )
-    parser.add_argument("--yes", "-y", action="store_true", help=_("do it without asking"))
+    parser.add_argument("--yes", "-y", action=Yes, help=_("do it without asking"))
     parser.add_argument(
         "--interactive", action="store_true", help=_("ask before each file (terminal)")
     )
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("6_duplicate_finder.log"),
         help=_("details and tracebacks (default: 6_duplicate_finder.log)"),
     )
+    add_common_flags(parser)
     return parser
 
 

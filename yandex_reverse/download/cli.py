@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import db as dbmod
 from .. import raycluster
+from ..cli import Yes, add_common_flags
 from ..console import (
     StepFailed,
     UsageError,
@@ -22,7 +23,6 @@ from ..console import (
     console,
     esc,
     human_bytes,
-    is_interactive,
     one_line,
     setup_logging,
     table,
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     raycluster.add_flags(parser)
+    parser.add_argument(
+        "-y", "--yes", action=Yes, help="answer every question with its default (source, what)"
+    )
+    add_common_flags(parser)
     return parser
 
 
@@ -116,7 +120,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             _("Choose image source"),
             [("1", "yandex_images.db -> yandex_images/"), ("2", "vk_images.db -> vk_images/")],
             flag="--db",
-            default="1" if not is_interactive() else None,
+            default="1",
         )
         args.db = Path(SOURCES[choice])
         if args.what is None:

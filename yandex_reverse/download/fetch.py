@@ -216,7 +216,8 @@ class Fetcher:
         self.hosts: dict[str, HostState] = {}
         self.global_sem = asyncio.Semaphore(opts.concurrency)
         self.session: aiohttp.ClientSession | None = None
-        self.verdicts: dict[str, str | None] = {}  # host -> why it is refused (None: public)
+        # host -> why it is refused (None: public), one check per host and run
+        self.verdicts: dict[str, asyncio.Future[str | None]] = {}
         # Told after every attempt (the driver counts network errors in a row).
         self.on_attempt: Callable[[FetchFailure | None], None] = lambda failure: None
 
@@ -335,13 +336,17 @@ class Fetcher:
         if self.opts.allow_private:
             return None
         host = url.host or ""
-        if host in self.verdicts:
-            return self.verdicts[host]
+        known = self.verdicts.get(host)
+        if known is None:  # one check per host, shared by every URL that waits for it
+            known = self.verdicts[host] = asyncio.ensure_future(self._verdict(host, url.port))
+        return await asyncio.shield(known)
+
+    async def _verdict(self, host: str, port: int | None) -> str | None:
         verdict = host_refusal(host)
         if verdict is None and _ip_of(host.lower().rstrip(".")) is None:
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, url.port or 80, type=socket.SOCK_STREAM
+                    host, port or 80, type=socket.SOCK_STREAM
                 )
             except (OSError, UnicodeError):
                 infos = []
@@ -350,7 +355,6 @@ class Fetcher:
                 if kind:
                     verdict = f"{host} resolves to {info[4][0]} ({kind})"
                     break
-        self.verdicts[host] = verdict
         return verdict
 
     async def _get(self, url: str) -> Body:

@@ -213,6 +213,22 @@ class LedgerReader:
             return Stored(row[0], row[1] or 0, row[2] or 0, row[3] or "")
         return None
 
+    def context(self, image_id: str) -> list[tuple[str, object]]:
+        """Where a result was found, for its sidecar: the query photo(s), source page, title."""
+        queries = self.query(
+            "SELECT group_concat(query, ', ') FROM "
+            "(SELECT query FROM query_results WHERE image_id = ? ORDER BY query)",
+            image_id,
+        )
+        page = self.query(
+            "SELECT coalesce(snippet_url, url), title FROM images WHERE id = ?", image_id
+        )
+        return [
+            ("query_photo", queries[0] if queries else None),
+            ("source_page", page[0] if page else None),
+            ("title", page[1] if page else None),
+        ]
+
     def close(self) -> None:
         self.conn.close()
 

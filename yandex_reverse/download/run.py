@@ -151,7 +151,9 @@ class Downloader:
         self.unflushed: dict[str, Outcome] = {}  # outcomes queued but not yet committed
         self.out = settings.out.resolve()
         self.ledger = LedgerReader(settings.db_path)
-        self.store = Store(self.out, self.ledger.db_dir, self.ledger.stored_with_sha)
+        self.store = Store(
+            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.ledger.context
+        )
         self.advance: Callable[..., None] = lambda *a, **k: None
         self.run_started = now()
         self._ticks = 0

@@ -142,10 +142,17 @@ class Store:
     claims once the ledger holds them.
     """
 
-    def __init__(self, out: Path, db_dir: Path, known: Callable[[str], Stored | None]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        db_dir: Path,
+        known: Callable[[str], Stored | None],
+        context: Callable[[str], list[tuple[str, object]]] = lambda image_id: [],
+    ) -> None:
         self.out = out.resolve()
         self.db_dir = db_dir
         self.known = known
+        self.context = context  # query photo, source page, title: extra sidecar lines
         self.claims: dict[str, concurrent.futures.Future[Stored | None]] = {}
         self.claims_lock = threading.Lock()
 
@@ -214,6 +221,7 @@ class Store:
                 ("width", checked.width),
                 ("height", checked.height),
                 ("final_url", body.final_url),
+                *self.context(image_id),
             )
         )
         side_temp = temp_path(self.out, candidate.url, "-txt")

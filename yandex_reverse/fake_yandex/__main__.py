@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 from typing import Any
 
-from .site import END_MODES, FakeYandex, start
+from .site import END_MODES, UPLOAD_VARIANTS, FakeYandex, Settings, start
 
 
 def _ints(text: str) -> list[int]:
@@ -40,29 +41,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--captcha-on-upload", type=_ints, default=[], help="the Nth uploads: 1,5")
     p.add_argument("--captcha-next", type=int, default=0, help="the next K requests get a captcha")
     p.add_argument("--upload-500-next", type=int, default=0, help="the next K uploads answer 500")
-    p.add_argument("--upload-variant", choices=("A", "B"), default="A")
+    p.add_argument("--upload-variant", choices=UPLOAD_VARIANTS, default="A")
     p.add_argument("--renamed-similar-tab", action="store_true", help="change the tab's markup")
     p.add_argument("--fault-rate", type=float, default=0.0, help="share of results with yr_fault")
     p.add_argument("--image-web-port", type=int, help="also start the image web on this port")
+    # every other switch of Settings, as --its-name (booleans: a flag; lists: 1,2; dicts: JSON)
+    taken = {a.dest for a in p._actions}
+    for f in dataclasses.fields(Settings):
+        if f.name in taken:
+            continue
+        default = getattr(Settings(), f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if default is True:
+            no = "--no-" + f.name.replace("_", "-")
+            p.add_argument(no, dest=f.name, action="store_false", help=f"switch off {f.name}")
+        elif isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=f"switch on {f.name}")
+        elif isinstance(default, list):
+            p.add_argument(flag, type=_ints, default=default, help=f"{f.name}: 1,2,...")
+        elif isinstance(default, dict):
+            p.add_argument(flag, type=json.loads, default=default, help=f"{f.name} (JSON)")
+        else:
+            kind = type(default) if default is not None else int
+            p.add_argument(flag, type=kind, default=default, help=f"{f.name} (default {default})")
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings: dict[str, Any] = {
-        "pages": args.pages,
-        "first_page": args.first_page,
-        "per_page": args.per_page,
-        "end": args.end,
-        "empty_pages": args.empty_pages,
-        "broken_json_page": args.broken_json_page,
-        "latency": args.latency,
-        "captcha_on_upload": args.captcha_on_upload,
-        "captcha_next": args.captcha_next,
-        "upload_500_next": args.upload_500_next,
-        "upload_variant": args.upload_variant,
-        "renamed_similar_tab": args.renamed_similar_tab,
-        "fault_rate": args.fault_rate,
-    }
+    names = {f.name for f in dataclasses.fields(Settings)}
+    settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
     fake = FakeYandex(**settings)
     runners = []
     runner, base_url = await start(fake, args.host, args.port)

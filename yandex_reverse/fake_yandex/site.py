@@ -77,6 +77,7 @@ class Settings:
     cookie_popup: str = ""  # the cookie popup: "" none, "load", "late", "again" (comes back)
     cookie_delay: float = 0.3  # seconds before a late popup shows
     hydration_delay: float = 0.0  # the camera button does nothing for this long after load
+    trusted_clicks: bool = False  # "Показать ещё" ignores clicks not made by a real pointer
     data_states: int = 1  # data-state attributes on the similar page (the results in the last)
     keys_order: bool = False  # serpList.items carries keys (the order); entities shuffled
     plain_block_name: bool = False  # blocks name themselves "block": "…" rather than name.block
@@ -427,6 +428,7 @@ class FakeYandex:
             "end": s.end,
             "finished": first_xhr > 0 and s.pages == 0 and s.end in ("button", "disabled"),
             "clientRoute": s.client_route,
+            "trustedOnly": s.trusted_clicks,
         }
 
     def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:

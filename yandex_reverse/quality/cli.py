@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import console, i18n, raycluster
+from ..cli import Yes, add_common_flags
 from ..console import UsageError, one_line
 from ..i18n import N_, _, ngettext
 from ..imageinfo import iter_images
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help=_("score and write the reports, move nothing")
     )
-    parser.add_argument("--yes", action="store_true", help=_("start without asking"))
+    parser.add_argument("-y", "--yes", action=Yes, help=_("start without asking"))
     parser.add_argument(
         "--errors-folder",
         action="store_true",
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=_("details and tracebacks (default: 7_3_separate_images_by_quality.log)"),
     )
     raycluster.add_flags(parser, gpus=True)
+    add_common_flags(parser)
     return parser
 
 

@@ -37,15 +37,26 @@ if TYPE_CHECKING:
 
 BATCH = 8  # images per actor call: small enough that a lost actor loses little
 BATCH_GPU = 32
+FATAL = "_fatal"  # a row that is an actor's construction error, not a score
 
 
 class QualityActor:
     """One per Ray worker: the metrics loaded once, a batch of files in, rows out."""
 
     def __init__(self, settings: ScoreSettings) -> None:
-        self.scorer = Scorer(settings)
+        self.scorer: Scorer | None = None
+        self.fatal: str | None = None
+        try:
+            self.scorer = Scorer(settings)
+        except (StepFailed, UsageError) as exc:
+            # Missing weights, an unknown metric: handed to the driver as data, which
+            # ends the step with the local path's one line (an actor that raised here
+            # would be restarted over and over, and Ray would bury the line).
+            self.fatal = json.dumps({FATAL: type(exc).__name__, "message": str(exc)})
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        if self.scorer is None:
+            return {"row": [self.fatal or "{}"] * len(batch["path"])}
         tasks = [
             Task(Path(str(path)), str(name), int(size), int(mtime))
             for path, name, size, mtime in zip(
@@ -121,6 +132,10 @@ def score_on_ray(
             try:
                 for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                     rows = [json.loads(text) for text in batch["row"]]
+                    fatal = next((r for r in rows if FATAL in r), None)
+                    if fatal is not None:
+                        kind = UsageError if fatal[FATAL] == "UsageError" else StepFailed
+                        raise kind(fatal["message"])
                     upsert(conn, rows)
                     stats.errors += sum(1 for r in rows if r["error_message"])
                     stats.scored += sum(1 for r in rows if not r["error_message"])

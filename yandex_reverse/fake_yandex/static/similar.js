@@ -94,7 +94,7 @@
     box = document.querySelector('.FetchListButton');
     btn = box.querySelector('.FetchListButton-Button');
     sentinel = document.querySelector('.SerpList-Sentinel');
-    btn.addEventListener('click', load);
+    btn.addEventListener('click', (ev) => { if (!S.trustedOnly || ev.isTrusted) load(); });
     new IntersectionObserver((items) => { if (items.some(i => i.isIntersecting)) scrolled(); }).observe(sentinel);
     addEventListener('scroll', scrolled, {passive: true});
     if (page === 0) load(); else afterLoad();
