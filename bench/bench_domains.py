@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from bench.common import report, work_dir
 from yandex_reverse import db
-from yandex_reverse.domains import SERVICES_FILE, Classifier, analyse
+from yandex_reverse.domains import analyse
+from yandex_reverse.hosts import SERVICES_FILE, Classifier
 from yandex_reverse.urls import normalize_url
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr
 from yandex_reverse import db, serp
-from yandex_reverse.domains import Classifier
+from yandex_reverse.hosts import Classifier
 
 SCRIPT = "3_VK_Domain_Analyzer.py"
 

@@ -96,7 +96,7 @@ def test_scores_match_pyiqa_and_images_sort_by_thresholds(photos, workdir):
     source, paths = photos
     done = run_script(SCRIPT, "--source", source, "--model", "piqe", "--yes", cwd=workdir)
     assert done.returncode == 0, done.stderr + done.stdout
-    dest = source / "quality_sorted"
+    dest = workdir / "sorted" / "quality"
     rows = db_rows(dest)
     assert len(rows) == len(paths)
 
@@ -297,7 +297,7 @@ def test_musiq_architecture_scores_batches_of_mixed_sizes(workdir):
         "--thresholds", "0,-100", cwd=workdir, env={"YR_PYIQA_PRETRAINED": "0"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
-    rows = db_rows(source / "quality_sorted")
+    rows = db_rows(workdir / "sorted" / "quality")
     assert len(rows) == 5
     assert all(r["musiq_score"] is not None and r["models"] == "musiq" for r in rows.values())
     assert all(r["scale"] == "musiq: as is" for r in rows.values())
@@ -352,7 +352,7 @@ def test_without_terminal_or_yes_nothing_starts(photos, workdir):
     done = run_script(SCRIPT, "--source", source, "--model", "piqe", cwd=workdir)
     assert done.returncode == 2
     assert "--yes" in done.stderr
-    assert not (source / "quality_sorted").exists()
+    assert not (workdir / "sorted" / "quality").exists()
     bad = run_script(SCRIPT, "--source", source, "--thresholds", "50,65", "--yes", cwd=workdir)
     assert bad.returncode == 2 and "--thresholds" in bad.stderr
 
@@ -494,7 +494,9 @@ def test_thresholds_that_leave_a_category_empty_say_so_and_suggest_better(photos
     assert suggested, text
     again = run_script(SCRIPT, *args, "--thresholds", ",".join(suggested.groups()), cwd=workdir)
     assert again.returncode == 0, again.stderr + again.stdout
-    cats = [r["category"] for r in db_rows(source / "quality_sorted").values() if r["category"]]
+    cats = [
+        r["category"] for r in db_rows(workdir / "sorted" / "quality").values() if r["category"]
+    ]
     assert set(cats) == set(CATS) and len(cats) == 7
     assert "No image is" not in again.stdout
 
@@ -534,5 +536,5 @@ def test_on_a_terminal_missing_weights_are_said_at_once_and_piqe_offered(workdir
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    rows = db_rows(source / "quality_sorted")
+    rows = db_rows(workdir / "sorted" / "quality")
     assert len(rows) == 3 and {r["models"] for r in rows.values()} == {"piqe"}

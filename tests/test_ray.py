@@ -261,7 +261,7 @@ def test_quality_on_ray_equals_local_even_with_an_actor_killed(workdir):
     copy = workdir / "photos_local"
     shutil.copytree(source, copy)
     local = run_script("7_3_separate_images_by_quality.py", "--source", copy, "--model", "piqe",
-                       "--yes", cwd=workdir)  # fmt: skip
+                       "--dest", copy / "quality_sorted", "--yes", cwd=workdir)  # fmt: skip
     assert local.returncode == 0, local.stdout + local.stderr
 
     report = source / "quality_sorted" / "quality_report.db"
@@ -279,7 +279,7 @@ def test_quality_on_ray_equals_local_even_with_an_actor_killed(workdir):
             return 0
 
     proc = start("7_3_separate_images_by_quality.py", "--source", source, "--model", "piqe",
-                 "--yes", "--executor", "ray", cwd=workdir)  # fmt: skip
+                 "--dest", source / "quality_sorted", "--yes", "--executor", "ray", cwd=workdir)  # fmt: skip
     try:
         poll("rows in quality_report.db", rows_in, proc)
         actors = poll("a scoring actor", lambda: ray_workers(proc, "MapWorker"), proc)

@@ -97,7 +97,7 @@ def _relative_link(target: Path, report_dir: Path) -> str:
 
 def collect(db_path: Path, photos: Path, report_dir: Path) -> list[Query]:
     """Read the pipeline DB: every query photo with its results, downloads and sites."""
-    from .domains import Classifier  # step 3's table of services (VK, OK.ru ...)
+    from .hosts import Classifier
 
     classifier = Classifier()
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)

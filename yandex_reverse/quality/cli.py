@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import console, i18n, raycluster
-from ..cli import Yes, add_common_flags
+from ..cli import Yes, add_common_flags, sorted_dest
 from ..console import UsageError, one_line
 from ..i18n import N_, _, ngettext
 from ..imageinfo import iter_images
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", type=Path, help=_("folder with the images (asked if missing)"))
     parser.add_argument(
-        "--dest", type=Path, help=_("output folder (default: <source>/quality_sorted)")
+        "--dest", type=Path, help=_("output folder (default: sorted/quality in the working folder)")
     )
     parser.add_argument(
         "--model",
@@ -254,7 +254,7 @@ def resolve_options(args: argparse.Namespace) -> Options:
         flag="--mode",
         default="copy",
     )
-    default_dest = source / "quality_sorted"
+    default_dest = sorted_dest("quality")
     if args.dest:
         dest = args.dest.expanduser().absolute()
     else:
