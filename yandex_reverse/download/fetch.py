@@ -202,6 +202,13 @@ class HostState:
     users: int = 0
 
 
+# host -> (valid until, why it is refused or None), for the whole process: a Ray
+# worker runs one Fetcher per shard, and each shard must not resolve its hosts
+# again (a lookup can block a thread for seconds where DNS does not answer).
+VERDICT_TTL = 300.0
+_VERDICTS: dict[str, tuple[float, str | None]] = {}
+
+
 class Fetcher:
     """One HTTP session with global and per-host limits, pauses and retries.
 
@@ -336,10 +343,15 @@ class Fetcher:
         if self.opts.allow_private:
             return None
         host = url.host or ""
+        remembered = _VERDICTS.get(host)
+        if remembered is not None and remembered[0] > time.monotonic():
+            return remembered[1]
         known = self.verdicts.get(host)
         if known is None:  # one check per host, shared by every URL that waits for it
             known = self.verdicts[host] = asyncio.ensure_future(self._verdict(host, url.port))
-        return await asyncio.shield(known)
+        verdict = await asyncio.shield(known)
+        _VERDICTS[host] = (time.monotonic() + VERDICT_TTL, verdict)
+        return verdict
 
     async def _verdict(self, host: str, port: int | None) -> str | None:
         verdict = host_refusal(host)
