@@ -79,6 +79,36 @@ def progress(workdir: Path) -> dict:
     return json.loads((workdir / "XHR" / ".progress.json").read_text(encoding="utf-8"))["images"]
 
 
+def start_crawl_until_a_photo_is_done(
+    workdir: Path, server: ServerThread, *, capture: bool
+) -> subprocess.Popen[str]:
+    """Step 1 in its own process group, one tab, returned once a photo is done.
+
+    Fails (after killing the group) when no photo is done within 60 s.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / SCRIPT), "--base-url", server.base_url, "--max-tabs", "1"],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        path = workdir / "XHR" / ".progress.json"
+        if path.exists() and any(r["status"] == "done" for r in progress(workdir).values()):
+            return proc
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    pytest.fail("the first photo never finished")
+
+
 def records_of(workdir: Path, name: str) -> dict:
     return progress(workdir)[name]
 
@@ -238,28 +268,9 @@ def test_stops_after_captchas_in_a_row(workdir: Path, server: ServerThread, fake
 def test_killed_run_resumes(workdir: Path, server: ServerThread, fake: FakeYandex):
     queries = photos(workdir, ["k1.jpg", "k2.jpg", "k3.jpg", "k4.jpg"])
     fake.configure(latency=0.15)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / SCRIPT), "--base-url", server.base_url, "--max-tabs", "1"],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            path = workdir / "XHR" / ".progress.json"
-            if path.exists() and any(r["status"] == "done" for r in progress(workdir).values()):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the first photo never finished")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the script, its driver and the browser
-        proc.wait(10)
+    proc = start_crawl_until_a_photo_is_done(workdir, server, capture=False)
+    os.killpg(proc.pid, signal.SIGKILL)  # the script, its driver and the browser
+    proc.wait(10)
     first = {name for name, r in progress(workdir).items() if r["status"] == "done"}
     assert 1 <= len(first) < 4
 
@@ -591,26 +602,8 @@ def test_ctrl_c_prints_a_clean_summary_and_a_rerun_finishes(
 ):
     queries = photos(workdir, ["c1.jpg", "c2.jpg", "c3.jpg", "c4.jpg"])
     fake.configure(latency=0.15)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / SCRIPT), "--base-url", server.base_url, "--max-tabs", "1"],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = start_crawl_until_a_photo_is_done(workdir, server, capture=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            path = workdir / "XHR" / ".progress.json"
-            if path.exists() and any(r["status"] == "done" for r in progress(workdir).values()):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the first photo never finished")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         out, err = proc.communicate(timeout=60)
     finally:
