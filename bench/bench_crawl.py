@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
@@ -41,6 +42,58 @@ def make_photos(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
     for i in range(count):
         Image.new("RGB", (64 + i, 48), (i * 7 % 255, 90, 160)).save(folder / f"q{i:03d}.jpg")
+
+
+CPU: dict[tuple[int, str, int], dict[str, float]] = {}
+
+
+class CpuSampler:
+    """CPU seconds (user + system) of a process and its descendants, by kind of process.
+
+    Sampled every 0.2 s with psutil; the last moments of a process that exits
+    between two samples are missed (the browser's processes live the whole run).
+    """
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, tuple[str, float]] = {}
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                kind = self.kind(proc)
+            except psutil.Error:
+                continue
+            self.seen[proc.pid] = (kind, times.user + times.system)
+
+    @staticmethod
+    def kind(proc: object) -> str:
+        name = proc.name().lower()  # type: ignore[attr-defined]
+        cmdline = " ".join(proc.cmdline())  # type: ignore[attr-defined]
+        if "run-driver" in cmdline or name == "node":
+            return "driver"
+        if "python" in name:
+            return "python"
+        if "--type=renderer" in cmdline:
+            return "renderer"
+        if "--type=" in cmdline:
+            return "browser-other"
+        return "browser"
+
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for kind, seconds in self.seen.values():
+            out[kind] += seconds
+        return dict(out)
 
 
 def run(
@@ -64,10 +117,23 @@ def run(
     cmd += ["--base-url", server.base_url, "--max-tabs", str(tabs)]
     cmd += ["--quiet-period", str(args.quiet_period)]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cpu = CpuSampler(proc.pid)
+    while proc.poll() is None:
+        cpu.sample()
+        time.sleep(0.2)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"crawl failed:\n{done.stdout}\n{done.stderr}")
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"crawl failed:\n{stdout}\n{stderr}")
+    CPU[(tabs, end, photos)] = cpu.by_kind()
     finished = sum(1 for s in fake.served.values() if s.end)
     assert finished == photos, (finished, photos)
     quiet = args.quiet_period * photos if end == "quiet" else 0.0
@@ -88,6 +154,16 @@ def main() -> int:
                 photos = max(6, 3 * tabs)
                 t1, ideal1 = run(server, tabs, photos, end, args)
                 t2, ideal2 = run(server, tabs, 2 * photos, end, args)
+                cpu1, cpu2 = CPU[(tabs, end, photos)], CPU[(tabs, end, 2 * photos)]
+                per_photo = {
+                    k: (cpu2.get(k, 0.0) - cpu1.get(k, 0.0)) / photos for k in sorted(cpu2)
+                }
+                print(
+                    f"end {end}, --max-tabs {tabs}: CPU s/photo "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in per_photo.items())
+                    + f"; total {sum(per_photo.values()):.2f}",
+                    flush=True,
+                )
                 whole = 2 * photos / t2 * 60
                 ours = photos / (t2 - t1) * 60
                 ideal = photos / (ideal2 - ideal1) * 60

@@ -3,6 +3,7 @@ search in a shared or a fresh context, the cookie popup accepted wherever it sho
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ LAUNCH_ARGS = (
     "--mute-audio",
 )
 
-NewPage = Callable[[], Awaitable[tuple[Any, Callable[[], Awaitable[None]]]]]
+CLOSE_WAIT = 5.0  # seconds: closing a tab sent to a captcha mid-upload can hang in Chromium
 
 
 class BrowserSession:
@@ -115,3 +116,33 @@ class BrowserSession:
     async def accept_cookies(self, popup: Any) -> None:
         with contextlib.suppress(Exception):
             await popup.page.locator(self.opts.selectors["cookie_accept"]).first.click(timeout=2000)
+
+
+class Tab:
+    """One worker's page, kept from one search to the next: no new page (and renderer
+    process) per search. A search that fails or meets a captcha drops it; the next
+    search then gets a fresh one."""
+
+    def __init__(self, session: BrowserSession) -> None:
+        self.session = session
+        self._page: Any = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    async def page(self) -> Any:
+        if self._page is None or self._page.is_closed():
+            self._page, self._close = await self.session.new_page()
+        return self._page
+
+    async def clear(self) -> None:
+        """Leave the last search's document (its scripts may still start requests)."""
+        try:
+            await self._page.goto("about:blank")
+        except Exception:
+            await self.drop()
+
+    async def drop(self) -> None:
+        """Close the page (giving up after a few seconds: the browser closes it at the end)."""
+        close, self._page, self._close = self._close, None, None
+        if close is not None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(close(), min(CLOSE_WAIT, self.session.opts.timeout))

@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from .run import Crawler
 
 SNIPPET_CHARS = 5000  # as the original: the start of a bad body is kept
+DOM_CAPTCHA_EVERY = 0.5  # seconds between two looks for a captcha on the page in a polling loop
 
 # Scroll to the bottom (a step back every few looks, so scroll listeners fire
 # again) and say what the page offers: the error notice, a "more" button that
 # can be clicked, one that is disabled, or none. With ``click`` an enabled
-# button is clicked right here ('clicked'): one round trip instead of three.
-_LOOK_JS = """([more, err, tick, click]) => {
+# button is clicked right here ('clicked'): one round trip instead of three. A
+# captcha on the page answers 'captcha' (no separate look for it).
+_LOOK_JS = """([more, err, tick, click, captcha]) => {
+  try { if (document.querySelector(captcha)) return 'captcha'; } catch (e) {}
   const h = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
   if (tick % 4 === 3) window.scrollBy(0, -Math.min(400, h)); else window.scrollTo(0, h);
   const shown = x => x.getClientRects().length > 0 && getComputedStyle(x).visibility !== 'hidden';
@@ -65,6 +68,7 @@ class QueryJob:
         self.activity = asyncio.Event()
         self.uploads: list[dict[str, Any]] = []  # upload replies: {"status", "data"}
         self.uploading = False
+        self.captcha_looked = 0.0  # when the page was last looked at for a captcha
 
     # ---------------------------------------------- recognising traffic
 
@@ -171,9 +175,15 @@ class QueryJob:
 
     # ---------------------------------------------- small confirmed actions
 
-    async def check_captcha(self, page: Any) -> None:
+    async def check_captcha(self, page: Any, *, polling: bool = False) -> None:
+        """A captcha answer, URL or page raises CaptchaHit. ``polling``: a loop that
+        looks often; the page itself is then looked at every DOM_CAPTCHA_EVERY s."""
         if self.captcha or self.is_captcha_url(page.url):
             raise CaptchaHit(page.url)
+        now = time.monotonic()
+        if polling and now - self.captcha_looked < DOM_CAPTCHA_EVERY:
+            return
+        self.captcha_looked = now
         with contextlib.suppress(Exception):
             if await page.locator(self.sel["captcha"]).count():
                 raise CaptchaHit(page.url)
@@ -190,7 +200,7 @@ class QueryJob:
             attempt += 1
             look_until = min(deadline, time.monotonic() + window)
             while True:
-                await self.check_captcha(page)
+                await self.check_captcha(page, polling=True)
                 with contextlib.suppress(Exception):
                     seen = effect()
                     if inspect.isawaitable(seen):
@@ -245,12 +255,24 @@ class QueryJob:
 
     # ---------------------------------------------- the flow
 
+    def listeners(self) -> dict[str, Any]:
+        return {
+            "request": self.on_request,
+            "requestfinished": self.on_request_done,
+            "requestfailed": self.on_request_done,
+            "response": self.on_response,
+        }
+
+    def detach(self, page: Any) -> None:
+        """Stop following the page's traffic (the page may serve the next search)."""
+        for event, handler in self.listeners().items():
+            with contextlib.suppress(Exception):
+                page.remove_listener(event, handler)
+
     async def run(self, page: Any) -> str:
         """Search, open each tab asked for, save everything; return how the results ended."""
-        page.on("request", self.on_request)
-        page.on("requestfinished", self.on_request_done)
-        page.on("requestfailed", self.on_request_done)
-        page.on("response", self.on_response)
+        for event, handler in self.listeners().items():
+            page.on(event, handler)
         if self.query.url is not None:
             await self.open_url_search(page)
         else:
@@ -324,7 +346,7 @@ class QueryJob:
         error_at = 0.0
         deadline = time.monotonic() + self.opts.timeout
         while True:
-            await self.check_captcha(page)
+            await self.check_captcha(page, polling=True)
             if search in urlsplit(page.url).path:
                 break
             if any(reply["status"] == 413 for reply in self.uploads):
@@ -405,7 +427,7 @@ class QueryJob:
 
     async def load_all(self, page: Any) -> str:
         """Scroll and click "more" until a 404, the error notice, or a quiet period."""
-        args = [self.sel["more_button"], self.sel["error_end"]]
+        more, err, captcha = self.sel["more_button"], self.sel["error_end"], self.sel["captcha"]
         timeout = self.opts.timeout
         quiet = self.opts.quiet_period
         self.touch()
@@ -415,15 +437,20 @@ class QueryJob:
         script_click = True
         clicked_at = 0.0
         while True:
-            await self.check_captcha(page)
+            await self.check_captcha(page, polling=True)  # the answers and the URL; the page: below
             if self.end_404 and not self.in_flight:
                 return "404"
             now = time.monotonic()
             try:
-                look = await page.evaluate(_LOOK_JS, [*args, tick, script_click])
+                # after a 404 nothing more is clicked (a button left enabled would ask again)
+                click = script_click and not self.end_404
+                look = await page.evaluate(_LOOK_JS, [more, err, tick, click, captcha])
             except Exception:
                 await self.check_captcha(page)
                 look = "none"  # the page is navigating or busy: look again
+            if look == "captcha":
+                raise CaptchaHit(page.url)
+            self.captcha_looked = time.monotonic()
             tick += 1
             if look == "clicked":
                 clicked_at = clicked_at or now
@@ -442,7 +469,7 @@ class QueryJob:
             elif look in ("ready", "clicked"):
                 if now - self.last_activity > max(timeout, quiet):
                     return "quiet"  # a button that starts nothing: the network says it is over
-                if look == "ready":
+                if look == "ready" and not self.end_404:
                     with contextlib.suppress(Exception):
                         await self.click(page, self.sel["more_button"], tick)
             elif now - self.last_activity >= quiet:

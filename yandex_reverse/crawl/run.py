@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .. import console, i18n
 from ..console import esc
 from ..i18n import _
-from .browser_session import BrowserSession, NewPage
+from .browser_session import BrowserSession, Tab
 from .errors import CaptchaHit, Stopped, TooLarge, is_connect_error, log_failure
 from .gate import Gate
 from .job import QueryJob
@@ -55,7 +55,7 @@ class Crawler:
             )
         return True
 
-    async def process(self, query: Query, new_page: NewPage) -> Outcome:
+    async def process(self, query: Query, tab: Tab) -> Outcome:
         if query.path is not None:
             reason = await asyncio.to_thread(check_image, query.path)
             if reason:
@@ -78,9 +78,7 @@ class Crawler:
             attempts = 1 if self.opts.headless else 3
             for attempt in range(attempts):
                 try:
-                    outcome = await self.attempt(
-                        query, new_page, upload, last=attempt == attempts - 1
-                    )
+                    outcome = await self.attempt(query, tab, upload, last=attempt == attempts - 1)
                 except TooLarge:
                     if upload is not None or query.path is None:
                         reason = _("the upload refused the photo as too large, even re-encoded")
@@ -92,7 +90,7 @@ class Crawler:
                     upload = await asyncio.to_thread(
                         reencode_under, query.path, limit, self.opts.xhr_dir
                     )
-                    outcome = await self.attempt(query, new_page, upload, last=True)
+                    outcome = await self.attempt(query, tab, upload, last=True)
                 if outcome is not None:
                     return outcome
             raise AssertionError("unreachable")
@@ -101,12 +99,14 @@ class Crawler:
                 upload.unlink(missing_ok=True)
 
     async def attempt(
-        self, query: Query, new_page: NewPage, upload: Path | None, *, last: bool
+        self, query: Query, tab: Tab, upload: Path | None, *, last: bool
     ) -> Outcome | None:
         job = QueryJob(self, query, upload)
-        page, close = await asyncio.wait_for(new_page(), self.opts.timeout)
+        page = await asyncio.wait_for(tab.page(), self.opts.timeout)
+        keep = False
         try:
             end = await asyncio.wait_for(job.run(page), self.opts.tab_timeout)
+            keep = True
         except TooLarge:
             raise
         except CaptchaHit as exc:
@@ -133,10 +133,11 @@ class Crawler:
                 query.name, "failed", bad_files=job.bad_files, stage=job.stage, reason=reason
             )
         finally:
-            # Closing a tab that was sent to a captcha page mid-upload can hang in
-            # Chromium: give up after a few seconds (the browser closes it at the end).
-            with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(close(), min(5.0, self.opts.timeout))
+            job.detach(page)
+            if keep:
+                await tab.clear()
+            else:
+                await tab.drop()  # after a failure or a captcha, the next search gets a new page
         self.gate.ok()
         results = len(set().union(*job.pages.values())) if job.pages else 0
         out = Outcome(
@@ -176,8 +177,15 @@ class Crawler:
             return False
         return True
 
-    async def worker(self, queue: asyncio.Queue[Query], new_page: NewPage, done: Any) -> None:
+    async def worker(self, session: BrowserSession, queue: asyncio.Queue[Query], done: Any) -> None:
         """One tab: take queries one after another, pausing --delay between two."""
+        tab = Tab(session)
+        try:
+            await self.work(tab, queue, done)
+        finally:
+            await tab.drop()
+
+    async def work(self, tab: Tab, queue: asyncio.Queue[Query], done: Any) -> None:
         first = True
         while True:
             try:
@@ -199,7 +207,7 @@ class Crawler:
                 done(Outcome(query.name, "not started", reason=why))
                 continue
             try:
-                outcome = await self.process(query, new_page)
+                outcome = await self.process(query, tab)
             except Exception as exc:  # the tab itself broke: this query failed, the run goes on
                 log_failure(query.name, "open tab", exc)
                 reason = console.one_line(exc).split("Call log:")[0].strip()
@@ -224,7 +232,7 @@ class Crawler:
                     self.report(outcome)
 
                 tasks = [
-                    asyncio.ensure_future(self.worker(queue, session.new_page, done))
+                    asyncio.ensure_future(self.worker(session, queue, done))
                     for _tab in range(min(max(1, opts.max_tabs), len(todo)))
                 ]
 
