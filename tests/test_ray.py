@@ -183,7 +183,7 @@ def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_
         proc = start("5_Download_async.py", *args, cwd=workdir)
         try:
             poll("first request at the image web", lambda: sum(web.hits.values()), proc)
-            victims = poll("a Ray worker fetching", lambda: ray_workers(proc, "fetch_shard"), proc)
+            victims = poll("a Ray worker fetching", lambda: ray_workers(proc, "FetchWorker"), proc)
             for victim in victims:  # type: ignore[attr-defined]
                 victim.kill()  # every shard that has started is cut off
             finish(proc)
