@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import REPO, count_of, run_script
 from tests.test_downloader import build_db, images_on_disk, ledger, result, uid
 from tests.test_quality import _photo, db_rows, make_images
+from tests.xhr_factory import entity, write_xhr
 from yandex_reverse.fake_yandex.image_web import ImageWebServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -327,3 +328,39 @@ def test_quality_on_ray_missing_weights_end_with_the_local_one_line(workdir):
         lines[executor] = " ".join(done.stderr.split())
     assert "weights for musiq are missing" in lines["ray"]
     assert lines["ray"] == lines["local"]
+
+
+# ------------------------------------------------------------------ yandex-reverse run
+
+
+def test_run_passes_the_ray_flags_to_step_5(tmp_path):
+    """``yandex-reverse run --executor ray`` runs step 5 on Ray (step 7.3 takes the same
+    flags); a Ray flag without ``--executor ray`` is a usage error there too."""
+    tag = uid()
+    write_xhr(tmp_path / "XHR", "cat.jpg", 0, [
+        entity(f"{tag}r{i}", pos=i, previews=[], dups=[],
+               orig_url=f"http://sun9-{i % 2}.userapi.com/impg/{tag}r{i}.jpg?size=900x600")
+        for i in range(4)
+    ])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "yandex_reverse", "run", "--from", "import"]
+    wrong = subprocess.run([*command, "--gpus-per-worker", "1"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "--gpus-per-worker needs --executor ray" in wrong.stderr
+    with ImageWebServer() as web:
+        done = subprocess.run(
+            [*command, "--to", "download", "--executor", "ray"], cwd=tmp_path,
+            env={**env, "HTTP_PROXY": web.proxy_url}, capture_output=True, text=True,
+            timeout=WAIT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "yandex-reverse download --db yandex_images.db --out yandex_images --executor ray" in (
+        done.stdout
+    )
+    assert "Executor: Ray, embedded Ray on this machine" in done.stdout
+    db = sqlite3.connect(tmp_path / "yandex_images.db")
+    try:
+        assert db.execute("SELECT count(*) FROM downloads WHERE status = 'done'").fetchone() == (4,)
+    finally:
+        db.close()
