@@ -236,13 +236,13 @@ def test_download_driver_killed_9_then_rerun_on_ray_loses_nothing_stores_nothing
     (what is left is killed here); the same command again finishes the work once."""
     tag = uid()
     entities = [
-        result(f"{tag}d{i}", host=f"sun9-{i % 2}.userapi.com", query="&yr_delay=0.3")
+        result(f"{tag}d{i}", host=f"sun9-{i % 2}.userapi.com", query="&yr_delay=0.5")
         for i in range(30)
     ]
     db_path = build_db(workdir, entities)
     out = workdir / "yandex_images"
     with ImageWebServer() as web:
-        args = ("--proxy", web.proxy_url, "--per-host", "2", "--executor", "ray")
+        args = ("--proxy", web.proxy_url, "--per-host", "1", "--executor", "ray")
         proc = start("5_Download_async.py", *args, cwd=workdir)
         family: list[psutil.Process] = []
         try:
