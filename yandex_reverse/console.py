@@ -104,6 +104,11 @@ def answer_with_defaults(on: bool) -> None:
     _state["defaults"] = on
 
 
+def answering_with_defaults() -> bool:
+    """Whether ``--yes`` answers the questions (see :func:`answer_with_defaults`)."""
+    return bool(_state["defaults"])
+
+
 def set_verbosity(level: int) -> None:
     """``-q`` (below 0): only warnings and errors; ``-v`` (above 0): the log on the terminal too."""
     _state["verbosity"] = level

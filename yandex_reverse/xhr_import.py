@@ -64,6 +64,7 @@ from .console import (
 )
 from .fsutil import Locked, exclusive_lock
 from .i18n import _
+from .labels import shown
 from .serp import FormatError as BadFile  # a file that holds no results, one-line reason
 from .serp import find_entities
 from .urls import SIMPLE_URL, host_of, normalize_url
@@ -906,14 +907,15 @@ def report(stats: Stats, db_path: Path) -> None:
         lines.append((_("searches by URL"), stats.url_queries))
     print_summary(_("XHR import"), lines)
     if stats.reasons:
-        console.print(table(_("Reasons"), (_("reason"), _("count")), stats.reasons.most_common()))
+        reasons = [(shown(reason), n) for reason, n in stats.reasons.most_common()]
+        console.print(table(_("Reasons"), (_("reason"), _("count")), reasons))
     if stats.failures:
-        shown = stats.failures[:20]
-        console.print(table(_("Failed files"), (_("file"), _("reason")), shown, numeric_from=99))
-        if len(stats.failures) > len(shown):
+        first = [(name, shown(reason)) for name, reason in stats.failures[:20]]
+        console.print(table(_("Failed files"), (_("file"), _("reason")), first, numeric_from=99))
+        if len(stats.failures) > len(first):
             console.print(
                 _("... and {n} more (see the xhr_files table)").format(
-                    n=len(stats.failures) - len(shown)
+                    n=len(stats.failures) - len(first)
                 )
             )
     console.print(_("Database: {path}").format(path=esc(db_path)))
