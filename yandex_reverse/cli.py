@@ -72,7 +72,7 @@ def add_common_flags(
     parser: argparse.ArgumentParser,
     *,
     dry_run: str | None = None,
-    yes: str | None = None,
+    yes: str | bool | None = None,
     workers: str | None = None,
     recursive: str | None = None,
     log_file: Path | bool | None = False,
@@ -81,11 +81,14 @@ def add_common_flags(
 
     A flag whose help text is given is added (``log_file``: its default path,
     or ``None`` for "no log unless asked"; ``False`` leaves it out). ``--lang``,
-    ``-v``, ``-q`` and ``--version`` are always added.
+    ``-v``, ``-q`` and ``--version`` are always added. ``yes=True``: a step that asks
+    nothing still takes ``-y``, so that ``-y`` works on every step.
     """
     if dry_run is not None:
         parser.add_argument("--dry-run", action="store_true", help=dry_run)
-    if yes is not None:
+    if yes is True:
+        yes = _("accepted on every step; this one asks nothing")
+    if isinstance(yes, str):
         parser.add_argument("-y", "--yes", action=Yes, help=yes)
     if workers is not None:
         parser.add_argument("--workers", type=positive_int, default=None, metavar="N", help=workers)

@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("3_VK_Domain_Analyzer.log"),
         help=_("details and tracebacks (default: 3_VK_Domain_Analyzer.log)"),
     )
-    add_common_flags(parser)
+    add_common_flags(parser, yes=True)
     return parser
 
 

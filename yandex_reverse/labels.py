@@ -39,6 +39,10 @@ FIXED = frozenset(
         N_("truncated JSON"),
         N_("invalid JSON"),
         N_("not UTF-8"),
+        # sorting.py's placement statuses (7.x summaries)
+        N_("copied"),
+        N_("moved"),
+        N_("already"),
         # step 5: URLs that gave no usable image (download/)
         N_("not an image: HTML page"),
         N_("not an image: unrecognised content"),

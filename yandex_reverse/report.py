@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=DEFAULT_OUT,
         help=_("the HTML file to write (default: {path})").format(path=DEFAULT_OUT),
     )  # fmt: skip
-    add_common_flags(parser, log_file=None)
+    add_common_flags(parser, yes=True, log_file=None)
     return parser
 
 

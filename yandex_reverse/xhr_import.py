@@ -962,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
             n=BATCH_FILES
         ),
     )
-    add_common_flags(parser)
+    add_common_flags(parser, yes=True)
     return parser
 
 

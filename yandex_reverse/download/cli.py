@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _download(settings: Settings) -> None:
     leftovers = remove_temp_files(settings.out)
+    what = _("originals") if settings.what == "originals" else _("all variants")
     how = _("{what}, {n} at once, {per_host} per host").format(
-        what=settings.what, n=settings.concurrency, per_host=settings.per_host
+        what=what, n=settings.concurrency, per_host=settings.per_host
     )
     if settings.proxy:
         how += ", " + _("proxy {proxy}").format(proxy=settings.proxy)

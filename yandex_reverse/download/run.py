@@ -203,7 +203,9 @@ class Downloader:
     def _progress_info(self) -> str:
         elapsed = max(time.monotonic() - self.stats.started, 1e-9)
         errors = sum(self.stats.failed.values())
-        return f"{self.stats.received / elapsed / 1e6:,.1f} MB/s · {errors:,} errors"
+        return _("{mb} MB/s · errors: {n}").format(
+            mb=f"{self.stats.received / elapsed / 1e6:,.1f}", n=f"{errors:,}"
+        )
 
     def _tick(self, n: int, *, force: bool = False) -> None:
         """Advance the bar at most every 0.2 s: redrawing per file costs more than a file."""

@@ -20,6 +20,7 @@ from ..cli import Yes, add_common_flags, sorted_dest
 from ..console import UsageError, one_line
 from ..i18n import N_, _, ngettext
 from ..imageinfo import iter_images
+from ..labels import shown
 from .decode import Task
 from .metrics import PRETRAINED_ENV, weights_problem
 from .report import (
@@ -488,6 +489,8 @@ def print_report(
         ),
     ]
     for key, value in sorted(stats.placed.items()):
+        folder, status = key.split(": ", 1)  # "high: copied" (folder name: sorting's status)
+        key = f"{folder}: {shown(status)}"
         counts.append((_("would be {what}").format(what=key) if opts.dry_run else key, value))
     if stats.peak_gpu_bytes:
         counts.append((_("peak GPU memory"), console.human_bytes(stats.peak_gpu_bytes)))
