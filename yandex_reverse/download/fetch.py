@@ -230,9 +230,9 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         o = self.opts
-        timeout = aiohttp.ClientTimeout(
-            total=o.timeout, connect=min(10.0, o.timeout), sock_read=o.timeout
-        )
+        # total bounds the body read too (a drip ends as a timeout); no sock_read,
+        # which re-arms a timer on every packet and can never fire before total.
+        timeout = aiohttp.ClientTimeout(total=o.timeout, connect=min(10.0, o.timeout))
         connector = aiohttp.TCPConnector(limit=o.concurrency, limit_per_host=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
             connector=connector,
