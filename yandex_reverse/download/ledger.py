@@ -197,18 +197,29 @@ class LedgerWriter:
 
 
 class LedgerReader:
-    """Point queries on the ledger, from worker threads (one connection, one at a time)."""
+    """Point queries on the ledger from worker threads: one read-only connection per
+    thread, so the checking threads never queue behind one another's queries."""
 
     def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
         self.db_dir = db_path.resolve().parent
-        self.conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self.lock = threading.Lock()
-        self.conn.execute("PRAGMA busy_timeout = 10000")
-        self.conn.execute("PRAGMA query_only = ON")
+        self.local = threading.local()
+        self.lock = threading.Lock()  # guards the list of connections
+        self.conns: list[sqlite3.Connection] = []
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA query_only = ON")
+            with self.lock:
+                self.conns.append(conn)
+            self.local.conn = conn
+        return conn
 
     def query(self, sql: str, *params: object) -> tuple | None:
-        with self.lock:
-            return self.conn.execute(sql, params).fetchone()
+        return self._conn().execute(sql, params).fetchone()
 
     def stored_with_sha(self, sha: str) -> Stored | None:
         """A file this ledger records with that content, if it is still on disk."""
@@ -238,7 +249,10 @@ class LedgerReader:
         ]
 
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+            self.conns.clear()
 
 
 def ledger_totals(db_path: Path) -> tuple[dict[str, int], int]:
