@@ -182,6 +182,17 @@ class LedgerWriter:
         self, conn: sqlite3.Connection, batch: list[tuple[str, tuple, Outcome | None]]
     ) -> None:
         stamp = (now(),)
+        # A pending row followed by its URL's final row in the same batch changes
+        # nothing the transaction commits: it is left out.
+        later: set[str] = set()  # URLs with a final row further on
+        kept = []
+        for item in reversed(batch):
+            if item[0] == "final":
+                later.add(item[1][0])
+            elif item[1][0] in later:
+                continue
+            kept.append(item)
+        batch = kept[::-1]
         with dbmod.transaction(conn):
             run: list[tuple] = []
             kind = batch[0][0]
