@@ -412,6 +412,9 @@ BEHAVIOURS = {
     "Похожие by a link that redirects": {"similar_redirect": True},
     "no results at all": {"first_page": 0, "pages": 0},
     "client-side route ending in a 404": {"client_route": True, "end": "404"},
+    "a dropped connection, retried by the page": {"drop_pages": [1]},
+    "serpList/fetchByFilters with rpt=imageview": {"xhr_variant": "filters"},
+    "client-side route that keeps the URL": {"client_route": True, "route_keeps_url": True},
     "the new ones at once": {
         "scroll_container": True,
         "scroll_loads": 1,
@@ -765,12 +768,13 @@ def test_hostile_and_non_ascii_photo_names_are_saved_and_imported(
 
 
 @browser
-def test_captcha_redirect_of_a_results_request_marks_the_photo(
-    workdir: Path, server: ServerThread, fake: FakeYandex
+@pytest.mark.parametrize("style", ["redirect", "header"])
+def test_captcha_instead_of_a_results_page_marks_the_photo(
+    workdir: Path, server: ServerThread, fake: FakeYandex, style: str
 ):
     (photo,) = photos(workdir, ["redirected.jpg"])
     key = image_key(photo.read_bytes())
-    fake.configure(captcha_style="redirect", overrides={key: {"captcha_page": 2}})
+    fake.configure(captcha_style=style, overrides={key: {"captcha_page": 2}})
     run = crawl(workdir, server, "--captcha-backoff", "0.1")
     assert run.returncode == 1, run.stdout + run.stderr
     record = progress(workdir)["redirected.jpg"]

@@ -39,7 +39,8 @@ JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 CAPTCHA_HEADER = "x-yandex-captcha"
 END_MODES = ("button", "404", "error", "disabled", "empty")
 CAMERA_MARKUPS = ("aria", "desktop", "inline", "legacy")
-CAPTCHA_STYLES = ("json", "redirect")
+CAPTCHA_STYLES = ("json", "redirect", "header")
+XHR_VARIANTS = ("", "filters")
 UPLOAD_VARIANTS = ("A", "B", "B-url")
 COOKIE_MODES = ("", "load", "late", "again")
 STATIC = Path(__file__).with_name("static")
@@ -99,7 +100,11 @@ class Settings:
     slow_delay: float = 2.5
     fetch_batch: int = 1  # the page asks for this many pages at once; they answer last first
     duplicate_fetches: bool = False  # the page asks for every page twice
-    captcha_style: str = "json"  # captcha_page answers JSON + header, or redirects to /showcaptcha
+    captcha_style: str = "json"  # captcha_page answers JSON + header, redirects to /showcaptcha,
+    # or ("header") a 200 captcha HTML page flagged only by x-yandex-captcha
+    drop_pages: list[int] = field(default_factory=list)  # XHR pages whose connection drops once
+    xhr_variant: str = ""  # "filters": serpList/fetchByFilters, rpt=imageview, source-serpid, uinfo
+    route_keeps_url: bool = False  # with client_route, the tab switches without changing the URL
     lone_surrogates: bool = False  # some titles are cut in the middle of an emoji (\ud83d)
     repeat_results: int = 0  # each XHR page repeats this many results of the page before
     partial_keys: bool = False  # with keys_order, keys lists all but the last entity (+ a stale id)
@@ -125,6 +130,8 @@ class Settings:
             raise ValueError(f"camera_markup must be one of {CAMERA_MARKUPS}")
         if self.captcha_style not in CAPTCHA_STYLES:
             raise ValueError(f"captcha_style must be one of {CAPTCHA_STYLES}")
+        if self.xhr_variant not in XHR_VARIANTS:
+            raise ValueError(f"xhr_variant must be one of {XHR_VARIANTS}")
         if self.fetch_batch < 1:
             raise ValueError("fetch_batch must be at least 1")
 
@@ -483,6 +490,8 @@ class FakeYandex:
             "retries": 2,
             "scrollContainer": s.scroll_container,
             "moreMarkup": s.more_markup,
+            "filters": s.xhr_variant == "filters",
+            "keepUrl": s.route_keeps_url,
         }
 
     def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
@@ -582,7 +591,17 @@ class FakeYandex:
                 served.captchas += 1
             if s.captcha_style == "redirect":
                 raise web.HTTPFound(self.captcha_url(request))
+            if s.captcha_style == "header":
+                page = await self.captcha_page(request)
+                page.headers[CAPTCHA_HEADER] = "captcha"
+                return page
             return self.captcha_answer(request)
+        if page in s.drop_pages and (key, -page - 1) not in self.retried:
+            with self.lock:
+                self.retried.add((key, -page - 1))
+            if request.transport is not None:
+                request.transport.close()  # the connection drops: no answer at all
+            return web.Response(status=503)
         if page in s.retry_pages and (key, page) not in self.retried:
             with self.lock:
                 self.retried.add((key, page))

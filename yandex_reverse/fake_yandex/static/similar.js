@@ -57,15 +57,22 @@
   const sleep = ms => new Promise(r => setTimeout(r, ms));
   function query(p) {
     const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
-                          {block: {block: ADAPTER}, params: {type: 'ImagesApp', ajaxKey: 'serpList/fetch'}, version: 2}],
+                          {block: {block: ADAPTER}, params: {type: 'ImagesApp', ajaxKey: S.filters ? 'serpList/fetchByFilters' : 'serpList/fetch'}, version: 2}],
                  metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
-    return 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + p + '&rpt=imagelike&cbir_id=' +
-           encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + '&serpid=' + S.serpid;
+    const rest = S.filters ? '&rpt=imageview&cbir_page=similar&serpListType=horizontal&source-serpid=' + S.serpid + '&uinfo=sw-1280-sh-800-ww-1280-wh-720'
+                           : '&rpt=imagelike&serpid=' + S.serpid;
+    return 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + p + '&cbir_id=' +
+           encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + rest;
   }
   async function one(p) {
     let r;
     for (let tries = 0; ; tries++) {
-      r = await fetch('/images/search?' + query(p), {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
+      try {
+        r = await fetch('/images/search?' + query(p), {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
+      } catch (e) {  // the connection dropped
+        if (tries < (S.retries || 0)) { await sleep(300); continue; }
+        return {p, error: true};
+      }
       if (r.status >= 500 && tries < (S.retries || 0)) { await sleep(300); continue; }
       break;
     }
@@ -129,7 +136,7 @@
   tab.addEventListener('click', (ev) => {
     ev.preventDefault();
     if (list) return;
-    history.pushState({}, '', tab.getAttribute('href'));
+    if (!S.keepUrl) history.pushState({}, '', tab.getAttribute('href'));
     document.querySelectorAll('.CbirNavigation-TabsItem_active').forEach(a => a.classList.remove('CbirNavigation-TabsItem_active'));
     tab.classList.add('CbirNavigation-TabsItem_active');
     const main = document.createElement('div');
