@@ -108,6 +108,7 @@ class Settings:
     lone_surrogates: bool = False  # some titles are cut in the middle of an emoji (\ud83d)
     repeat_results: int = 0  # each XHR page repeats this many results of the page before
     partial_keys: bool = False  # with keys_order, keys lists all but the last entity (+ a stale id)
+    xhr_content_type: str = JSON_HEADERS["Content-Type"]  # what the XHR answers say they are
     similar_redirect: bool = (
         False  # the "Похожие" link is a short URL redirecting (302) to the grid
     )
@@ -643,7 +644,7 @@ class FakeYandex:
         with self.lock:
             served.pages[page] = [e["id"] for e in entities]
             served.bodies[page] = text
-        return web.Response(text=text, headers=JSON_HEADERS)
+        return web.Response(text=text, headers={"Content-Type": s.xhr_content_type})
 
     # ------------------------------------------------------------- control
 
