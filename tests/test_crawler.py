@@ -425,7 +425,7 @@ BEHAVIOURS = {
         "scroll_container": True,
         "scroll_loads": 1,
         "first_page": 40,
-        "pages": 4,
+        "pages": 3,  # asked two at a time: (1, 2), (3, 4), and 4 is the empty end
         "fetch_batch": 2,
         "duplicate_fetches": True,
         "retry_pages": [3],
