@@ -4,7 +4,7 @@
 import sys
 
 from yandex_reverse.console import run_main
-from yandex_reverse.crawler import main
+from yandex_reverse.crawl.cli import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -201,7 +201,7 @@ class Command(NamedTuple):  # not a dataclass: ``dataclasses`` costs every step 
 
 
 COMMANDS = (
-    Command("crawl", ("1",), "yandex_reverse.crawler:main", N_("step 1: reverse search, save XHR/")),
+    Command("crawl", ("1",), "yandex_reverse.crawl.cli:main", N_("step 1: reverse search, save XHR/")),
     Command("import", ("2",), "yandex_reverse.xhr_import:main", N_("step 2: XHR/ → yandex_images.db")),
     Command("domains", ("3",), "yandex_reverse.domains:main", N_("step 3: domains, VK share, vk_images.db")),
     Command("cleanup", ("4",), "yandex_reverse.cleanup:main", N_("step 4: clean the database")),

@@ -1,0 +1,117 @@
+"""The run's browser: launched once (Chromium flags, proxy, persistent profile), a page per
+search in a shared or a fresh context, the cookie popup accepted wherever it shows."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import console
+from ..browser import BrowserNotFound, find_browser
+from ..console import StepFailed
+from ..i18n import _
+from .settings import Options
+
+LAUNCH_ARGS = (
+    "--disable-blink-features=AutomationControlled",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--mute-audio",
+)
+
+NewPage = Callable[[], Awaitable[tuple[Any, Callable[[], Awaitable[None]]]]]
+
+
+class BrowserSession:
+    """``async with BrowserSession(opts) as session``: ``await session.new_page()`` gives a
+    page and the coroutine that closes it; the browser closes when the block ends."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.browser: Any = None
+        self.shared: Any = None  # one context for every page (headless-shell, a profile)
+        self.context_args: dict[str, Any] = {
+            "locale": "ru-RU",
+            "viewport": {"width": 1366, "height": 900},
+        }
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> BrowserSession:
+        from playwright.async_api import async_playwright
+
+        opts = self.opts
+        try:
+            executable = find_browser(opts.browser, headless=opts.headless)
+        except BrowserNotFound as exc:
+            raise StepFailed(str(exc)) from exc
+        args = list(LAUNCH_ARGS)
+        if opts.headless:
+            args.append("--blink-settings=imagesEnabled=false")  # thumbnails are not needed
+        # Full Chromium stalls tabs that share a context; headless-shell does not.
+        separate = opts.profile is None and (
+            not opts.headless
+            or (executable is not None and "headless" not in executable.name.lower())
+        )
+        launch: dict[str, Any] = {
+            "executable_path": str(executable) if executable else None,
+            "headless": opts.headless,
+            "args": args,
+            "handle_sigint": False,  # Ctrl-C is ours: a clean summary, then the browser closes
+        }
+        if opts.proxy:
+            launch["proxy"] = {"server": opts.proxy}
+        pw = await self._stack.enter_async_context(async_playwright())
+        try:
+            if opts.profile is not None:
+                self.shared = await pw.chromium.launch_persistent_context(
+                    str(opts.profile), **launch, **self.context_args
+                )
+            else:
+                self.browser = await pw.chromium.launch(**launch)
+                self.context_args["user_agent"] = (
+                    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                    f"Chrome/{self.browser.version} Safari/537.36"
+                )
+                if not separate:
+                    self.shared = await self.browser.new_context(**self.context_args)
+        except Exception as exc:
+            await self.close()
+            hint = ""
+            if not opts.headless and not os.environ.get("DISPLAY"):
+                hint = " " + _(
+                    "(--headed needs a display: run under xvfb-run or a desktop session)"
+                )
+            reason = console.one_line(exc).split("Call log:")[0].split("Browser logs:")[0]
+            raise StepFailed(
+                _("cannot start the browser: {reason}").format(reason=reason.strip()) + hint
+            ) from exc
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.browser is not None:
+                await self.browser.close()
+            elif self.shared is not None:
+                await self.shared.close()
+        await self._stack.aclose()
+
+    async def new_page(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        context = self.shared or await self.browser.new_context(**self.context_args)
+        page = await context.new_page()
+        page.set_default_timeout(self.opts.timeout * 1000)
+        await page.add_locator_handler(
+            page.locator(self.opts.selectors["cookie_popup"]).first, self.accept_cookies
+        )
+        return page, (page.close if self.shared else context.close)
+
+    async def accept_cookies(self, popup: Any) -> None:
+        with contextlib.suppress(Exception):
+            await popup.page.locator(self.opts.selectors["cookie_accept"]).first.click(timeout=2000)

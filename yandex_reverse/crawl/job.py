@@ -1,0 +1,456 @@
+"""One search in one tab: upload the photo (or open the URL search), open the tabs, save
+every page, and decide from the network where the results end (``load_all``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from .. import serp
+from ..fsutil import atomic_write_text
+from ..i18n import _
+from .errors import CaptchaHit, StageError, TooLarge, log_failure
+
+if TYPE_CHECKING:
+    from .queries import Query
+    from .run import Crawler
+
+SNIPPET_CHARS = 5000  # as the original: the start of a bad body is kept
+
+# Scroll to the bottom (a step back every few looks, so scroll listeners fire
+# again) and say what the page offers: the error notice, a "more" button that
+# can be clicked, one that is disabled, or none. With ``click`` an enabled
+# button is clicked right here ('clicked'): one round trip instead of three.
+_LOOK_JS = """([more, err, tick, click]) => {
+  const h = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
+  if (tick % 4 === 3) window.scrollBy(0, -Math.min(400, h)); else window.scrollTo(0, h);
+  const shown = x => x.getClientRects().length > 0 && getComputedStyle(x).visibility !== 'hidden';
+  if ([...document.querySelectorAll(err)].some(shown)) return 'error';
+  const b = [...document.querySelectorAll(more)].find(shown);
+  if (!b) return 'none';
+  if (b.disabled || b.getAttribute('aria-disabled') === 'true') return 'disabled';
+  if (click) { b.click(); return 'clicked'; }
+  return 'ready';
+}"""
+_STATES_JS = "els => els.map(e => e.getAttribute('data-state'))"
+
+
+class QueryJob:
+    """The flow for one query in one tab; responses are read as they come."""
+
+    def __init__(self, crawler: Crawler, query: Query, upload: Path | None = None) -> None:
+        self.crawler = crawler
+        self.opts = crawler.opts
+        self.sel = crawler.opts.selectors
+        self.query = query
+        self.name = query.name
+        self.upload = upload or query.path
+        self.stage = "start"
+        self.pages: dict[int, set[str]] = {}
+        self.sites: int | None = None
+        self.bad_files = 0
+        self.fetches = 0
+        self.end_404 = False
+        self.captcha = False
+        self.tasks: list[asyncio.Task[None]] = []
+        # the network, as the tab sees it
+        self.in_flight: dict[Any, float] = {}
+        self.last_activity = time.monotonic()
+        self.activity = asyncio.Event()
+        self.uploads: list[dict[str, Any]] = []  # upload replies: {"status", "data"}
+        self.uploading = False
+
+    # ---------------------------------------------- recognising traffic
+
+    def is_fetch(self, url: str) -> bool:
+        parts = urlsplit(url)
+        if self.sel["xhr_path"] not in parts.path or self.sel["xhr_format"] not in parts.query:
+            return False
+        key = self.sel["xhr_key"]
+        return quote(key, safe="") in parts.query or key in unquote(parts.query)
+
+    def is_captcha_url(self, url: str) -> bool:
+        return urlsplit(url).path.startswith(self.sel["captcha_path"])
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+        self.activity.set()
+
+    def on_request(self, request: Any) -> None:
+        if self.is_fetch(request.url):
+            self.in_flight[request] = time.monotonic()
+            self.touch()
+
+    def on_request_done(self, request: Any) -> None:
+        if self.in_flight.pop(request, None) is not None:
+            self.touch()
+
+    def on_response(self, response: Any) -> None:
+        if self.is_captcha_url(response.url):
+            self.captcha = True
+        with contextlib.suppress(Exception):
+            if self.sel["captcha_header"].lower() in response.headers:
+                self.captcha = True
+        if self.is_fetch(response.url):
+            self.fetches += 1
+            self.tasks.append(asyncio.ensure_future(self.capture(response)))
+        elif self.uploading and response.request.method == "POST":
+            reply = {"status": response.status, "data": None}
+            self.uploads.append(reply)  # the status now: the page may show its error first
+            self.tasks.append(asyncio.ensure_future(self.read_upload(response, reply)))
+
+    async def read_upload(self, response: Any, reply: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            reply["data"] = json.loads(await response.body())
+        if serp.is_captcha(reply["data"]):
+            self.captcha = True
+
+    async def capture(self, response: Any) -> None:
+        """Save one serpList/fetch answer (read now: after navigation it is gone)."""
+        query = parse_qs(urlsplit(response.url).query)
+        try:
+            page = int(query["p"][0])
+        except (KeyError, ValueError):
+            page = 900 + self.fetches
+        stem = serp.saved_name(self.name, page).removesuffix(".json")
+        status = response.status
+        if status == 404:  # a 404 (empty body) is the normal end of the results
+            self.end_404 = True
+            self.touch()
+            return
+        try:
+            body = await response.body()
+        except Exception as exc:
+            self.bad_files += 1
+            log_failure(self.name, f"read XHR p={page}", exc)
+            return
+        ctype = response.headers.get("content-type", "")
+        xhr_dir = self.opts.xhr_dir
+        if not 200 <= status < 300:
+            log_failure(self.name, f"XHR p={page}", f"HTTP {status} from {response.url}")
+            return
+        if not body.strip():
+            self.bad_files += 1
+            log_failure(self.name, f"XHR p={page}", f"empty body from {response.url}")
+            return
+        text = body.decode("utf-8", errors="replace")
+        if "json" not in ctype.lower():
+            self.bad_files += 1
+            note = f"URL: {response.url}\nStatus: {status}\nContent-Type: {ctype}\n\n{text[:SNIPPET_CHARS]}"
+            atomic_write_text(xhr_dir / f"{stem}_NOT_JSON.txt", note)
+            log_failure(self.name, f"XHR p={page}", f"not JSON ({ctype or 'no content type'})")
+            return
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            self.bad_files += 1
+            atomic_write_text(xhr_dir / f"{stem}_CORRUPT_JSON.txt", text[:SNIPPET_CHARS])
+            log_failure(self.name, f"XHR p={page}", exc)
+            return
+        if serp.is_captcha(data):
+            self.captcha = True
+            return
+        self.save(page, data)
+
+    def save(self, page: int, data: Any, kind: str = serp.KIND_RESULTS) -> None:
+        path = self.opts.xhr_dir / serp.saved_name(self.name, page, kind)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
+        if kind == serp.KIND_SITES:
+            self.sites = len(serp.sites_of(data) or [])
+            return
+        try:
+            self.pages[page] = set(serp.find_entities(data))
+        except serp.FormatError:
+            self.pages[page] = set()
+
+    # ---------------------------------------------- small confirmed actions
+
+    async def check_captcha(self, page: Any) -> None:
+        if self.captcha or self.is_captcha_url(page.url):
+            raise CaptchaHit(page.url)
+        with contextlib.suppress(Exception):
+            if await page.locator(self.sel["captcha"]).count():
+                raise CaptchaHit(page.url)
+
+    async def until(self, page: Any, effect: Any, what: str, *, act: Any = None) -> None:
+        """Do ``act`` until ``effect()`` holds, looking ever longer; fail after --timeout."""
+        deadline = time.monotonic() + self.opts.timeout
+        window = 0.5
+        attempt = 0
+        while True:
+            if act is not None:
+                with contextlib.suppress(Exception):
+                    await act(attempt)
+            attempt += 1
+            look_until = min(deadline, time.monotonic() + window)
+            while True:
+                await self.check_captcha(page)
+                with contextlib.suppress(Exception):
+                    seen = effect()
+                    if inspect.isawaitable(seen):
+                        seen = await seen
+                    if seen:
+                        return
+                if time.monotonic() >= look_until:
+                    break
+                await asyncio.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise StageError(
+                    _("{what}: nothing happened in {seconds} s").format(
+                        what=what, seconds=f"{self.opts.timeout:g}"
+                    )
+                )
+            window = min(window * 2, 4.0)
+
+    async def visible(self, page: Any, selector: str) -> bool:
+        loc = page.locator(selector)
+        for i in range(await loc.count()):
+            if await loc.nth(i).is_visible():
+                return True
+        return False
+
+    async def click(self, page: Any, selector: str, attempt: int) -> None:
+        """Click the first visible match; every third try a mousedown (some buttons want it)."""
+        loc = page.locator(selector)
+        target = loc.first
+        for i in range(await loc.count()):
+            if await loc.nth(i).is_visible():
+                target = loc.nth(i)
+                break
+        if attempt % 3 == 2:
+            await target.dispatch_event("mousedown")
+        await target.click(timeout=min(5000, self.opts.timeout * 1000))
+
+    async def states(self, page: Any) -> list[Any]:
+        """Every ``data-state`` of the page, parsed (a broken one is kept as a bad file)."""
+        out = []
+        raws = await page.locator(self.sel["data_state"]).evaluate_all(_STATES_JS)
+        for raw in raws:
+            try:
+                out.append(json.loads(raw or ""))
+            except ValueError as exc:
+                self.bad_files += 1
+                atomic_write_text(
+                    self.opts.xhr_dir / f"{self.name}_xhr_000_CORRUPT_JSON.txt",
+                    (raw or "")[:SNIPPET_CHARS],
+                )
+                log_failure(self.name, self.stage, exc)
+        return out
+
+    # ---------------------------------------------- the flow
+
+    async def run(self, page: Any) -> str:
+        """Search, open each tab asked for, save everything; return how the results ended."""
+        page.on("request", self.on_request)
+        page.on("requestfinished", self.on_request_done)
+        page.on("requestfailed", self.on_request_done)
+        page.on("response", self.on_response)
+        if self.query.url is not None:
+            await self.open_url_search(page)
+        else:
+            await self.upload_photo(page)
+        result_url = page.url
+        end = ""
+        for index, tab in enumerate(self.opts.tabs):
+            if index:
+                self.stage = "back to the result page"
+                await page.goto(result_url, wait_until="domcontentloaded")
+                await self.check_captcha(page)
+            if tab == "sites":
+                await self.open_sites(page)
+            else:
+                end = await self.open_similar(page)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.check_captcha(page)
+        return end
+
+    async def open_start(self, page: Any) -> None:
+        self.stage = "open start page"
+        await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
+        self.crawler.gate.connected = True
+        await self.check_captcha(page)
+        marker = self.sel["under_construction_text"]
+        if marker and await page.get_by_text(marker).count():
+            if not self.crawler.switch_host():
+                raise StageError(
+                    _(
+                        "the start page says it {marker}; pass another --base-url "
+                        "(https://yandex.ru/images/ works)"
+                    ).format(marker=marker)
+                )
+            await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
+            await self.check_captcha(page)
+
+    async def open_url_search(self, page: Any) -> None:
+        """Search by image URL: ``GET /images/search?url=…&rpt=imageview``."""
+        await self.open_start(page)
+        self.stage = "search by URL"
+        parts = urlsplit(self.crawler.base_url)
+        target = urlunsplit(
+            (
+                parts.scheme,
+                parts.netloc,
+                self.sel["search_path"],
+                urlencode({"url": self.query.url, "rpt": "imageview"}),
+                "",
+            )
+        )
+        await page.goto(target, wait_until="domcontentloaded")
+        await self.check_captcha(page)
+
+    async def upload_photo(self, page: Any) -> None:
+        sel = self.sel
+        await self.open_start(page)
+
+        self.stage = "open upload panel"
+        await self.until(
+            page,
+            lambda: self.visible(page, sel["upload_panel"]),
+            _("the camera button did not open the upload panel"),
+            act=lambda n: self.click(page, sel["camera_button"], n),
+        )
+
+        self.stage = "upload"
+        self.uploading = True
+        await page.locator(sel["file_input"]).first.set_input_files(self.upload)
+        search = sel["search_path"]
+        reply_at: float | None = None
+        error_at = 0.0
+        deadline = time.monotonic() + self.opts.timeout
+        while True:
+            await self.check_captcha(page)
+            if search in urlsplit(page.url).path:
+                break
+            if any(reply["status"] == 413 for reply in self.uploads):
+                raise TooLarge
+            if await page.locator(sel["upload_error"]).count():  # an icon: may have no size
+                error_at = error_at or time.monotonic()
+                if not self.uploads and time.monotonic() - error_at < 2.0:
+                    await asyncio.sleep(0.1)  # the answer's status may reach us after the page
+                    continue
+                if any(reply["status"] == 413 for reply in self.uploads):
+                    raise TooLarge  # (it may have come while we looked at the page)
+                text = ""
+                with contextlib.suppress(Exception):
+                    text = await page.locator(sel["upload_error"]).first.locator("..").inner_text()
+                detail = f": {text.strip()}" if text.strip() else ""
+                raise StageError(_("Yandex refused the upload{detail}").format(detail=detail))
+            replies = [serp.upload_reply(r["data"]) for r in self.uploads]
+            reply = next((r for r in replies if r), None)
+            if reply and reply_at is None:
+                reply_at = time.monotonic()
+            if reply and reply_at is not None and time.monotonic() - reply_at > 3.0:
+                # the page got an answer but did not move on: go where the reply says
+                await page.goto(self.search_url(reply), wait_until="domcontentloaded")
+                continue
+            if time.monotonic() >= deadline:
+                raise StageError(
+                    _("the upload got no answer in {seconds} s").format(
+                        seconds=f"{self.opts.timeout:g}"
+                    )
+                )
+            await asyncio.sleep(0.05)
+        self.uploading = False
+        await page.wait_for_load_state("domcontentloaded")
+        await self.check_captcha(page)
+
+    def search_url(self, reply: dict[str, str]) -> str:
+        parts = urlsplit(self.crawler.base_url)
+        query = urlencode({"cbir_id": reply["cbir_id"], "rpt": "imageview", "url": reply["url"]})
+        return urlunsplit((parts.scheme, parts.netloc, self.sel["search_path"], query, ""))
+
+    async def open_tab(self, page: Any, tab_selector: str, marker: str, what: str) -> None:
+        await self.until(
+            page,
+            lambda: marker in page.url,
+            what,
+            act=lambda n: self.click(page, tab_selector, n),
+        )
+        with contextlib.suppress(Exception):
+            await page.wait_for_load_state("domcontentloaded")
+        await self.check_captcha(page)
+
+    async def open_similar(self, page: Any) -> str:
+        sel = self.sel
+        self.stage = "open similar"
+        await self.open_tab(
+            page, sel["similar_tab"], sel["similar_url_marker"], _("the 'Похожие' tab did not open")
+        )
+        self.stage = "first page"
+        first = serp.results_state(await self.states(page))
+        self.stage = "load more"
+        end = await self.load_all(page)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if 0 not in self.pages and first is not None and serp.entities_of(serp.state_serp(first)):
+            self.save(0, first)  # the server-rendered first page (no p=0 XHR came)
+        return end
+
+    async def open_sites(self, page: Any) -> None:
+        sel = self.sel
+        self.stage = "open sites"
+        await self.open_tab(
+            page, sel["sites_tab"], sel["sites_url_marker"], _("the 'Сайты' tab did not open")
+        )
+        state = serp.sites_state(await self.states(page))
+        if state is not None and serp.sites_of(state):
+            self.save(0, state, serp.KIND_SITES)
+        else:
+            self.sites = 0
+
+    async def load_all(self, page: Any) -> str:
+        """Scroll and click "more" until a 404, the error notice, or a quiet period."""
+        args = [self.sel["more_button"], self.sel["error_end"]]
+        timeout = self.opts.timeout
+        quiet = self.opts.quiet_period
+        self.touch()
+        tick = 0
+        # A click from the page's own script is the fastest; if one ever starts
+        # nothing (a page that wants a real pointer), real clicks from then on.
+        script_click = True
+        clicked_at = 0.0
+        while True:
+            await self.check_captcha(page)
+            if self.end_404 and not self.in_flight:
+                return "404"
+            now = time.monotonic()
+            try:
+                look = await page.evaluate(_LOOK_JS, [*args, tick, script_click])
+            except Exception:
+                await self.check_captcha(page)
+                look = "none"  # the page is navigating or busy: look again
+            tick += 1
+            if look == "clicked":
+                clicked_at = clicked_at or now
+                if self.last_activity < clicked_at and now - clicked_at > 1.0:
+                    script_click = False  # it did nothing: click as a user does
+                look = "ready" if not script_click else look
+            if self.in_flight:
+                if now - min(self.in_flight.values()) > timeout:
+                    raise StageError(
+                        _("a results request got no answer in {seconds} s").format(
+                            seconds=f"{timeout:g}"
+                        )
+                    )
+            elif look == "error":
+                return "error"
+            elif look in ("ready", "clicked"):
+                if now - self.last_activity > max(timeout, quiet):
+                    return "quiet"  # a button that starts nothing: the network says it is over
+                if look == "ready":
+                    with contextlib.suppress(Exception):
+                        await self.click(page, self.sel["more_button"], tick)
+            elif now - self.last_activity >= quiet:
+                return "quiet"
+            if self.last_activity >= clicked_at:
+                clicked_at = 0.0
+            self.activity.clear()
+            # just after the network moved, the page reacts within a frame or two: look again soon
+            pause = 0.05 if time.monotonic() - self.last_activity < 1.0 else 0.25
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.activity.wait(), pause)
