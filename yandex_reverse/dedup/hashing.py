@@ -64,6 +64,8 @@ def identical_files(
             continue
         try:
             head = os.read(fd, HEAD)
+            while len(head) < min(size, HEAD) and (more := os.read(fd, HEAD - len(head))):
+                head += more  # a short read (not on local files): the block must be whole
         except OSError as exc:
             os.close(fd)
             errors.append((index, exc))
