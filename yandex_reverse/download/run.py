@@ -322,6 +322,10 @@ class Downloader:
                     task.cancel()
         return Stopped(exc)
 
+    def pool_size(self) -> int:
+        """Units in flight at once: enough to keep ``--concurrency`` requests busy."""
+        return max(4 * self.s.concurrency, 64)
+
     def _check_and_settle(self, body: Body, candidate: Candidate, image_id: str) -> Outcome:
         """In a worker thread: one hop for both halves (a remote worker splits them)."""
         return settle(self.store, check_body(body, self.opts), candidate, image_id)
@@ -333,7 +337,7 @@ class Downloader:
         reader = WorkReader(s.db_path, s.what, s.retry_failed)
         self.writer = LedgerWriter(s.db_path, self._on_flushed)
         tasks = self.tasks
-        slots = asyncio.Semaphore(max(4 * s.concurrency, 64))  # bounded pool of tasks
+        slots = asyncio.Semaphore(self.pool_size())  # bounded pool of tasks
         started = 0
         try:
             total = await asyncio.get_running_loop().run_in_executor(

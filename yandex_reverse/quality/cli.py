@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,15 +352,20 @@ def score_images(
             stats.errors += sum(1 for r in rows if r["error_message"])
             stats.scored += sum(1 for r in rows if not r["error_message"])
             advance(len(rows))
-    if scorer.halvings:
+    note_device(stats, scorer.halvings, scorer.peak_gpu_bytes())
+
+
+def note_device(stats: RunStats, halvings: int, peak_gpu_bytes: int) -> None:
+    """Batch halvings on out-of-memory (said now) and the peak GPU memory (in the summary)."""
+    if halvings:
         console.console.print(
             ngettext(
                 "Batch size halved {n} time on out-of-memory",
                 "Batch size halved {n} times on out-of-memory",
-                scorer.halvings,
-            ).format(n=scorer.halvings)
+                halvings,
+            ).format(n=halvings)
         )
-    stats.peak_gpu_bytes = scorer.peak_gpu_bytes()
+    stats.peak_gpu_bytes = peak_gpu_bytes
 
 
 def sort_files(
@@ -523,17 +529,22 @@ def main(argv: list[str] | None = None) -> int:
     conn = open_db(opts.dest / DB_NAME)
     try:
         stats = RunStats()
-        tasks = scan(opts)
-        stats.found = len(tasks)
-        stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
-        todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
-        stats.reused = len(tasks) - len(todo)
-        if todo and opts.executor == "ray":
-            from .ray_exec import score_on_ray
+        with ExitStack() as on_ray:
+            cluster = None
+            if opts.executor == "ray":  # Ray starts while the folder is listed
+                from .ray_exec import ray_session, score_on_ray
 
-            score_on_ray(todo, opts, conn, stats)
-        elif todo:
-            score_images(todo, opts, conn, stats)
+                tasks, cluster = on_ray.enter_context(ray_session(opts, scan))
+            else:
+                tasks = scan(opts)
+            stats.found = len(tasks)
+            stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
+            todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
+            stats.reused = len(tasks) - len(todo)
+            if todo and cluster is not None:
+                score_on_ray(todo, opts, conn, stats, cluster)
+            elif todo:
+                score_images(todo, opts, conn, stats)
         cut = assign_categories(conn, opts.models, opts.thresholds, opts.percentiles)
         failed = sort_files(tasks, opts, conn, stats)
         summary = write_reports(conn, opts.dest, opts.models, cut)
