@@ -23,12 +23,11 @@ numbered script) or ``run`` (steps 1 → 7.3), ``report`` or ``demo``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import __version__, console
 from .console import StepFailed, UsageError, positive_int, run_main
@@ -197,8 +196,7 @@ def creatable(path: Path) -> str | None:
 # --- the yandex-reverse command --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):  # not a dataclass: ``dataclasses`` costs every step its import
     name: str
     aliases: tuple[str, ...]
     target: str  # "module:function", imported only when the command runs
@@ -226,6 +224,8 @@ def find_command(name: str) -> Command | None:
 
 
 def load(command: Command) -> Callable[[list[str] | None], int]:
+    import importlib
+
     module, _sep, function = command.target.partition(":")
     return getattr(importlib.import_module(module), function)
 
