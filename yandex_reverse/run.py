@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.command for s in pipeline()],
         help=_("stop after this step (default: the report, the last one)"),
     )  # fmt: skip
-    add_common_flags(parser)
+    add_common_flags(parser, yes=True)
     raycluster.add_flags(parser, gpus=True)  # for steps 5 and 7.3
     return parser
 

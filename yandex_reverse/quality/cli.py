@@ -21,6 +21,7 @@ from ..cli import Yes, add_common_flags, sorted_dest
 from ..console import UsageError, one_line
 from ..i18n import N_, _, ngettext
 from ..imageinfo import iter_images
+from ..labels import shown
 from .decode import Task
 from .metrics import PRETRAINED_ENV, weights_problem
 from .report import (
@@ -241,9 +242,23 @@ def resolve_options(args: argparse.Namespace) -> Options:
     if weights is not None and not weights.is_dir():
         raise UsageError(_("--weights-dir is not a folder: {path}").format(path=weights))
     models = _models(args.model or _ask_model("musiq"))
+    asking = console.is_interactive() and not console.answering_with_defaults()
+    if args.model is None and not asking:
+        # The default taken unasked (--yes, no terminal): without its weights, piqe,
+        # with one line saying so and where the weights go. A --model given stays.
+        problem = weights_problem(models, weights, pretrained=_pretrained())
+        if problem is not None:
+            console.console.print(
+                "[yellow]"
+                + console.esc(_("Taking piqe, which needs no weights: {problem}").format(
+                    problem=problem
+                ))
+                + "[/yellow]"
+            )  # fmt: skip
+            models = ("piqe",)
     # On a terminal the weights are checked now, before the other questions; without
-    # one the step stops with the same line when it loads the metric.
-    while console.is_interactive():
+    # one a --model given stops the step with the same line when it loads the metric.
+    while asking:
         problem = weights_problem(models, weights, pretrained=_pretrained())
         if problem is None:
             break
@@ -480,6 +495,8 @@ def print_report(
         ),
     ]
     for key, value in sorted(stats.placed.items()):
+        folder, status = key.split(": ", 1)  # "high: copied" (folder name: sorting's status)
+        key = f"{folder}: {shown(status)}"
         counts.append((_("would be {what}").format(what=key) if opts.dry_run else key, value))
     if stats.peak_gpu_bytes:
         counts.append((_("peak GPU memory"), console.human_bytes(stats.peak_gpu_bytes)))
