@@ -262,8 +262,33 @@ def have_jdupes() -> bool:
     return False
 
 
+def compiled() -> None:
+    """Bytecode for the package, as an installed one has (pip compiles at install).
+
+    Without it, an environment with ``PYTHONDONTWRITEBYTECODE`` (this
+    machine's) compiles some forty modules from source at every start of
+    the script: a cost no installed copy pays, and jdupes, a binary, never.
+    """
+    import compileall
+
+    compileall.compile_dir(REPO / "yandex_reverse", quiet=1)
+
+
+def warm(folder: Path) -> None:
+    """The same warm page cache for every tool."""
+    for path in folder.rglob("*.jpg"):
+        path.read_bytes()
+
+
 def exact_rows(images: Path, want: set[frozenset[str]], label: str, rounds: int) -> None:
-    """Whole script against ``jdupes -r``, alternating, best of ``rounds``."""
+    """Whole script against ``jdupes -r``, alternating, best of ``rounds``.
+
+    Both are whole commands on the same warm folder, both only report
+    (ours ``--dry-run`` with its JSON report, jdupes its list of groups),
+    and each answer is checked against the truth.
+    """
+    compiled()
+    warm(images)
     n = sum(1 for _ in images.rglob("*.jpg"))
     peer = have_jdupes()
     runs = [(ours(images, "exact"), jdupes(images) if peer else None) for _ in range(rounds)]
@@ -354,9 +379,7 @@ def main() -> int:
     n = len(truth)
     for cache in images.rglob(".dedup_cache.sqlite*"):
         cache.unlink()
-    # warm the page cache for every tool alike
-    for path in images.rglob("*.jpg"):
-        path.read_bytes()
+    warm(images)  # the page cache, for every tool alike
 
     if "--exact-only" in sys.argv:
         return exact_only(root, images, truth)
@@ -394,8 +417,6 @@ def main() -> int:
     # exact runs take a fraction of a second: best of 5, alternating, on a shared machine
     exact_rows(images, truth_groups(truth, ("copy",)), f"{n:,} JPEGs", 5)
     many = build_many(root)
-    for path in (root / "many").rglob("*.jpg"):
-        path.read_bytes()
     exact_rows(root / "many", many, "20,000 files", 3)
     g_ours = ours(images, "exact")[1]
 

@@ -4,9 +4,13 @@
 No faults, ~100 KB JPEGs (800x600), no resizing, the same concurrency (40).
 Both go through the image web as an HTTP proxy (img2dataset via HTTP_PROXY,
 which urllib honours), after one untimed pass that fills the server's cache
-so neither tool pays for drawing the pictures. Prints images/s, the ratio and
-the peak RSS of each tool's process tree; a plain aiohttp loop (no checks, no
-ledger) is timed too as the floor of what the network side costs.
+so neither tool pays for drawing the pictures. A plain aiohttp loop (no
+checks, no ledger, ``plain_download.py``) is timed too as the floor of what
+the network side costs. All three run the same way: a whole command (start,
+imports and all) against the same server, timed from start to exit. Prints
+images/s, the ratios, the peak RSS of each tool's process tree, and the CPU
+each one used (its own and the image web's, per image: the two share the
+machine's cores).
 
     .venv/bin/python bench/bench_download.py [N]
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -22,13 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import report, work_dir  # noqa: E402
+from bench.plain_download import plain_loop  # noqa: E402
 from tests.xhr_factory import entity, write_xhr  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
@@ -105,7 +110,27 @@ class _quiet:
         return kind is not None and issubclass(kind, psutil.Error)
 
 
-def timed_run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+class Timed:
+    """A whole command's wall time, peak RSS, its CPU and the image web's CPU meanwhile."""
+
+    def __init__(self, seconds: float, rss: int, cpu: float, server_cpu: float) -> None:
+        self.seconds, self.rss, self.cpu, self.server_cpu = seconds, rss, cpu, server_cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_of(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def timed_run(
+    cmd: list[str], cwd: Path, server: psutil.Process, env: dict[str, str] | None = None
+) -> Timed:
+    cpu0, server0 = _children_cpu(), _cpu_of(server)
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -119,31 +144,11 @@ def timed_run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> t
     output, _ = proc.communicate()
     elapsed = time.perf_counter() - start
     peak = rss.stop()
+    server_cpu = _cpu_of(server) - server0
     if proc.returncode != 0:
         print(output[-3000:])
         raise SystemExit(f"{cmd[1]} exited {proc.returncode}")
-    return elapsed, peak
-
-
-async def plain_loop(all_urls: list[str], proxy: str, out: Path | None) -> int:
-    """The simplest downloader: a semaphore, GET, write. No checks, no ledger."""
-    sem = asyncio.Semaphore(CONCURRENCY)
-    got = 0
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=CONCURRENCY, limit_per_host=0)
-    ) as session:
-
-        async def one(i: int, url: str) -> None:
-            nonlocal got
-            async with sem, session.get(url, proxy=proxy) as resp:
-                data = await resp.read()
-            if resp.status == 200:
-                got += 1
-                if out is not None:
-                    await asyncio.to_thread((out / f"{i:05d}.jpg").write_bytes, data)
-
-        await asyncio.gather(*(one(i, u) for i, u in enumerate(all_urls)))
-    return got
+    return Timed(elapsed, peak, _children_cpu() - cpu0, server_cpu)
 
 
 def count_images(folder: Path) -> int:
@@ -167,15 +172,23 @@ def main() -> int:
     try:
         assert server.stdout is not None
         proxy = server.stdout.readline().strip()
+        web = psutil.Process(server.pid)
         print(f"image web at {proxy}; drawing the pictures once (untimed) ...", flush=True)
-        assert asyncio.run(plain_loop(all_urls, proxy, None)) == N
+        assert asyncio.run(plain_loop(all_urls, proxy, None, CONCURRENCY)) == N
 
         plain_out = work / "plain"
         shutil.rmtree(plain_out, ignore_errors=True)
-        plain_out.mkdir()
-        start = time.perf_counter()
-        asyncio.run(plain_loop(all_urls, proxy, plain_out))
-        plain_s = time.perf_counter() - start
+        print("plain aiohttp loop ...", flush=True)
+        plain_cmd = [
+            PY,
+            str(REPO / "bench" / "plain_download.py"),
+            proxy,
+            str(work / "urls.txt"),
+            str(plain_out),
+            str(CONCURRENCY),
+        ]
+        plain = timed_run(plain_cmd, work, web)
+        plain_n = count_images(plain_out)
 
         peer_out = work / "img2dataset"
         shutil.rmtree(peer_out, ignore_errors=True)
@@ -214,7 +227,7 @@ def main() -> int:
             "NO_ALBUMENTATIONS_UPDATE": "1",
         }
         print("img2dataset ...", flush=True)
-        peer_s, peer_rss = timed_run(peer_cmd, work, peer_env)
+        peer = timed_run(peer_cmd, work, web, peer_env)
         peer_n = count_images(peer_out)
 
         ours_out = work / "ours"
@@ -233,49 +246,56 @@ def main() -> int:
                 "--concurrency",
                 str(CONCURRENCY),
             ]
-            ours_s, ours_rss = timed_run(ours_cmd, work)
+            ours = timed_run(ours_cmd, work, web)
         ours_n = count_images(ours_out)
 
         small_out = work / "ours_small"
         shutil.rmtree(small_out, ignore_errors=True)
         with _fresh_ledger(db_path):
             small_cmd = [*ours_cmd[:5], str(small_out), *ours_cmd[6:], "--limit", str(N // 5)]
-            _small_s, small_rss = timed_run(small_cmd, work)
+            small = timed_run(small_cmd, work, web)
     finally:
         server.terminate()
         server.wait(10)
 
+    def line(name: str, n: int, t: Timed, note: str = "") -> str:
+        return (
+            f"  {name:<20}: {n:,} files in {t.seconds:6.2f} s = {n / t.seconds:7.1f} img/s,"
+            f" peak RSS {t.rss / 2**20:6.1f} MiB{note}; CPU per image: its own"
+            f" {1e3 * t.cpu / max(n, 1):.2f} ms, the image web's {1e3 * t.server_cpu / max(n, 1):.2f} ms"
+        )
+
+    ours_rate, peer_rate, plain_rate = (
+        ours_n / ours.seconds,
+        peer_n / peer.seconds,
+        plain_n / plain.seconds,
+    )
     print(
-        f"\n{N:,} URLs, concurrency {CONCURRENCY}, ~100 KB JPEGs through the image web\n"
-        f"  5_Download_async.py : {ours_n:,} files in {ours_s:6.2f} s = {ours_n / ours_s:7.1f} img/s,"
-        f" peak RSS {ours_rss / 2**20:6.1f} MiB ({N // 5:,} URLs: {small_rss / 2**20:.1f} MiB)\n"
-        f"  img2dataset         : {peer_n:,} files in {peer_s:6.2f} s = {peer_n / peer_s:7.1f} img/s,"
-        f" peak RSS {peer_rss / 2**20:6.1f} MiB\n"
-        f"  plain aiohttp loop  : {N:,} files in {plain_s:6.2f} s = {N / plain_s:7.1f} img/s"
-        " (no checks, no ledger, in-process)\n"
-        f"  ratio ours / img2dataset: {(ours_n / ours_s) / (peer_n / peer_s):.2f}x",
+        f"\n{N:,} URLs, concurrency {CONCURRENCY}, ~100 KB JPEGs through the image web"
+        " (each tool a whole command)\n"
+        + line(
+            "5_Download_async.py", ours_n, ours, f" ({N // 5:,} URLs: {small.rss / 2**20:.1f} MiB)"
+        )
+        + "\n"
+        + line("img2dataset", peer_n, peer)
+        + "\n"
+        + line("plain aiohttp loop", plain_n, plain, " (no checks, no ledger)")
+        + f"\n  ratio ours / img2dataset: {ours_rate / peer_rate:.2f}x,"
+        f" ours / plain loop: {ours_rate / plain_rate:.2f}x",
         flush=True,
     )
     # #15: at least 0.7x a plain aiohttp loop (no checks, no ledger), staying >= 2x img2dataset.
+    report("download", "images per second", "img/s", ours_rate, "img2dataset", peer_rate, aim=2.0)
     report(
         "download",
         "images per second",
         "img/s",
-        ours_n / ours_s,
-        "img2dataset",
-        peer_n / peer_s,
-        aim=2.0,
-    )
-    report(
-        "download",
-        "images per second",
-        "img/s",
-        ours_n / ours_s,
+        ours_rate,
         "plain aiohttp loop",
-        N / plain_s,
+        plain_rate,
         aim=0.7,
     )
-    return 0 if ours_n == N else 1
+    return 0 if ours_n == N and plain_n == N else 1
 
 
 class _fresh_ledger:

@@ -173,3 +173,32 @@ def test_extraction_flags_fstrings_and_keeps_marked_variables(tmp_path: Path) ->
         (3, None),
         (5, ("{n} file", "{n} files")),
     ]
+
+
+def test_compiled_catalogue_is_cached_and_never_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YR_CACHE_DIR", str(tmp_path / "cache"))
+    po = tmp_path / "dedup.po"
+    header = (i18n.LOCALE_DIR / "ru" / "LC_MESSAGES" / "dedup.po").read_text(encoding="utf-8")
+    header = header[: header.index("\n\n") + 2]  # the catalogue's header entry only
+    po.write_text(header + 'msgid "groups"\nmsgstr "группы"\n', encoding="utf-8")
+    assert i18n.load_po(po, "ru").gettext("groups") == "группы"
+    cached = list((tmp_path / "cache" / "i18n").glob("dedup-*.mo"))
+    assert len(cached) == 1
+    assert i18n.load_po(po, "ru").gettext("groups") == "группы"  # read from the cache
+    # Edited with the same size and the same mtime: still the new text.
+    stat = po.stat()
+    po.write_text(header + 'msgid "groups"\nmsgstr "ГРУППЫ"\n', encoding="utf-8")
+    import os
+
+    os.utime(po, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert po.stat().st_size == stat.st_size
+    assert i18n.load_po(po, "ru").gettext("groups") == "ГРУППЫ"
+    # A damaged cached copy is compiled again, not trusted.
+    for path in (tmp_path / "cache" / "i18n").glob("dedup-*.mo"):
+        path.write_bytes(b"not a catalogue")
+    assert i18n.load_po(po, "ru").gettext("groups") == "ГРУППЫ"
+    # No writable cache folder: compiled in memory, still right.
+    monkeypatch.setenv("YR_CACHE_DIR", str(po))  # a file, not a folder
+    assert i18n.load_po(po, "ru").gettext("groups") == "ГРУППЫ"

@@ -188,7 +188,28 @@ def test_steps_2_3_4_6_speak_russian_without_a_terminal(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         screens[script] = done.stdout + done.stderr
     # Names that are data, not prose: services, DB columns, the report's fixed row names.
-    data = {"Pinterest", "query", "origUrl", "garbage", "empty", "image", "images"}
+    data = {"Pinterest", "query", "origUrl", "image", "images"}
     for script, screen in screens.items():
         assert CYRILLIC.search(screen), script
         assert [w for w in english_words(screen) if w not in data] == [], (script, screen)
+    # Step 3's row names are read translated; the files keep the stored English value.
+    assert "(мусорный URL)" in screens["3_VK_Domain_Analyzer.py"]
+    assert "(garbage URL)" in (tmp_path / "domains_report.csv").read_text(encoding="utf-8")
+
+
+def test_stored_values_are_translated_where_read_and_kept_as_they_are() -> None:
+    from yandex_reverse import i18n
+    from yandex_reverse.labels import shown
+
+    before = i18n.language()
+    try:
+        i18n.activate("ru")
+        assert shown("(garbage URL)") == "(мусорный URL)"
+        assert shown("broken image") == "повреждённое изображение"
+        assert shown("smaller than --min-side 100") == "меньше --min-side 100"
+        assert shown("not an image: text/plain") == "не изображение: text/plain"
+        assert shown("HTTP 404") == "HTTP 404"  # unknown values as they are
+        i18n.activate("en")
+        assert shown("(garbage URL)") == "(garbage URL)"
+    finally:
+        i18n.activate(before)

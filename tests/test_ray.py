@@ -9,6 +9,7 @@ worker per step, and the exit-2 line without Ray.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -22,8 +23,16 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, count_of, run_script
-from tests.test_downloader import build_db, images_on_disk, ledger, result, uid
+from tests.test_downloader import (  # noqa: F401  (small_disk: a fixture)
+    build_db,
+    images_on_disk,
+    ledger,
+    result,
+    small_disk,
+    uid,
+)
 from tests.test_quality import _photo, db_rows, make_images
+from tests.xhr_factory import entity, write_xhr
 from yandex_reverse.fake_yandex.image_web import ImageWebServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -183,7 +192,7 @@ def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_
         proc = start("5_Download_async.py", *args, cwd=workdir)
         try:
             poll("first request at the image web", lambda: sum(web.hits.values()), proc)
-            victims = poll("a Ray worker fetching", lambda: ray_workers(proc, "fetch_shard"), proc)
+            victims = poll("a Ray worker fetching", lambda: ray_workers(proc, "FetchWorker"), proc)
             for victim in victims:  # type: ignore[attr-defined]
                 victim.kill()  # every shard that has started is cut off
             finish(proc)
@@ -207,6 +216,91 @@ def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_
         assert sum(web.hits.values()) == hits_before  # nothing fetched again
     assert images_on_disk(out) == files
     assert ledger(db_path) == rows
+
+
+def done_rows(db_path: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM downloads WHERE status = 'done'").fetchone()[
+                0
+            ]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_download_driver_killed_9_then_rerun_on_ray_loses_nothing_stores_nothing_twice(workdir):
+    """kill -9 of the step (the Ray driver) mid-run; the Ray it started goes with it
+    (what is left is killed here); the same command again finishes the work once."""
+    tag = uid()
+    entities = [
+        result(f"{tag}d{i}", host=f"sun9-{i % 2}.userapi.com", query="&yr_delay=0.5")
+        for i in range(30)
+    ]
+    db_path = build_db(workdir, entities)
+    out = workdir / "yandex_images"
+    with ImageWebServer() as web:
+        args = ("--proxy", web.proxy_url, "--per-host", "1", "--executor", "ray")
+        proc = start("5_Download_async.py", *args, cwd=workdir)
+        family: list[psutil.Process] = []
+        try:
+            poll("a first file in the ledger", lambda: done_rows(db_path), proc)
+            family = psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()  # SIGKILL: no cleanup of any kind in the driver
+            proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for child in family:  # Ray's own processes, had they outlived the driver
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        assert done_rows(db_path) < 30, "the kill came too late to cut the run"
+        again = run_script("5_Download_async.py", *args, cwd=workdir, timeout=WAIT)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Traceback" not in again.stdout + again.stderr
+    rows = ledger(db_path)
+    originals = {url: r for url, r in rows.items() if r["variant_type"] == "original"}
+    assert len(originals) == 30
+    assert all(r["status"] == "done" for r in originals.values()), originals
+    files = images_on_disk(out)
+    assert sorted(files) == sorted(Path(r["path"]).name for r in originals.values())
+    assert len(set(files.values())) == 30  # every picture once
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_download_disk_full_on_ray_stops_with_the_local_line_and_a_rerun_finishes(
+    workdir,
+    small_disk,  # noqa: F811  (the fixture imported above)
+):
+    """The shared folder fills up under the workers: the step stops with the local
+    path's one line, keeps what it stored; with space again, a re-run on Ray finishes."""
+    tag = uid()
+    n = 30  # ~65 KB each: about twice what the disk holds
+    build_db(workdir, [result(f"{tag}{i:02d}", host=f"sun9-{60 + i % 3}.userapi.com")
+                       for i in range(n)])  # fmt: skip
+    out = small_disk / "images"
+    with ImageWebServer() as web:
+        args = ("--proxy", web.proxy_url, "--out", str(out), "--executor", "ray")
+        full = run_script("5_Download_async.py", *args, cwd=workdir, timeout=WAIT)
+        assert full.returncode == 1, full.stdout + full.stderr
+        said = " ".join(full.stderr.split())
+        assert said.count("Error:") == 1 and said.startswith("Error: stopped: disk full"), said
+        assert "Traceback" not in full.stdout + full.stderr
+        assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+        kept = images_on_disk(out)
+        assert kept and len(kept) < n
+        subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+        again = run_script("5_Download_async.py", *args, cwd=workdir, timeout=WAIT)
+        assert again.returncode == 0, again.stdout + again.stderr
+    files = images_on_disk(out)
+    assert len(files) == n and len(set(files.values())) == n  # each picture once
+    assert all(kept[name] == files[name] for name in kept)  # earlier files untouched
+    rows = ledger(workdir / "yandex_images.db")
+    done = sorted(Path(r["path"]).name for r in rows.values() if r["status"] == "done")
+    assert done == sorted(files)
 
 
 HEAD = """
@@ -327,3 +421,39 @@ def test_quality_on_ray_missing_weights_end_with_the_local_one_line(workdir):
         lines[executor] = " ".join(done.stderr.split())
     assert "weights for musiq are missing" in lines["ray"]
     assert lines["ray"] == lines["local"]
+
+
+# ------------------------------------------------------------------ yandex-reverse run
+
+
+def test_run_passes_the_ray_flags_to_step_5(tmp_path):
+    """``yandex-reverse run --executor ray`` runs step 5 on Ray (step 7.3 takes the same
+    flags); a Ray flag without ``--executor ray`` is a usage error there too."""
+    tag = uid()
+    write_xhr(tmp_path / "XHR", "cat.jpg", 0, [
+        entity(f"{tag}r{i}", pos=i, previews=[], dups=[],
+               orig_url=f"http://sun9-{i % 2}.userapi.com/impg/{tag}r{i}.jpg?size=900x600")
+        for i in range(4)
+    ])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "yandex_reverse", "run", "--from", "import"]
+    wrong = subprocess.run([*command, "--gpus-per-worker", "1"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "--gpus-per-worker needs --executor ray" in wrong.stderr
+    with ImageWebServer() as web:
+        done = subprocess.run(
+            [*command, "--to", "download", "--executor", "ray"], cwd=tmp_path,
+            env={**env, "HTTP_PROXY": web.proxy_url}, capture_output=True, text=True,
+            timeout=WAIT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "yandex-reverse download --db yandex_images.db --out yandex_images --executor ray" in (
+        done.stdout
+    )
+    assert "Executor: Ray, embedded Ray on this machine" in done.stdout
+    db = sqlite3.connect(tmp_path / "yandex_images.db")
+    try:
+        assert db.execute("SELECT count(*) FROM downloads WHERE status = 'done'").fetchone() == (4,)
+    finally:
+        db.close()

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from tests.conftest import REPO, rows
 from tests.xhr_factory import entity, write_xhr
 from yandex_reverse.fake_yandex.image_web import ImageWebServer
@@ -86,3 +88,21 @@ def test_run_does_the_steps_in_one_folder_and_a_second_run_resumes(tmp_path: Pat
     report = yandex_reverse("run", "--from", "report", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert report.stdout.strip().splitlines()[-1] == f"Report: {tmp_path / 'report.html'}"
+
+
+def test_run_without_musiq_weights_falls_back_to_piqe_with_one_line(tmp_path: Path) -> None:
+    downloads = tmp_path / "yandex_images"
+    downloads.mkdir()
+    for i, size in enumerate([(40, 30), (30, 40), (32, 32)]):
+        Image.effect_noise(size, 20 + 30 * i).convert("RGB").save(downloads / f"p{i}.png")
+    hub = tmp_path / "torch_home"  # no weights anywhere and no network (HF_HUB_OFFLINE)
+    hub.mkdir()
+    done = yandex_reverse("run", "--from", "quality", "--to", "quality", cwd=tmp_path,
+                          env={"TORCH_HOME": str(hub), "LANG": "C"})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = [line for line in done.stdout.splitlines() if "Taking piqe" in line]
+    assert len(said) == 1, done.stdout
+    assert "weights for musiq are missing" in said[0] and "Put it at" in said[0]
+    models = rows(tmp_path / "sorted" / "quality" / "quality_report.db",
+                  "SELECT DISTINCT models FROM image_quality")  # fmt: skip
+    assert models == [("piqe",)]

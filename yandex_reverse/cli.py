@@ -23,12 +23,11 @@ numbered script) or ``run`` (steps 1 → 7.3), ``report`` or ``demo``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import __version__, console
 from .console import StepFailed, UsageError, positive_int, run_main
@@ -72,7 +71,7 @@ def add_common_flags(
     parser: argparse.ArgumentParser,
     *,
     dry_run: str | None = None,
-    yes: str | None = None,
+    yes: str | bool | None = None,
     workers: str | None = None,
     recursive: str | None = None,
     log_file: Path | bool | None = False,
@@ -81,11 +80,14 @@ def add_common_flags(
 
     A flag whose help text is given is added (``log_file``: its default path,
     or ``None`` for "no log unless asked"; ``False`` leaves it out). ``--lang``,
-    ``-v``, ``-q`` and ``--version`` are always added.
+    ``-v``, ``-q`` and ``--version`` are always added. ``yes=True``: a step that asks
+    nothing still takes ``-y``, so that ``-y`` works on every step.
     """
     if dry_run is not None:
         parser.add_argument("--dry-run", action="store_true", help=dry_run)
-    if yes is not None:
+    if yes is True:
+        yes = _("accepted on every step; this one asks nothing")
+    if isinstance(yes, str):
         parser.add_argument("-y", "--yes", action=Yes, help=yes)
     if workers is not None:
         parser.add_argument("--workers", type=positive_int, default=None, metavar="N", help=workers)
@@ -194,8 +196,7 @@ def creatable(path: Path) -> str | None:
 # --- the yandex-reverse command --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):  # not a dataclass: ``dataclasses`` costs every step its import
     name: str
     aliases: tuple[str, ...]
     target: str  # "module:function", imported only when the command runs
@@ -223,6 +224,8 @@ def find_command(name: str) -> Command | None:
 
 
 def load(command: Command) -> Callable[[list[str] | None], int]:
+    import importlib
+
     module, _sep, function = command.target.partition(":")
     return getattr(importlib.import_module(module), function)
 

@@ -59,6 +59,15 @@ class _LazyConsole:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``console.quiet = True`` before the first print must reach the real one.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        elif self._real is None:
+            self._options[name] = value
+        else:
+            setattr(self._real, name, value)
+
 
 def progress_shown() -> bool:
     """Will progress bars be drawn? (Without importing rich when they will not.)"""
@@ -69,6 +78,35 @@ def progress_shown() -> bool:
         except (AttributeError, ValueError):
             return False
     return console.is_terminal
+
+
+def plain_output() -> bool:
+    """True when standard output is no terminal (a pipe, a file, a benchmark)
+    and rich has not been started: :func:`say` and ``print_summary(plain=True)``
+    then write plain lines without importing rich at all."""
+    return not progress_shown()
+
+
+def say(text: str, style: str | None = None) -> None:
+    """Print ``text`` as it is (never markup: outside text needs no :func:`esc`).
+
+    ``style`` (rich's, e.g. "yellow") colours it on a terminal only. ``-q``
+    silences it as it silences the console.
+    """
+    if _state["verbosity"] < 0:
+        return
+    if plain_output():
+        _write_plain(text + "\n")
+    else:
+        console.print(text, style=style, markup=False, soft_wrap=True)
+
+
+def _write_plain(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a file name that is not valid text: shown escaped
+        encoding = sys.stdout.encoding or "utf-8"
+        sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
 
 
 console: Any = _LazyConsole(highlight=False)
@@ -102,6 +140,11 @@ _state = {"defaults": False, "verbosity": 0}
 def answer_with_defaults(on: bool) -> None:
     """``--yes``: every question from now on takes its default without asking."""
     _state["defaults"] = on
+
+
+def answering_with_defaults() -> bool:
+    """Whether ``--yes`` answers the questions (see :func:`answer_with_defaults`)."""
+    return bool(_state["defaults"])
 
 
 def set_verbosity(level: int) -> None:
@@ -357,9 +400,31 @@ def _fmt(cell: Any) -> str | Text:
     return esc(cell)
 
 
-def print_summary(title: str, counts: Sequence[tuple[str, Any]]) -> None:
-    """The end-of-step summary: a two-column table of what happened."""
+def print_summary(title: str, counts: Sequence[tuple[str, Any]], *, plain: bool = False) -> None:
+    """The end-of-step summary: a two-column table of what happened.
+
+    ``plain``: without a terminal (:func:`plain_output`), aligned plain lines
+    instead of the table, so that a quick step need not import rich.
+    """
+    if plain and plain_output():
+        if _state["verbosity"] < 0:
+            return
+        cells = [(str(label), _cell(value)) for label, value in counts]
+        width = max((len(label) for label, _value in cells), default=0)
+        lines = [title] + [f"  {label:<{width}}  {value:>12}" for label, value in cells]
+        _write_plain("\n".join(lines) + "\n")
+        return
     console.print(table(title, ("", _("count")), counts))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
 
 
 def human_bytes(size: float) -> str:

@@ -35,6 +35,7 @@ from .console import StepFailed, UsageError, console, esc, progress, setup_loggi
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .hosts import EMPTY, GARBAGE, Classifier, Host
 from .i18n import _
+from .labels import shown
 
 # ---------------------------------------------------------------- analysis
 
@@ -378,18 +379,18 @@ def print_report(a: Analysis, top: int) -> None:
             for name, count in view.services.most_common()
         ]
         rows.append((_("other domains"), sum(view.other.values()), ""))
-        rows.append((GARBAGE, view.garbage, ""))
-        rows.append((EMPTY, view.empty, ""))
+        rows.append((shown(GARBAGE), view.garbage, ""))
+        rows.append((shown(EMPTY), view.empty, ""))
         top_title, other_title, unique_line = view_texts(view.name)
         title = top_title.format(n=f"{view.urls:,}")
         console.print(_wide(table(title, (_("service"), _("count"), "%"), rows)))
         # Every view's other domains, as the JSON report has them: the results'
         # table alone can be empty while the source pages hold hundreds.
         if view.other:
-            shown = view.other.most_common(top)
+            top_domains = view.other.most_common(top)
             title = other_title.format(top=top)
-            console.print(_wide(table(title, (_("domain"), _("count")), shown)))
-            more = len(view.other) - len(shown)
+            console.print(_wide(table(title, (_("domain"), _("count")), top_domains)))
+            more = len(view.other) - len(top_domains)
             if more > 0:
                 console.print(_("…and {n} more domains").format(n=f"{more:,}"))
         console.print(unique_line.format(n=f"{len(view.other):,}"))
@@ -482,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("3_VK_Domain_Analyzer.log"),
         help=_("details and tracebacks (default: 3_VK_Domain_Analyzer.log)"),
     )
-    add_common_flags(parser)
+    add_common_flags(parser, yes=True)
     return parser
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # Files that travel with an image of the same stem (step 5 writes .txt).
 SIDECAR_EXTENSIONS = (".txt", ".json", ".xmp")
@@ -111,8 +111,7 @@ def _claim(target: Path, source: Path, *, copy: bool) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class Placed:
+class Placed(NamedTuple):  # not a dataclass: see cli.Command
     """Where a file went. ``status``: moved, copied, already (identical file there)."""
 
     source: Path

@@ -31,11 +31,17 @@ console, report, run, 7.1/7.2, demo, argparse) and ``ray``. All of them are
 loaded and chained, so a message may live in any one of them (in the area of
 the module that shows it).
 
-No ``.mo`` files: the ``.po`` files are the only copy, read and compiled in
-memory (Babel's ``read_po``/``write_mo``, then the standard library's
-``GNUTranslations``) the first time Russian is needed in a process. A fresh
-clone, an installed wheel and a merge of seven people's catalogues therefore
-never hold a stale or conflicting binary. English needs no catalogue at all.
+No ``.mo`` files in the tree: the ``.po`` files are the only copy, compiled
+with Babel (``read_po``/``write_mo``, then the standard library's
+``GNUTranslations``) the first time Russian is needed. A fresh clone, an
+installed wheel and a merge of seven people's catalogues therefore never hold
+a stale or conflicting binary. The compiled catalogue is kept in a cache
+folder (``YR_CACHE_DIR``, else ``$XDG_CACHE_HOME/yandex_reverse``, else
+``~/.cache/yandex_reverse``; ``i18n/`` in it) under a name made from a hash of
+the ``.po``'s bytes, so the next start reads the ``.mo`` instead of importing
+Babel and parsing (tens of milliseconds): an edited ``.po`` has another hash,
+so a cached copy can never be stale. Without a writable cache folder the
+catalogue is compiled in memory each time. English needs no catalogue at all.
 
 Which language: ``--lang ru|en`` anywhere in the command line (read from
 ``argv`` before any parser is built, so ``--help`` is translated too), else
@@ -58,7 +64,6 @@ Paste the stubs printed for your files into your area's ``.po`` and fill in
 from __future__ import annotations
 
 import argparse
-import ast
 import gettext as _gettext
 import io
 import locale
@@ -181,7 +186,7 @@ def translations(lang: str) -> _gettext.NullTranslations:
     chain: _gettext.NullTranslations | None = None
     for path in catalogue_files(lang):
         try:
-            current = compile_po(path, lang)
+            current = load_po(path, lang)
         except Exception:  # one broken catalogue must not take the others down
             log.exception("cannot read the catalogue %s", path)
             continue
@@ -192,17 +197,64 @@ def translations(lang: str) -> _gettext.NullTranslations:
     return chain or _gettext.NullTranslations()
 
 
-def compile_po(path: Path, lang: str) -> _gettext.GNUTranslations:
-    """One ``.po`` file as ready-to-use translations (compiled in memory, fuzzy entries left out)."""
+_MO_FORMAT = "1"  # bump when compile_po's output for the same .po changes
+
+
+def cache_dir() -> Path:
+    """Where compiled catalogues are kept (see the module's docstring)."""
+    base = os.environ.get("YR_CACHE_DIR")
+    if base:
+        return Path(base) / "i18n"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg) if xdg else Path.home() / ".cache"
+    return root / "yandex_reverse" / "i18n"
+
+
+def load_po(path: Path, lang: str) -> _gettext.GNUTranslations:
+    """``compile_po``'s result, from the cache when this exact ``.po`` was compiled before."""
+    from hashlib import blake2b
+
+    data = path.read_bytes()
+    key = blake2b(data, digest_size=16, person=f"{_MO_FORMAT}:{lang}".encode()[:16])
+    cached: Path | None = None
+    try:
+        cached = cache_dir() / f"{path.stem}-{key.hexdigest()}.mo"
+        with cached.open("rb") as handle:
+            return _gettext.GNUTranslations(handle)
+    except (OSError, RuntimeError):  # none yet, or no home folder
+        pass
+    except Exception:  # an unreadable cached copy: compile again below
+        log.warning("ignoring the cached catalogue %s", cached)
+    mo = _compile(data, lang)
+    if cached is not None:
+        _store(cached, mo)
+    return _gettext.GNUTranslations(io.BytesIO(mo))
+
+
+def _store(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all (a temporary name, then a rename)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    except OSError as exc:  # a read-only home: compiled in memory each time
+        log.debug("cannot cache the catalogue %s: %s", target, exc)
+
+
+def _compile(data: bytes, lang: str) -> bytes:
     from babel.messages.mofile import write_mo
     from babel.messages.pofile import read_po
 
-    with path.open("rb") as handle:
-        catalog = read_po(handle, locale=lang, abort_invalid=True)
+    catalog = read_po(io.BytesIO(data), locale=lang, abort_invalid=True)
     buffer = io.BytesIO()
     write_mo(buffer, catalog, use_fuzzy=False)
-    buffer.seek(0)
-    return _gettext.GNUTranslations(buffer)
+    return buffer.getvalue()
+
+
+def compile_po(path: Path, lang: str) -> _gettext.GNUTranslations:
+    """One ``.po`` file as ready-to-use translations (compiled in memory, fuzzy entries left out)."""
+    return _gettext.GNUTranslations(io.BytesIO(_compile(path.read_bytes(), lang)))
 
 
 # --- extraction: what the code asks to translate (used by the test and `missing`) ---
@@ -224,6 +276,8 @@ def extract(path: Path) -> Iterator[tuple[int, str | tuple[str, str] | None]]:
     attribute (``_(label)``) is the ``N_()`` pattern and is skipped: its msgid
     is extracted where ``N_()`` marked it.
     """
+    import ast  # only the test and ``missing`` extract: not loaded at a step's start
+
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in sorted(ast.walk(tree), key=lambda n: getattr(n, "lineno", 0)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):

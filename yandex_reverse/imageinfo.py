@@ -20,10 +20,9 @@ import os
 import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .i18n import _
 
@@ -154,8 +153,7 @@ def iter_image_entries(
         stack.extend(reversed(subdirs))  # depth first, in name order, as before
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(NamedTuple):  # not a dataclass: see cli.Command
     """What a header says: displayed size (EXIF applied), format, mode."""
 
     width: int

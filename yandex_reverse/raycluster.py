@@ -157,6 +157,8 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         kwargs["runtime_env"] = {"py_modules": [yandex_reverse], "env_vars": env}
     else:
         kwargs["num_cpus"] = num_cpus
+        # Ray's documented opt-out: an embedded Ray sends no usage report (a user's value wins).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # Workers started here import the package from where the driver has it.
         root = str(Path(__file__).resolve().parents[1])
         path = os.environ.get("PYTHONPATH")

@@ -27,6 +27,7 @@ from . import i18n
 from .console import StepFailed, console, esc, human_bytes, setup_logging
 from .fsutil import atomic_write_text
 from .i18n import _, ngettext
+from .labels import shown
 
 DEFAULT_DB = Path("yandex_images.db")
 DEFAULT_OUT = Path("report.html")
@@ -221,7 +222,7 @@ def _card(result: Result) -> str:
     picture = f'<img loading="lazy" alt="" src="{_e(image)}">' if image else ""
     if result.page:
         picture = f'<a href="{_e(result.page)}" rel="noreferrer noopener">{picture}</a>'
-    meta = [_e(result.domain)]
+    meta = [_e(shown(result.domain))]
     if result.width and result.height:
         meta.append(f"{result.width}×{result.height}")
     if result.size:
@@ -267,7 +268,7 @@ def _query(query: Query) -> str:
     parts = []
     for domain, results in groups:
         parts.append(
-            f'<details class="domain" open data-domain="{_e(domain)}"><summary>{_e(domain)} '
+            f'<details class="domain" open data-domain="{_e(domain)}"><summary>{_e(shown(domain))} '
             f'(<span class="shown">{len(results)}</span>/{len(results)})</summary>'
             f'<div class="cards">{"".join(_card(r) for r in results)}</div></details>'
         )
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=DEFAULT_OUT,
         help=_("the HTML file to write (default: {path})").format(path=DEFAULT_OUT),
     )  # fmt: skip
-    add_common_flags(parser, log_file=None)
+    add_common_flags(parser, yes=True, log_file=None)
     return parser
 
 

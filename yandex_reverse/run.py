@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import i18n
+from . import i18n, raycluster
 from .console import StepFailed, UsageError, console, esc
 from .i18n import N_, _
 
@@ -132,12 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.command for s in pipeline()],
         help=_("stop after this step (default: the report, the last one)"),
     )  # fmt: skip
-    add_common_flags(parser)
+    add_common_flags(parser, yes=True)
+    raycluster.add_flags(parser, gpus=True)  # for steps 5 and 7.3
     return parser
+
+
+def ray_args(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The Ray flags of ``run``, handed to the steps that take them (5 and 7.3)."""
+    if args.executor != "ray":
+        return {}
+    common = ["--executor", "ray"]
+    if args.ray_address:
+        common += ["--ray-address", args.ray_address]
+    quality = list(common)
+    if args.gpus_per_worker is not None:
+        quality += ["--gpus-per-worker", f"{args.gpus_per_worker:g}"]
+    return {"download": common, "quality": quality}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raycluster.check_flags(args)
     folder = args.dir.absolute()
     if not folder.is_dir():
         raise StepFailed(_("not a folder: {path}").format(path=folder))
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if last < first:
         raise UsageError(_("--to {stop} comes before --from {start}").format(
             stop=args.stop, start=args.start))  # fmt: skip
-    run_pipeline(folder, steps[first : last + 1])
+    run_pipeline(folder, steps[first : last + 1], ray_args(args))
     if (folder / REPORT).is_file() and last == len(names) - 1:
         console.print(_("Report: {path}").format(path=esc(folder / REPORT)))
     return 0

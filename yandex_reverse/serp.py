@@ -220,6 +220,18 @@ def upload_reply(data: Any) -> dict[str, str] | None:
 
 # ---------------------------------------------------------------- building
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(data: Any) -> str:
+    """JSON text as Yandex sends it: UTF-8 as is, a lone surrogate (half an emoji) as ``\\uXXXX``.
+
+    ``json.dumps(ensure_ascii=False)`` leaves a lone surrogate raw, and such text
+    cannot be encoded to UTF-8; the live site escapes it, so this does too.
+    """
+    text = json.dumps(data, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def adapter_payload(
     entities: list[dict[str, Any]],

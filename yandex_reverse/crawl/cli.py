@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600.0,
         help=_("--headed: seconds to wait for you to solve a captcha"),
     )
-    add_common_flags(p)
+    add_common_flags(p, yes=True)
     return p.parse_args(argv)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from .. import serp
+from .. import console, serp
 from ..fsutil import atomic_write_text
 from ..i18n import _
 from .errors import CaptchaHit, StageError, TooLarge, log_failure
@@ -25,14 +25,22 @@ SNIPPET_CHARS = 5000  # as the original: the start of a bad body is kept
 DOM_CAPTCHA_EVERY = 0.5  # seconds between two looks for a captcha on the page in a polling loop
 
 # Scroll to the bottom (a step back every few looks, so scroll listeners fire
-# again) and say what the page offers: the error notice, a "more" button that
+# again): the window, and every scrollable box around the last result (a grid
+# that scrolls in its own element); then say what the page offers: the error notice, a "more" button that
 # can be clicked, one that is disabled, or none. With ``click`` an enabled
 # button is clicked right here ('clicked'): one round trip instead of three. A
 # captcha on the page answers 'captcha' (no separate look for it).
-_LOOK_JS = """([more, err, tick, click, captcha]) => {
+_LOOK_JS = """([more, err, tick, click, thumb, captcha]) => {
   try { if (document.querySelector(captcha)) return 'captcha'; } catch (e) {}
   const h = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
-  if (tick % 4 === 3) window.scrollBy(0, -Math.min(400, h)); else window.scrollTo(0, h);
+  const back = tick % 4 === 3;
+  if (back) window.scrollBy(0, -Math.min(400, h)); else window.scrollTo(0, h);
+  const items = document.querySelectorAll(thumb);
+  for (let el = items.length ? items[items.length - 1].parentElement : null;
+       el && el !== document.body && el !== document.documentElement; el = el.parentElement) {
+    if (el.scrollHeight > el.clientHeight + 1 && /auto|scroll/.test(getComputedStyle(el).overflowY))
+      el.scrollTop = back ? Math.max(0, el.scrollTop - 400) : el.scrollHeight;
+  }
   const shown = x => x.getClientRects().length > 0 && getComputedStyle(x).visibility !== 'hidden';
   if ([...document.querySelectorAll(err)].some(shown)) return 'error';
   const b = [...document.querySelectorAll(more)].find(shown);
@@ -61,6 +69,7 @@ class QueryJob:
         self.fetches = 0
         self.end_404 = False
         self.captcha = False
+        self.save_error: OSError | None = None  # a page that could not be written
         self.tasks: list[asyncio.Task[None]] = []
         # the network, as the tab sees it
         self.in_flight: dict[Any, float] = {}
@@ -144,15 +153,15 @@ class QueryJob:
             log_failure(self.name, f"XHR p={page}", f"empty body from {response.url}")
             return
         text = body.decode("utf-8", errors="replace")
-        if "json" not in ctype.lower():
-            self.bad_files += 1
-            note = f"URL: {response.url}\nStatus: {status}\nContent-Type: {ctype}\n\n{text[:SNIPPET_CHARS]}"
-            atomic_write_text(xhr_dir / f"{stem}_NOT_JSON.txt", note)
-            log_failure(self.name, f"XHR p={page}", f"not JSON ({ctype or 'no content type'})")
-            return
-        try:
+        try:  # JSON is JSON whatever the type says (text/javascript, text/plain...)
             data = json.loads(text)
         except ValueError as exc:
+            if "json" not in ctype.lower():
+                self.bad_files += 1
+                note = f"URL: {response.url}\nStatus: {status}\nContent-Type: {ctype}\n\n{text[:SNIPPET_CHARS]}"
+                atomic_write_text(xhr_dir / f"{stem}_NOT_JSON.txt", note)
+                log_failure(self.name, f"XHR p={page}", f"not JSON ({ctype or 'no content type'})")
+                return
             self.bad_files += 1
             atomic_write_text(xhr_dir / f"{stem}_CORRUPT_JSON.txt", text[:SNIPPET_CHARS])
             log_failure(self.name, f"XHR p={page}", exc)
@@ -160,11 +169,19 @@ class QueryJob:
         if serp.is_captcha(data):
             self.captcha = True
             return
-        self.save(page, data)
+        try:
+            self.save(page, data, text=text)
+        except OSError as exc:  # the disk, not the site: the query fails, one line
+            self.save_error = self.save_error or exc
+            log_failure(self.name, f"save XHR p={page}", exc)
 
-    def save(self, page: int, data: Any, kind: str = serp.KIND_RESULTS) -> None:
+    def save(
+        self, page: int, data: Any, kind: str = serp.KIND_RESULTS, *, text: str | None = None
+    ) -> None:
+        """Write one page: ``text`` as it came (an XHR answer), else ``data`` as Yandex writes
+        JSON (a lone surrogate, half an emoji in a cut title, escaped: it cannot be UTF-8)."""
         path = self.opts.xhr_dir / serp.saved_name(self.name, page, kind)
-        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
+        atomic_write_text(path, text if text is not None else serp.dumps(data))
         if kind == serp.KIND_SITES:
             self.sites = len(serp.sites_of(data) or [])
             return
@@ -290,6 +307,12 @@ class QueryJob:
                 end = await self.open_similar(page)
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.check_captcha(page)
+        if self.save_error is not None:
+            raise StageError(
+                _("a page could not be saved: {reason}").format(
+                    reason=console.one_line(self.save_error)
+                )
+            )
         return end
 
     async def open_start(self, page: Any) -> None:
@@ -340,7 +363,11 @@ class QueryJob:
 
         self.stage = "upload"
         self.uploading = True
-        await page.locator(sel["file_input"]).first.set_input_files(self.upload)
+        # the panel's own file input first: the page may hold others (feedback forms...)
+        inputs = page.locator(sel["upload_panel"]).locator(sel["file_input"])
+        if not await inputs.count():
+            inputs = page.locator(sel["file_input"])
+        await inputs.first.set_input_files(self.upload)
         search = sel["search_path"]
         reply_at: float | None = None
         error_at = 0.0
@@ -388,12 +415,16 @@ class QueryJob:
         return urlunsplit((parts.scheme, parts.netloc, self.sel["search_path"], query, ""))
 
     async def open_tab(self, page: Any, tab_selector: str, marker: str, what: str) -> None:
-        await self.until(
-            page,
-            lambda: marker in page.url,
-            what,
-            act=lambda n: self.click(page, tab_selector, n),
-        )
+        """Click the tab until the URL says it is open, or the tab itself is shown active
+        (a client-side route that keeps the URL)."""
+        active = self.sel["active_tab"]
+
+        async def opened() -> bool:
+            if marker in page.url:
+                return True
+            return bool(await page.locator(tab_selector).and_(page.locator(active)).count())
+
+        await self.until(page, opened, what, act=lambda n: self.click(page, tab_selector, n))
         with contextlib.suppress(Exception):
             await page.wait_for_load_state("domcontentloaded")
         await self.check_captcha(page)
@@ -428,6 +459,7 @@ class QueryJob:
     async def load_all(self, page: Any) -> str:
         """Scroll and click "more" until a 404, the error notice, or a quiet period."""
         more, err, captcha = self.sel["more_button"], self.sel["error_end"], self.sel["captcha"]
+        thumb = self.sel["result_thumb"]
         timeout = self.opts.timeout
         quiet = self.opts.quiet_period
         self.touch()
@@ -444,7 +476,7 @@ class QueryJob:
             try:
                 # after a 404 nothing more is clicked (a button left enabled would ask again)
                 click = script_click and not self.end_404
-                look = await page.evaluate(_LOOK_JS, [more, err, tick, click, captcha])
+                look = await page.evaluate(_LOOK_JS, [more, err, tick, click, thumb, captcha])
             except Exception:
                 await self.check_captcha(page)
                 look = "none"  # the page is navigating or busy: look again

@@ -28,12 +28,12 @@ from ..console import (
     ask_folder,
     confirm,
     console,
-    esc,
     human_bytes,
     is_interactive,
     log,
     one_line,
     print_summary,
+    say,
     setup_logging,
 )
 from ..fsutil import (
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             use_cache=not args.no_cache,
         )
     for note in found.notes:
-        console.print(f"[yellow]{esc(note)}[/yellow]")
+        say(note, style="yellow")
     _show_plan(groups, found)
     removals = [m for g in groups for m in g.removed]
     report: dict[str, Any] = {
@@ -268,13 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run or not removals:
             if args.dry_run:
-                console.print(esc(_("Dry run: nothing was moved or deleted.")))
+                say(_("Dry run: nothing was moved or deleted."))
         elif args.interactive or confirm(
             _question(args.action, removals, quarantine), assume_yes=args.yes
         ):
             freed = _apply(groups, args, root, quarantine, report, counts)
         else:
-            console.print(esc(_("Nothing changed.")))
+            say(_("Nothing changed."))
     finally:
         report["finished"] = _iso(time.time())
         report["counts"] = counts
@@ -302,14 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             (_("failed"), counts["failed"]),
             (_("bytes freed"), human_bytes(freed)),
         ]
-    print_summary(_("Duplicates (dry run)") if args.dry_run else _("Duplicates"), rows)
+    print_summary(_("Duplicates (dry run)") if args.dry_run else _("Duplicates"), rows, plain=True)
     if report_path is not None:
-        console.print(_("Report: {path}").format(path=esc(report_path)), soft_wrap=True)
+        say(_("Report: {path}").format(path=report_path))
     if counts["moved"]:
-        line = _("Undo with: {command}").format(
-            command=esc(f"6_duplicate_finder.py --undo {report_path}")
-        )
-        console.print(line, soft_wrap=True)
+        say(_("Undo with: {command}").format(command=f"6_duplicate_finder.py --undo {report_path}"))
     return 1 if counts["failed"] else 0
 
 
@@ -361,31 +358,32 @@ def _show_plan(groups: list[find.Group], found: find.Scan, limit: int = 15) -> N
         line = ngettext(
             "{n} unreadable file (left alone):", "{n} unreadable files (left alone):", n_bad
         ).format(n=n_bad)
-        console.print(f"[yellow]{esc(line)}[/yellow]")
+        say(line, style="yellow")
         for path, reason in found.unreadable[:10]:
-            console.print(f"  {esc(path)}: {esc(reason)}", soft_wrap=True)
+            say(f"  {path}: {reason}")
         if len(found.unreadable) > 10:
             more = _("  … and {n} more (see the report)").format(n=n_bad - 10)
-            console.print(esc(more))
+            say(more)
     if not groups:
-        console.print(esc(_("No duplicates found.")))
+        say(_("No duplicates found."))
         return
     # Plain lines, not a table: a long path stays whole, and rendering a
     # table cost more than scanning 2,000 files (step 6 exact vs jdupes).
     title = _("Duplicate groups (first {shown} of {n}):").format(
         shown=min(limit, len(groups)), n=len(groups)
     )
-    lines = [f"[bold]{esc(title)}[/bold]"]
+    say(title, style="bold")
+    lines = []
     for group in groups[:limit]:
         keep = _("{kind}: keep {path} ({size})").format(
             kind=i18n._(group.kind), path=group.kept.rel, size=_wh(group.kept)
         )
-        lines.append("  " + esc(keep))
+        lines.append("  " + keep)
         for member in group.removed:
             similar = member.match == "similar" and member.distance is not None
             dist = _("distance {n}, ").format(n=member.distance) if similar else ""
-            lines.append(f"    {esc(member.entry.rel)} ({dist}{_wh(member.entry)})")
-    console.print("\n".join(lines), soft_wrap=True)
+            lines.append(f"    {member.entry.rel} ({dist}{_wh(member.entry)})")
+    say("\n".join(lines))
 
 
 def _wh(entry: find.Entry) -> str:

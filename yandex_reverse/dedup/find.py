@@ -9,7 +9,6 @@ cached hashes of unchanged files.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
@@ -17,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import progress, progress_shown
@@ -53,40 +51,68 @@ def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]
             advance(pending)
 
 
-@dataclass
 class Entry:
-    """One image file as scanned (a hard-linked file appears once)."""
+    """One image file as scanned (a hard-linked file appears once).
 
-    name: str  # the full path as text; ``path`` makes the Path when needed
-    rel: str
-    size: int
-    mtime_ns: int
-    order: int  # position in the sorted walk, for --keep first
-    width: int = 0
-    height: int = 0
-    hash: bytes | None = None
-    content: int = -1  # exact-group id: same id = same bytes
+    Plain classes with slots, not dataclasses: ``dataclasses`` imports
+    ``inspect`` (and it ``ast``, ``dis``, ``tokenize``), a noticeable part of
+    exact mode's start on 2,000 files.
+    """
+
+    __slots__ = (
+        "_path",
+        "content",
+        "hash",
+        "height",
+        "mtime_ns",
+        "name",
+        "order",
+        "rel",
+        "size",
+        "width",
+    )
+
+    def __init__(self, name: str, rel: str, size: int, mtime_ns: int, order: int) -> None:
+        self.name = name  # the full path as text; ``path`` makes the Path when needed
+        self.rel = rel
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.order = order  # position in the sorted walk, for --keep first
+        self.width = 0
+        self.height = 0
+        self.hash: bytes | None = None
+        self.content = -1  # exact-group id: same id = same bytes
+        self._path: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Entry({self.rel!r}, {self.size})"
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
-    @functools.cached_property
+    @property
     def path(self) -> Path:
-        return Path(self.name)
+        if self._path is None:
+            self._path = Path(self.name)
+        return self._path
 
 
-@dataclass
 class Member:
-    entry: Entry
-    match: str  # "kept", "exact", "similar" or "filename"
-    distance: int | None = None  # Hamming distance to the kept file
+    __slots__ = ("distance", "entry", "match")
+
+    def __init__(self, entry: Entry, match: str, distance: int | None = None) -> None:
+        self.entry = entry
+        self.match = match  # "kept", "exact", "similar" or "filename"
+        self.distance = distance  # Hamming distance to the kept file
 
 
-@dataclass
 class Group:
-    kind: str  # "exact", "similar" or "filename"
-    members: list[Member]  # members[0] is kept
+    __slots__ = ("kind", "members")
+
+    def __init__(self, kind: str, members: list[Member]) -> None:
+        self.kind = kind  # "exact", "similar" or "filename"
+        self.members = members  # members[0] is kept
 
     @property
     def kept(self) -> Entry:
@@ -97,15 +123,15 @@ class Group:
         return self.members[1:]
 
 
-@dataclass
 class Scan:
-    root: Path
-    entries: list[Entry] = field(default_factory=list)
-    hard_links: list[tuple[str, str]] = field(default_factory=list)  # (path, same inode as)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    hashed: int = 0
-    cached: int = 0
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.entries: list[Entry] = []
+        self.hard_links: list[tuple[str, str]] = []  # (path, same inode as)
+        self.unreadable: list[tuple[str, str]] = []  # (path, reason)
+        self.hashed = 0
+        self.cached = 0
+        self.notes: list[str] = []
 
 
 def scan(root: Path, *, recursive: bool, exclude: Iterable[Path]) -> Scan:
@@ -198,84 +224,61 @@ def keep_key(rule: str, *, by_name: bool = False) -> Callable[[Entry], tuple]:
 
 
 def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
-    """Byte-identical files: same size, then same xxh3_128 of the whole file.
+    """Byte-identical files: same size, then the same first 4 KiB, then the
+    same xxh3_128 of the rest (:func:`hashing.identical_files`).
 
-    Files up to 256 KiB are hashed whole at once (one open and read costs
-    less than reading their edges first and opening them again); bigger
-    ones are compared by their first and last 4 KiB first. Zero-byte files
-    are never duplicates of anything worth keeping; they are left alone (as
-    jdupes does). Files are read in threads, in a few chunks each.
+    Files are read as little as jdupes reads them: a file of a size no other
+    file has is never opened, and one whose first block differs from every
+    other of its size is read no further. Zero-byte files are never
+    duplicates of anything worth keeping; they are left alone (as jdupes
+    does). Groups of one size are shared among a few threads.
     """
     by_size: dict[int, list[Entry]] = defaultdict(list)
     for entry in found.entries:
         if entry.size > 0:
             by_size[entry.size].append(entry)
     tied = [group for group in by_size.values() if len(group) > 1]
-    small = [g for g in tied if g[0].size <= hashing.WHOLE_AT_ONCE]
-    big = [g for g in tied if g[0].size > hashing.WHOLE_AT_ONCE]
-    done = _refine(small, lambda e: hashing.full_hash(e.name), _("Hashing files"), found, workers)
-    big = _refine(
-        big, lambda e: hashing.edge_hash(e.name, e.size), _("Comparing file edges"), found, workers
-    )
-    done += _refine(
-        big, lambda e: hashing.full_hash(e.name), _("Hashing whole files"), found, workers
-    )
+    if not tied:
+        return []
+
+    def split(groups: list[list[Entry]]) -> list[tuple[list[list[Entry]], list[tuple[Entry, str]]]]:
+        out = []
+        for group in groups:
+            same, errors = hashing.identical_files([e.name for e in group], group[0].size)
+            bad = [
+                (group[i], _("unreadable: {reason}").format(reason=exc.strerror or exc))
+                for i, exc in errors
+            ]
+            out.append(([[group[i] for i in indices] for indices in same], bad))
+        return out
+
+    files = sum(len(g) for g in tied)
+    # A few parts per thread, not one task per group: a hand-off costs more
+    # than reading a small file. Interleaved, so each part gets big and small.
+    parts = max(1, min(len(tied), files // 64, 4 * workers)) if workers > 1 else 1
+    chunks = [tied[i::parts] for i in range(parts)]
+    done: list[list[Entry]] = []
+    with ticking(_("Comparing files"), parts) as advance:
+        if parts > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, parts)) as pool:
+                results = pool.map(split, chunks)
+                for part in results:
+                    for same, bad in part:
+                        done.extend(same)
+                        found.unreadable.extend((e.rel, reason) for e, reason in bad)
+                    advance()
+        else:
+            for same, bad in split(tied):
+                done.extend(same)
+                found.unreadable.extend((e.rel, reason) for e, reason in bad)
+            advance()
+    done.sort(key=lambda g: g[0].order)  # the same groups, in the same order, whatever the threads
     for number, group in enumerate(done):
         for entry in group:
             entry.content = number
     return done
-
-
-def _refine(
-    groups: list[list[Entry]],
-    fingerprint: Callable[[Entry], bytes],
-    label: str,
-    found: Scan,
-    workers: int,
-) -> list[list[Entry]]:
-    """Split each group by ``fingerprint``; keep sub-groups of two or more."""
-    todo = [entry for group in groups for entry in group]
-    if not todo:
-        return []
-
-    def chunk(entries: list[Entry]) -> list[tuple[Entry, bytes | None, str | None]]:
-        out = []
-        for entry in entries:
-            try:
-                out.append((entry, fingerprint(entry), None))
-            except OSError as exc:
-                out.append(
-                    (entry, None, _("unreadable: {reason}").format(reason=exc.strerror or exc))
-                )
-        return out
-
-    # A few chunks per thread, not one task per file: a hand-off costs more
-    # than reading a small file. Interleaved, so each chunk gets big and small.
-    parts = max(1, min(len(todo) // 32, 8 * workers)) if workers > 1 else 1
-    chunks = [todo[i::parts] for i in range(parts)]
-    prints: dict[int, bytes] = {}
-    with ticking(label, len(todo)) as advance:
-        if parts > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as pool:
-                results = [r for part in pool.map(chunk, chunks) for r in part]
-        else:
-            results = chunk(todo)
-        for entry, value, error in results:
-            if error:
-                found.unreadable.append((entry.rel, error))
-            else:
-                prints[id(entry)] = value  # type: ignore[assignment]
-            advance()
-    out: list[list[Entry]] = []
-    for group in groups:
-        split: dict[bytes, list[Entry]] = defaultdict(list)
-        for entry in group:
-            if id(entry) in prints:
-                split[prints[id(entry)]].append(entry)
-        out.extend(sub for sub in split.values() if len(sub) > 1)
-    return out
 
 
 # ----------------------------------------------------------------- similar

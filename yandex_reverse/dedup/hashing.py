@@ -29,38 +29,95 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 METHODS = ("phash", "dhash", "ahash", "whash")
-EDGE_BLOCK = 4096
-_CHUNK = 1 << 20
-WHOLE_AT_ONCE = 256 << 10  # up to this size a file is hashed whole, without edges first
+HEAD = 4096  # the first block: what jdupes compares before it hashes whole files
+_CHUNK = 4 << 20  # the rest of a file is read in one call up to this size
+_OPEN_AT_ONCE = 64  # files of one group kept open between their head and their rest
 _READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
 
 # ----------------------------------------------------------------- bytes
 
 
-def edge_hash(path: str | Path, size: int) -> bytes:
-    """xxh3 of the first and last 4 KiB: cheap, and separates most same-size files."""
-    fd = os.open(path, _READ)
-    try:
-        head = os.pread(fd, EDGE_BLOCK, 0)
-        if size > EDGE_BLOCK:
-            head += os.pread(fd, EDGE_BLOCK, max(EDGE_BLOCK, size - EDGE_BLOCK))
-    finally:
-        os.close(fd)
-    return xxhash.xxh3_64_digest(head)
+def identical_files(
+    paths: list[str], size: int
+) -> tuple[list[list[int]], list[tuple[int, OSError]]]:
+    """Which of ``paths`` (all ``size`` bytes, as scanned) hold the same bytes.
+
+    Returns the groups of two or more (as indices into ``paths``) and the
+    files that could not be read. Like jdupes: the first 4 KiB of each file
+    first, compared byte for byte; only files whose first block ties with
+    another's are read on, and then only from where the first block ended
+    (each byte is read once), their rest compared by xxh3_128. A small group
+    keeps its files open between the two reads; a big one opens them again,
+    so that a folder of thousands of same-size files never runs out of file
+    descriptors. A file read in full in the first block (up to 4 KiB) is
+    never opened again.
+    """
+    errors: list[tuple[int, OSError]] = []
+    keep_open = len(paths) <= _OPEN_AT_ONCE and size > HEAD
+    heads: dict[bytes, list[tuple[int, int]]] = {}
+    for index, path in enumerate(paths):
+        try:
+            fd = os.open(path, _READ)
+        except OSError as exc:
+            errors.append((index, exc))
+            continue
+        try:
+            head = os.read(fd, HEAD)
+            while len(head) < min(size, HEAD) and (more := os.read(fd, HEAD - len(head))):
+                head += more  # a short read (not on local files): the block must be whole
+        except OSError as exc:
+            os.close(fd)
+            errors.append((index, exc))
+            continue
+        if not keep_open:
+            os.close(fd)
+            fd = -1
+        heads.setdefault(head, []).append((index, fd))
+    groups: list[list[int]] = []
+    for tied in heads.values():
+        if len(tied) == 1 or size <= HEAD:
+            for _index, fd in tied:
+                if fd >= 0:
+                    os.close(fd)
+            if len(tied) > 1:
+                groups.append([index for index, _fd in tied])
+            continue
+        rests: dict[bytes, list[int]] = {}
+        for index, fd in tied:
+            try:
+                digest = _rest_hash(paths[index], fd, size)
+            except OSError as exc:
+                errors.append((index, exc))
+                continue
+            rests.setdefault(digest, []).append(index)
+        groups.extend(same for same in rests.values() if len(same) > 1)
+    return groups, errors
 
 
-def full_hash(path: str | Path) -> bytes:
-    """xxh3_128 of the whole file: plain ``os.read`` calls, no file object
-    (at 20,000 small files the objects cost more than the reading)."""
-    digest = xxhash.xxh3_128()
-    fd = os.open(path, _READ)
+def _rest_hash(path: str, fd: int, size: int) -> bytes:
+    """xxh3_128 of the file from byte 4096 on (``fd`` is there already, or -1)."""
+    if fd < 0:
+        fd = os.open(path, _READ)
+        try:
+            os.lseek(fd, HEAD, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
     try:
+        want = size - HEAD
+        if want < _CHUNK:  # one read: the rest and a byte more, to see a file that grew
+            block = os.read(fd, want + 1)
+            if len(block) <= want:
+                return xxhash.xxh3_128_digest(block)
+        else:
+            block = b""
+        digest = xxhash.xxh3_128(block)
         while block := os.read(fd, _CHUNK):
             digest.update(block)
+        return digest.digest()
     finally:
         os.close(fd)
-    return digest.digest()
 
 
 # -------------------------------------------------------------- pictures

@@ -28,6 +28,7 @@ from ..console import (
     table,
 )
 from ..i18n import _, ngettext
+from ..labels import shown
 from ..urls import normalize_url
 from .fetch import DEFAULT_USER_AGENT
 from .ledger import ledger_totals
@@ -200,10 +201,10 @@ def print_summary(settings: Settings, stats: Stats) -> None:
         ("  " + _("same content as a file on disk"), stats.duplicates),
         ("  " + _("failed"), sum(stats.failed.values())),
     ]
-    # Reasons are ledger data (English, as in the DB's error column), shown as they are.
-    rows += [(f"    {reason}", n) for reason, n in stats.failed.most_common()]
+    # Reasons are ledger data (English in the DB's error column), translated where shown.
+    rows += [(f"    {shown(reason)}", n) for reason, n in stats.failed.most_common()]
     rows.append(("  " + _("skipped"), sum(stats.skipped.values())))
-    rows += [(f"    {reason}", n) for reason, n in stats.skipped.most_common()]
+    rows += [(f"    {shown(reason)}", n) for reason, n in stats.skipped.most_common()]
     if stats.failed_before_retryable:
         rows.append(
             (_("failed earlier, may succeed (--retry-failed)"), stats.failed_before_retryable)
@@ -265,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _download(settings: Settings) -> None:
     leftovers = remove_temp_files(settings.out)
+    what = _("originals") if settings.what == "originals" else _("all variants")
     how = _("{what}, {n} at once, {per_host} per host").format(
-        what=settings.what, n=settings.concurrency, per_host=settings.per_host
+        what=what, n=settings.concurrency, per_host=settings.per_host
     )
     if settings.proxy:
         how += ", " + _("proxy {proxy}").format(proxy=settings.proxy)

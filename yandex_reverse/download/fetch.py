@@ -77,7 +77,7 @@ class FetchOptions:
 class Body:
     """A body received in full: in memory, or spilled to a temporary file."""
 
-    buffer: bytearray
+    buffer: bytes | bytearray
     temp: Path | None
     size: int
     sha256: str
@@ -230,9 +230,9 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         o = self.opts
-        timeout = aiohttp.ClientTimeout(
-            total=o.timeout, connect=min(10.0, o.timeout), sock_read=o.timeout
-        )
+        # total bounds the body read too (a drip ends as a timeout); no sock_read,
+        # which re-arms a timer on every packet and can never fire before total.
+        timeout = aiohttp.ClientTimeout(total=o.timeout, connect=min(10.0, o.timeout))
         connector = aiohttp.TCPConnector(limit=o.concurrency, limit_per_host=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -445,6 +445,15 @@ class Fetcher:
                     http_status=200,
                     content_type=ctype,
                 )
+            encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if declared is not None and declared <= SPILL_AT and encoding in ("", "identity"):
+                # Small and not compressed: aiohttp reads exactly the declared bytes in
+                # one call (a short body fails as truncated); then the same checks.
+                data = await resp.content.read()
+                head = data[:64]
+                if not sniff(head):
+                    refuse_text(head, ctype)
+                return Body(data, None, len(data), "", head, ctype, 200, str(resp.url))
             digest = None  # bodies kept in memory are hashed in the checking thread
             buffer = bytearray()
             head = b""

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,17 @@ PAGE = 256  # results read from the DB at a time
 
 @dataclass
 class Unit:
-    """One result (``originals``) or one variant (``all-variants``) and its URLs in order."""
+    """One result (``originals``) or one variant (``all-variants``) and its URLs in order.
+
+    ``states``: the ledger rows (status, retryable, updated_at) of its page's URLs as
+    read with the page (shared by the page's units); ``snapshot``: how many ledger
+    commits the driver had seen when that page was read (what those rows may lack).
+    """
 
     image_id: str
     candidates: list[Candidate]
+    states: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    snapshot: int = 0
 
 
 @dataclass
@@ -88,25 +95,29 @@ WHERE downloads.status <> 'done'
 class LedgerWriter:
     """Batches ledger rows into transactions in its own thread (executemany).
 
-    ``on_flushed(urls, shas)`` is called (on the event loop) after each
-    commit, so the loop can drop what it kept in memory for rows not yet in
-    the DB.
+    ``on_flushed(outcomes)`` is called (on the event loop) after each commit
+    with the outcomes it wrote, so the loop can drop what it kept in memory for
+    rows not yet in the DB. Rows are stamped (``updated_at``) once per batch, in
+    the writer's thread: the time they reach the ledger.
     """
 
     FLUSH_EVERY = 0.25
     BATCH = 1000
 
-    def __init__(self, db_path: Path, on_flushed: Callable[[list[str], list[str]], None]) -> None:
+    def __init__(self, db_path: Path, on_flushed: Callable[[list[Outcome]], None]) -> None:
         self.db_path = db_path
         self.on_flushed = on_flushed
         self.loop = asyncio.get_running_loop()
-        self.queue: queue.Queue[tuple[str, tuple[Any, ...], str | None] | None] = queue.Queue()
+        # (kind, row without updated_at, the outcome of a final row) or None: stop
+        self.queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], Outcome | None] | None] = (
+            queue.SimpleQueue()
+        )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self.thread.start()
 
     def pending(self, url: str, image_id: str, variant_type: str) -> None:
-        self.queue.put(("pending", (url, image_id, variant_type, now()), None))
+        self.queue.put(("pending", (url, image_id, variant_type), None))
 
     def final(self, o: Outcome) -> None:
         row = (
@@ -124,9 +135,8 @@ class LedgerWriter:
             o.error,
             int(o.retryable),
             o.attempts,
-            now(),
         )
-        self.queue.put(("final", row, o.sha256))
+        self.queue.put(("final", row, o))
 
     def close(self) -> None:
         """Flush everything queued and stop (safe to call twice)."""
@@ -168,39 +178,59 @@ class LedgerWriter:
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, tuple, str | None]]) -> None:
+    def _write(
+        self, conn: sqlite3.Connection, batch: list[tuple[str, tuple, Outcome | None]]
+    ) -> None:
+        stamp = (now(),)
+        # A pending row followed by its URL's final row in the same batch changes
+        # nothing the transaction commits: it is left out.
+        later: set[str] = set()  # URLs with a final row further on
+        kept = []
+        for item in reversed(batch):
+            if item[0] == "final":
+                later.add(item[1][0])
+            elif item[1][0] in later:
+                continue
+            kept.append(item)
+        batch = kept[::-1]
         with dbmod.transaction(conn):
             run: list[tuple] = []
             kind = batch[0][0]
-            for item_kind, row, _sha in batch:
+            for item_kind, row, _outcome in batch:
                 if item_kind != kind:
                     conn.executemany(_FINAL_SQL if kind == "final" else _PENDING_SQL, run)
                     run, kind = [], item_kind
-                run.append(row)
+                run.append(row + stamp)
             conn.executemany(_FINAL_SQL if kind == "final" else _PENDING_SQL, run)
-        urls = [row[0] for kind, row, _sha in batch if kind == "final"]
-        shas = [sha for kind, _row, sha in batch if kind == "final" and sha]
+        outcomes = [outcome for _kind, _row, outcome in batch if outcome is not None]
         with suppress(RuntimeError):  # the loop is gone at shutdown: nothing to tell
-            self.loop.call_soon_threadsafe(self.on_flushed, urls, shas)
+            self.loop.call_soon_threadsafe(self.on_flushed, outcomes)
 
 
 class LedgerReader:
-    """Point queries on the ledger, from worker threads (one connection, one at a time)."""
+    """Point queries on the ledger from worker threads: one read-only connection per
+    thread, so the checking threads never queue behind one another's queries."""
 
     def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
         self.db_dir = db_path.resolve().parent
-        self.conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self.lock = threading.Lock()
-        self.conn.execute("PRAGMA busy_timeout = 10000")
-        self.conn.execute("PRAGMA query_only = ON")
+        self.local = threading.local()
+        self.lock = threading.Lock()  # guards the list of connections
+        self.conns: list[sqlite3.Connection] = []
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA query_only = ON")
+            with self.lock:
+                self.conns.append(conn)
+            self.local.conn = conn
+        return conn
 
     def query(self, sql: str, *params: object) -> tuple | None:
-        with self.lock:
-            return self.conn.execute(sql, params).fetchone()
-
-    def state(self, url: str) -> tuple[str, int, str] | None:
-        """(status, retryable, updated_at) of a URL, or None when the ledger has no row."""
-        return self.query("SELECT status, retryable, updated_at FROM downloads WHERE url = ?", url)
+        return self._conn().execute(sql, params).fetchone()
 
     def stored_with_sha(self, sha: str) -> Stored | None:
         """A file this ledger records with that content, if it is still on disk."""
@@ -230,7 +260,10 @@ class LedgerReader:
         ]
 
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+            self.conns.clear()
 
 
 def ledger_totals(db_path: Path) -> tuple[dict[str, int], int]:
@@ -302,6 +335,7 @@ class WorkReader:
             for unit in raw:
                 verdict = classify(unit, states, self.retry_failed)
                 if verdict == "work":
+                    unit.states = states
                     units.append(unit)
                 else:
                     counts[verdict] += 1
@@ -368,16 +402,17 @@ class WorkReader:
         ]
 
     @staticmethod
-    def _ledger_states(conn: sqlite3.Connection, urls: set[str]) -> dict[str, tuple[str, int]]:
-        states: dict[str, tuple[str, int]] = {}
+    def _ledger_states(conn: sqlite3.Connection, urls: set[str]) -> dict[str, tuple[str, int, str]]:
+        states: dict[str, tuple[str, int, str]] = {}
         ordered = list(urls)
         for start in range(0, len(ordered), 500):
             chunk = ordered[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for url, status, retryable in conn.execute(
-                f"SELECT url, status, retryable FROM downloads WHERE url IN ({marks})", chunk
+            for url, status, retryable, updated_at in conn.execute(
+                f"SELECT url, status, retryable, updated_at FROM downloads WHERE url IN ({marks})",
+                chunk,
             ):
-                states[url] = (status, retryable)
+                states[url] = (status, retryable, updated_at or "")
         return states
 
 
@@ -421,7 +456,7 @@ def _first_url(*values: object) -> str | None:
     return next((u for v in values if (u := normalize_url(v))), None)
 
 
-def classify(unit: Unit, states: dict[str, tuple[str, int]], retry_failed: bool) -> str:
+def classify(unit: Unit, states: dict[str, tuple[str, int, str]], retry_failed: bool) -> str:
     """What a unit needs, from the ledger: work, or why not.
 
     ``done_before``: one of its URLs is done; ``failed_retryable``: the next URL
@@ -432,7 +467,7 @@ def classify(unit: Unit, states: dict[str, tuple[str, int]], retry_failed: bool)
     if not unit.candidates:
         return "no_url"
     for candidate in unit.candidates:
-        status, retryable = states.get(candidate.url, ("new", 0))
+        status, retryable, _updated = states.get(candidate.url, ("new", 0, ""))
         if status == "done":
             return "done_before"
         if status in ("new", "pending"):

@@ -5,20 +5,26 @@ DB, tries each unit's URLs in order, counts, and is the only one that writes
 the ledger and names final files. Only :meth:`~.run.Downloader.attempt`'s
 "fetch and check this URL" moves to Ray:
 
+- One long-lived Ray actor per worker CPU (:class:`FetchWorker`) holds one
+  :class:`~.fetch.Fetcher` for the whole run: its HTTP session (kept-alive
+  connections), its host states and its address verdicts (each host is
+  resolved once per worker, not once per shard).
 - URLs go into one queue per *host bucket* (a stable hash of the host); a
-  bucket is sent as a shard (up to :data:`SHARD` URLs) to one Ray task at a
+  bucket is sent as a shard (up to :data:`SHARD` URLs) to one worker at a
   time, so each host's URLs are on one worker at a time and ``--per-host``
-  holds across the whole cluster. Host pauses (429/503 Retry-After) travel
-  with the bucket's next shard.
-- A task runs the same :class:`~.fetch.Fetcher` and checks as the local path
+  holds across the whole cluster. A worker runs up to :data:`SHARDS_PER_WORKER`
+  shards at once (of different buckets), sharing its ``--concurrency``. Host
+  pauses (429/503 Retry-After) travel with the bucket's next shard.
+- A worker runs the same :class:`~.fetch.Fetcher` and checks as the local path
   and leaves each verified body in a temporary file in the output folder (a
   folder every node sees); it returns the checked bodies and the failures.
   It touches no DB and no final name.
 - The driver settles each result as the local path does (content dedupe,
   final name, sidecar, rename) and records it.
-- A worker that dies has its shard retried by Ray (:data:`TASK_RETRIES`);
-  a shard that still fails leaves its URLs ``pending`` for the next run, and
-  its temporary files are removed at the end of the run. Since nothing is
+- A worker that dies is restarted by Ray and its shards are run again
+  (:data:`TASK_RETRIES` times); a shard that still fails leaves its URLs
+  ``pending`` for the next run, and its temporary files are removed at the
+  end of the run. Since nothing is
   stored before the driver settles it, a crash of any process loses nothing
   and stores nothing twice.
 """
@@ -26,6 +32,7 @@ the ledger and names final files. Only :meth:`~.run.Downloader.attempt`'s
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import zlib
 from collections import deque
@@ -46,6 +53,7 @@ from .run import Downloader, Settings, failed_outcome, settle
 from .store import remove_temp_files
 
 SHARD = 64  # URLs sent to a worker at once
+SHARDS_PER_WORKER = 4  # shards (of different host buckets) a worker runs at once
 GATHER = 0.05  # seconds a partly filled bucket waits for more URLs before it is sent
 TASK_RETRIES = 3  # a shard whose worker died is run again this many times
 WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 times
@@ -62,20 +70,33 @@ class ShardResult:
     pauses: dict[str, float]  # host -> seconds it asked to be left alone from now
 
 
-def fetch_shard(
-    opts: FetchOptions, out: str, urls: list[str], pauses: dict[str, float]
-) -> ShardResult:
-    """In a Ray worker: fetch and check every URL of one host bucket (no DB access)."""
-    return asyncio.run(_fetch_shard(opts, Path(out), urls, pauses))
+class FetchWorker:
+    """A Ray actor (async): one :class:`~.fetch.Fetcher` for its whole life, no DB access."""
 
+    def __init__(self, opts: FetchOptions, out: str) -> None:
+        self.opts = opts
+        self.out = Path(out)
+        self.fetcher: Fetcher | None = None
 
-async def _fetch_shard(
-    opts: FetchOptions, out: Path, urls: list[str], pauses: dict[str, float]
-) -> ShardResult:
-    async with Fetcher(opts, out) as fetcher:
+    async def ready(self) -> int:
+        """Open the HTTP session (the driver waits for every worker's answer once)."""
+        if self.fetcher is None:
+            fetcher = Fetcher(self.opts, self.out)
+            await fetcher.__aenter__()
+            self.fetcher = fetcher
+        return os.getpid()
+
+    async def fetch_shard(self, urls: list[str], pauses: dict[str, float]) -> ShardResult:
+        """Fetch and check every URL of one host bucket."""
+        await self.ready()
+        fetcher = self.fetcher
+        assert fetcher is not None
         now = time.monotonic()
         for host, wait in pauses.items():
-            fetcher.hosts[host] = HostState(asyncio.Semaphore(opts.per_host), now + wait)
+            state = fetcher.hosts.get(host)
+            if state is None:
+                state = fetcher.hosts[host] = HostState(asyncio.Semaphore(self.opts.per_host))
+            state.resume_at = max(state.resume_at, now + wait)
 
         async def one(url: str) -> Checked | FetchFailure | OSError:
             try:
@@ -85,23 +106,33 @@ async def _fetch_shard(
 
         results = list(await asyncio.gather(*(one(url) for url in urls)))
         now = time.monotonic()
-        left = {h: s.resume_at - now for h, s in fetcher.hosts.items() if s.resume_at > now}
-    return ShardResult(results, left)
+        left = {}
+        for host in {host_of(url) or "" for url in urls}:
+            state = fetcher.hosts.get(host)
+            if state is not None and state.resume_at > now:
+                left[host] = state.resume_at - now
+        return ShardResult(results, left)
 
 
 # ------------------------------------------------------------------ the driver side
 
 
 class ShardDispatcher:
-    """URLs in, checked bodies out: host buckets, one Ray task per busy bucket."""
+    """URLs in, checked bodies out: host buckets, one shard per busy bucket, sent to
+    the least busy of the long-lived workers."""
 
     def __init__(self, opts: FetchOptions, out: Path, *, workers: int) -> None:
         ray = raycluster.require_ray()
         self.ray = ray
-        self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fetch_shard)
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(FetchWorker)
+        # Started now: they start up while the driver counts its work.
+        self.workers = [actor.remote(opts, str(out)) for _ in range(max(1, workers))]
+        for worker in self.workers:
+            worker.ready.remote()
+        self.load = [0] * len(self.workers)  # shards running on each worker
         self.opts = opts
         self.out = str(out)
-        self.slots = max(1, workers)  # shards running at once
+        self.slots = SHARDS_PER_WORKER * len(self.workers)  # shards running at once
         self.buckets = 4 * self.slots  # more buckets than slots: a busy host never stalls all
         self.queues: list[deque[tuple[str, asyncio.Future[Checked]]]] = [
             deque() for _ in range(self.buckets)
@@ -159,21 +190,23 @@ class ShardDispatcher:
         urls = [url for url, _future in jobs]
         hosts = {host_of(url) or "" for url in urls}
         pauses = {h: self.pauses[h] - now for h in hosts if self.pauses.get(h, 0.0) > now}
-        ref = self.remote.remote(self.opts, self.out, urls, pauses)
+        worker = min(range(len(self.workers)), key=self.load.__getitem__)
+        ref = self.workers[worker].fetch_shard.remote(urls, pauses)
+        self.load[worker] += 1
         self.busy.add(bucket)
         self.shards += 1
-        task = asyncio.ensure_future(self._collect(bucket, ref, jobs))
+        task = asyncio.ensure_future(self._collect(bucket, worker, ref, jobs))
         self.running[task] = ref
 
     async def _collect(
-        self, bucket: int, ref: Any, jobs: list[tuple[str, asyncio.Future[Checked]]]
+        self, bucket: int, worker: int, ref: Any, jobs: list[tuple[str, asyncio.Future[Checked]]]
     ) -> None:
         try:
             try:
                 shard: ShardResult = await ref
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the worker died TASK_RETRIES + 1 times, or Ray failed
+            except Exception as exc:  # its worker died TASK_RETRIES + 1 times, or Ray failed
                 log.warning("shard of %d URLs lost: %s", len(jobs), one_line(exc, 300))
                 self.lost_shards += 1
                 lost = FetchFailure(WORKER_LOST, one_line(exc, 120), retryable=True)
@@ -193,6 +226,7 @@ class ShardDispatcher:
                 else:
                     future.set_result(result)
         finally:
+            self.load[worker] -= 1
             self.busy.discard(bucket)
             self.running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._wake(0.0)
@@ -204,10 +238,13 @@ class ShardDispatcher:
             self.timer = None
         for task, ref in list(self.running.items()):
             with suppress(Exception):
-                self.ray.cancel(ref, force=True)
+                self.ray.cancel(ref)
             task.cancel()
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
+        for worker in self.workers:  # nothing of theirs is wanted any more
+            with suppress(Exception):
+                self.ray.kill(worker, no_restart=True)
         for queue in self.queues:
             for _url, future in queue:
                 future.cancel()
@@ -233,6 +270,10 @@ class RayDownloader(Downloader):
             removed = remove_temp_files(self.out)
             if removed:
                 log.info("removed %d temporary file(s) of lost or cancelled shards", removed)
+
+    def pool_size(self) -> int:
+        """``--concurrency`` is per worker: keep every worker's requests busy."""
+        return max(4 * self.s.concurrency, 64) * self.workers
 
     async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
         """The worker fetches and checks; the driver settles (same outcome as local)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +149,13 @@ class Downloader:
         self.stats = Stats()
         self.inflight: dict[str, asyncio.Future[Outcome]] = {}
         self.unflushed: dict[str, Outcome] = {}  # outcomes queued but not yet committed
+        # Outcomes committed after some page still at work read its ledger rows: that
+        # page's rows lack them. Kept until every such page is done (bounded by pages
+        # in flight, not by the run).
+        self.recent: dict[str, Outcome] = {}
+        self.commits: deque[tuple[int, list[Outcome]]] = deque()  # (commit number, outcomes)
+        self.flushes = 0  # ledger commits seen by this loop
+        self.live: Counter[int] = Counter()  # page snapshot -> its units not yet done
         self.out = settings.out.resolve()
         self.ledger = LedgerReader(settings.db_path)
         self.store = Store(
@@ -161,6 +168,8 @@ class Downloader:
         self.fetcher: Fetcher
         self.writer: LedgerWriter
         self.fatal: OSError | None = None  # the disk error that stops the run
+        self.slots: asyncio.Semaphore  # the bounded pool of tasks
+        self.started = 0  # units started
         self.tasks: set[asyncio.Task[None]] = set()
         self.network_streak = 0  # network errors in a row, across all hosts
         self.answered = False  # some host has answered with a body
@@ -168,10 +177,31 @@ class Downloader:
 
     # ---- bookkeeping
 
-    def _on_flushed(self, urls: list[str], shas: list[str]) -> None:
-        for url in urls:
-            self.unflushed.pop(url, None)
-        self.store.forget(shas)
+    def _on_flushed(self, outcomes: list[Outcome]) -> None:
+        self.flushes += 1
+        for outcome in outcomes:
+            if self.unflushed.get(outcome.url) is outcome:
+                del self.unflushed[outcome.url]
+            self.recent[outcome.url] = outcome
+        self.commits.append((self.flushes, outcomes))
+        self._forget_seen()
+        self.store.forget([o.sha256 for o in outcomes if o.sha256])
+
+    def _forget_seen(self) -> None:
+        """Drop recent outcomes that every page still at work read from the ledger."""
+        oldest = min(self.live) if self.live else self.flushes
+        while self.commits and self.commits[0][0] <= oldest:
+            for outcome in self.commits.popleft()[1]:
+                if self.recent.get(outcome.url) is outcome:
+                    del self.recent[outcome.url]
+
+    def _release(self, snapshot: int) -> None:
+        """A unit (or the page being read and started) no longer needs its snapshot."""
+        left = self.live[snapshot] - 1
+        if left > 0:
+            self.live[snapshot] = left
+        else:
+            del self.live[snapshot]
 
     def _record(self, outcome: Outcome) -> Outcome:
         self.unflushed[outcome.url] = outcome
@@ -190,20 +220,24 @@ class Downloader:
             log.info("failed %s: %s", outcome.url, outcome.error)
         return outcome
 
-    async def _ledger_state(self, url: str) -> tuple[str, int, bool]:
-        """(status, retryable, settled in this run) of a URL, unflushed outcomes first."""
-        known = self.unflushed.get(url)
+    def _ledger_state(self, url: str, unit: Unit) -> tuple[str, int, bool]:
+        """(status, retryable, settled in this run) of a URL: this run's outcomes first
+        (not yet committed, or committed after the unit's page was read), then the
+        ledger row read with the page; no query."""
+        known = self.unflushed.get(url) or self.recent.get(url)
         if known is not None:
             return known.status, int(known.retryable), True
-        row = await asyncio.to_thread(self.ledger.state, url)
+        row = unit.states.get(url)
         if row is None:
             return "new", 0, False
-        return row[0], row[1], row[0] != "pending" and (row[2] or "") >= self.run_started
+        return row[0], row[1], row[0] != "pending" and row[2] >= self.run_started
 
     def _progress_info(self) -> str:
         elapsed = max(time.monotonic() - self.stats.started, 1e-9)
         errors = sum(self.stats.failed.values())
-        return f"{self.stats.received / elapsed / 1e6:,.1f} MB/s · {errors:,} errors"
+        return _("{mb} MB/s · errors: {n}").format(
+            mb=f"{self.stats.received / elapsed / 1e6:,.1f}", n=f"{errors:,}"
+        )
 
     def _tick(self, n: int, *, force: bool = False) -> None:
         """Advance the bar at most every 0.2 s: redrawing per file costs more than a file."""
@@ -250,7 +284,7 @@ class Downloader:
             for candidate in unit.candidates:
                 if self.fatal is not None:
                     return  # stopping: this unit stays as it was (pending or new)
-                status, retryable, this_run = await self._ledger_state(candidate.url)
+                status, retryable, this_run = self._ledger_state(candidate.url, unit)
                 if status == "done":
                     got_file = True
                     break
@@ -269,6 +303,7 @@ class Downloader:
         except Stopped:
             return
         finally:
+            self._release(unit.snapshot)
             self._tick(1)
 
     async def fetch_shared(self, candidate: Candidate, image_id: str) -> Outcome:
@@ -322,6 +357,10 @@ class Downloader:
                     task.cancel()
         return Stopped(exc)
 
+    def pool_size(self) -> int:
+        """Units in flight at once: enough to keep ``--concurrency`` requests busy."""
+        return max(4 * self.s.concurrency, 64)
+
     def _check_and_settle(self, body: Body, candidate: Candidate, image_id: str) -> Outcome:
         """In a worker thread: one hop for both halves (a remote worker splits them)."""
         return settle(self.store, check_body(body, self.opts), candidate, image_id)
@@ -333,8 +372,8 @@ class Downloader:
         reader = WorkReader(s.db_path, s.what, s.retry_failed)
         self.writer = LedgerWriter(s.db_path, self._on_flushed)
         tasks = self.tasks
-        slots = asyncio.Semaphore(max(4 * s.concurrency, 64))  # bounded pool of tasks
-        started = 0
+        self.slots = asyncio.Semaphore(self.pool_size())  # bounded pool of tasks
+        self.started = 0
         try:
             total = await asyncio.get_running_loop().run_in_executor(
                 reader.executor, reader.count_units
@@ -346,21 +385,13 @@ class Downloader:
                 try:
                     with progress(_("Download"), bar_total) as advance:
                         self.advance = advance
-                        while not reader.finished and (s.limit is None or started < s.limit):
-                            units, counts = await reader.next_page()
-                            self._count_before(counts)
-                            if s.limit is None:
-                                self._tick(sum(counts.values()))
-                            for unit in units:
-                                if s.limit is not None and started >= s.limit:
-                                    break
-                                await slots.acquire()
-                                task = asyncio.create_task(self.handle(unit))
-                                tasks.add(task)
-                                task.add_done_callback(
-                                    lambda t: (tasks.discard(t), slots.release())
-                                )
-                                started += 1
+                        while not reader.finished and (s.limit is None or self.started < s.limit):
+                            snapshot = self.flushes  # taken before the page's rows are read
+                            self.live[snapshot] += 1  # held while the page is read and started
+                            try:
+                                await self._start_page(reader, snapshot)
+                            finally:
+                                self._release(snapshot)
                             if self.writer.error is not None or self.fatal is not None:
                                 break
                         if tasks:
@@ -377,12 +408,31 @@ class Downloader:
                     if tasks:
                         await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            self.stats.worked = started
+            self.stats.worked = self.started
             reader.close()
             self.writer.close()
             self.ledger.close()
         if self.fatal is not None:
             raise Stopped(self.fatal)
+
+    async def _start_page(self, reader: WorkReader, snapshot: int) -> None:
+        """Read the next page of work and start its units (counted in ``started``)."""
+        s = self.s
+        units, counts = await reader.next_page()
+        self._count_before(counts)
+        if s.limit is None:
+            self._tick(sum(counts.values()))
+        tasks = self.tasks
+        for unit in units:
+            if s.limit is not None and self.started >= s.limit:
+                break
+            await self.slots.acquire()
+            unit.snapshot = snapshot
+            self.live[snapshot] += 1
+            task = asyncio.create_task(self.handle(unit))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), self.slots.release()))
+            self.started += 1
 
     def _count_before(self, counts: Counter[str]) -> None:
         self.stats.satisfied_before += counts["done_before"]

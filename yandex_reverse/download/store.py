@@ -203,14 +203,6 @@ class Store:
         final = self.out / name
         if final.parent != self.out:  # cannot happen with safe names; never write outside
             raise FetchFailure("unsafe file name", name)
-        temp = body.temp
-        if temp is None:
-            temp = temp_path(self.out, candidate.url)
-            try:
-                temp.write_bytes(body.buffer)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
         sidecar = "".join(
             f"{key}: {_one_line_value(value)}\n"
             for key, value in (
@@ -224,15 +216,29 @@ class Store:
                 *self.context(image_id),
             )
         )
-        side_temp = temp_path(self.out, candidate.url, "-txt")
+        # The image goes through a temporary file and one rename, so it is whole
+        # under its final name. The sidecar is written in place, before the image:
+        # until the rename it is a sidecar without its image, which the next run's
+        # reconcile removes (a kill can leave no image without its sidecar).
+        temp = body.temp
+        own_temp = temp is None
+        if temp is None:
+            temp = temp_path(self.out, candidate.url)
+        side = final.with_suffix(".txt")
+        side_written = placed = False
         try:
-            side_temp.write_text(sidecar, encoding="utf-8")
-            os.replace(side_temp, final.with_suffix(".txt"))
+            if own_temp:
+                temp.write_bytes(body.buffer)
+            side_written = True
+            side.write_text(sidecar, encoding="utf-8")
             os.replace(temp, final)
+            placed = True
         finally:
-            side_temp.unlink(missing_ok=True)
-            if temp is not body.temp:
-                temp.unlink(missing_ok=True)
+            if not placed:
+                if side_written:
+                    side.unlink(missing_ok=True)
+                if own_temp:
+                    temp.unlink(missing_ok=True)
         return Stored(
             recorded_path(final, self.db_dir), checked.width, checked.height, checked.mime
         )

@@ -37,7 +37,10 @@ from . import results
 CONTROL_PREFIX = "/__"
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 CAPTCHA_HEADER = "x-yandex-captcha"
-END_MODES = ("button", "404", "error", "disabled")
+END_MODES = ("button", "404", "error", "disabled", "empty")
+CAMERA_MARKUPS = ("aria", "desktop", "inline", "legacy")
+CAPTCHA_STYLES = ("json", "redirect", "header")
+XHR_VARIANTS = ("", "filters")
 UPLOAD_VARIANTS = ("A", "B", "B-url")
 COOKIE_MODES = ("", "load", "late", "again")
 STATIC = Path(__file__).with_name("static")
@@ -51,7 +54,8 @@ class Settings:
     first_page: int = 30  # results rendered in the similar page
     per_page: int = 30  # results per XHR page
     end: str = (
-        "button"  # after the last page: the button goes, a 404, an error notice, or "disabled"
+        "button"  # after the last page: the button goes, a 404, an error notice, "disabled",
+        # or "empty" (one more page answered with no results, then the button goes)
     )
     empty_pages: list[int] = field(default_factory=list)  # XHR pages answered with no results
     broken_json_page: int | None = None  # this XHR page is broken JSON the first time it is served
@@ -84,6 +88,30 @@ class Settings:
     under_construction: bool = False  # Host yandex.com answers "…is under construction"
     sites: int = 5  # entries of the "Сайты" tab
     legacy_sites: bool = False  # the sites tab as before 2025-05: a top-level "sites" state
+    # more of the live page's variations (reference §1.2, §1.8, §2, §4, §6):
+    camera_markup: str = "aria"  # aria-label / .HeaderDesktopActions-CbirButton only /
+    # button.HeaderForm-InlineCbirButton (opens on mousedown only) / legacy .input__cbir-button
+    decoy_file_input: bool = False  # another (inert) file input comes before the panel's
+    more_markup: str = "default"  # "plain": the "more" button has no FetchListButton-Button class
+    scroll_container: bool = False  # the grid scrolls inside its own element, not the window
+    retry_pages: list[int] = field(default_factory=list)  # XHR pages answering 503 once;
+    # the page's script retries them after a moment, no notice
+    slow_pages: list[int] = field(default_factory=list)  # XHR pages answered after slow_delay s
+    slow_delay: float = 2.5
+    fetch_batch: int = 1  # the page asks for this many pages at once; they answer last first
+    duplicate_fetches: bool = False  # the page asks for every page twice
+    captcha_style: str = "json"  # captcha_page answers JSON + header, redirects to /showcaptcha,
+    # or ("header") a 200 captcha HTML page flagged only by x-yandex-captcha
+    drop_pages: list[int] = field(default_factory=list)  # XHR pages whose connection drops once
+    xhr_variant: str = ""  # "filters": serpList/fetchByFilters, rpt=imageview, source-serpid, uinfo
+    route_keeps_url: bool = False  # with client_route, the tab switches without changing the URL
+    lone_surrogates: bool = False  # some titles are cut in the middle of an emoji (\ud83d)
+    repeat_results: int = 0  # each XHR page repeats this many results of the page before
+    partial_keys: bool = False  # with keys_order, keys lists all but the last entity (+ a stale id)
+    xhr_content_type: str = JSON_HEADERS["Content-Type"]  # what the XHR answers say they are
+    similar_redirect: bool = (
+        False  # the "Похожие" link is a short URL redirecting (302) to the grid
+    )
     # per-picture overrides: {image_key or its prefix: {"pages": 1, "end": "404", "captcha": true, ...}}
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -99,6 +127,14 @@ class Settings:
             raise ValueError(f"upload_variant must be one of {UPLOAD_VARIANTS}")
         if self.cookie_popup not in COOKIE_MODES:
             raise ValueError(f"cookie_popup must be one of {COOKIE_MODES}")
+        if self.camera_markup not in CAMERA_MARKUPS:
+            raise ValueError(f"camera_markup must be one of {CAMERA_MARKUPS}")
+        if self.captcha_style not in CAPTCHA_STYLES:
+            raise ValueError(f"captcha_style must be one of {CAPTCHA_STYLES}")
+        if self.xhr_variant not in XHR_VARIANTS:
+            raise ValueError(f"xhr_variant must be one of {XHR_VARIANTS}")
+        if self.fetch_batch < 1:
+            raise ValueError("fetch_batch must be at least 1")
 
 
 @dataclass
@@ -143,6 +179,7 @@ class FakeYandex:
             self.served: dict[str, Served] = {}
             self.by_cbir: dict[str, str] = {}
             self.broken_done: set[tuple[str, int]] = set()
+            self.retried: set[tuple[str, int]] = set()
             self.upload_count = 0
             self.requests = 0
             self.latency_total = 0.0
@@ -196,6 +233,7 @@ class FakeYandex:
         app.router.add_post("/images-apphost/image-download", self.upload_a)
         app.router.add_post("/images/touch/search", self.upload_b)
         app.router.add_get("/images/search", self.search)
+        app.router.add_get("/images/similar", self.similar_short)
         app.router.add_get("/showcaptcha", self.captcha_page)
         app.router.add_route("*", "/checkcaptcha", self.check_captcha)
         app.router.add_get("/__control", self.get_control)
@@ -279,18 +317,31 @@ class FakeYandex:
         raise web.HTTPFound("/images/")
 
     async def start_page(self, request: web.Request) -> web.Response:
+        s = self.settings
         start = {
-            "variant": self.settings.upload_variant,
-            "hydration": self.settings.hydration_delay,
+            "variant": s.upload_variant,
+            "hydration": s.hydration_delay,
+            "cameraEvent": "mousedown" if s.camera_markup == "inline" else "click",
         }
+        camera = {
+            "aria": '<button type="button" class="Button HeaderDesktopActions-CbirButton" aria-label="Поиск по картинке" data-camera="1">&#128247;</button>',
+            "desktop": '<button type="button" class="Button HeaderDesktopActions-CbirButton" title="Search by image" data-camera="1">&#128247;</button>',
+            "inline": '<button type="button" class="HeaderForm-InlineCbirButton" data-camera="1">&#128247;</button>',
+            "legacy": '<span class="input__cbir-button" role="button" data-camera="1">&#128247;</span>',
+        }[s.camera_markup]
+        decoy = (
+            '<form class="FeedbackForm" style="display:none"><input type="file" name="attachment"></form>'
+            if s.decoy_file_input
+            else ""
+        )
         state = {
             "location": "/images/",
             "initialState": {"cbir": {"uploadVariant": start["variant"]}},
         }
         body = f"""{_root(state)}
-<header class="HeaderDesktop"><form class="HeaderForm" action="/images/search">
+<header class="HeaderDesktop">{decoy}<form class="HeaderForm" action="/images/search">
 <input class="HeaderForm-Input" name="text" placeholder="Поиск изображений">
-<button type="button" class="Button HeaderDesktopActions-CbirButton" aria-label="Поиск по картинке">&#128247;</button>
+{camera}
 </form></header>
 <div class="CbirPanel-Popup Popup2" style="display:none"><div class="CbirPanel-Main">
 <div class="CbirCore"><label class="CbirCore-FileLabel">Выберите файл
@@ -373,12 +424,17 @@ class FakeYandex:
                 _page("Ничего не нашлось", '<div class="EmptySearch">Ничего не нашлось</div>')
             )
         if request.query.get("format") == "json":
-            return self.fetch_page(request, key)
+            return await self.fetch_page(request, key)
         if request.query.get("cbir_page") == "similar":
             return self.similar_page(request, key)
         if request.query.get("cbir_page") == "sites":
             return self.sites_page(request, key, cbir_id)
         return self.result_page(request, key, cbir_id)
+
+    async def similar_short(self, request: web.Request) -> web.Response:
+        """A short "Похожие" link (``similar_redirect``): 302 to the grid's canonical URL."""
+        query = {**request.query, "cbir_page": "similar", "rpt": "imagelike"}
+        raise web.HTTPFound("/images/search?" + urlencode(query))
 
     def url_search(self, url: str) -> str:
         """A search by image URL: the URL seeds the results as uploaded bytes would."""
@@ -398,6 +454,7 @@ class FakeYandex:
         """The CbirNavigation tabs, and the similar page's URL."""
         q = {"cbir_id": cbir_id, "url": request.query.get("url", "")}
         similar = "/images/search?" + urlencode({**q, "cbir_page": "similar", "rpt": "imagelike"})
+        link = "/images/similar?" + urlencode(q) if self.settings.similar_redirect else similar
         sites = "/images/search?" + urlencode({**q, "cbir_page": "sites", "rpt": "imageview"})
         search = "/images/search?" + urlencode({**q, "rpt": "imageview"})
 
@@ -405,9 +462,9 @@ class FakeYandex:
             return " CbirNavigation-TabsItem_active" if name == active else ""
 
         if self.settings.renamed_similar_tab:
-            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_type_similar{cls("similar")}" data-tab="similar" href="{html.escape(similar)}">Похожие</a>'
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_type_similar{cls("similar")}" data-tab="similar" href="{html.escape(link)}">Похожие</a>'
         else:
-            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_similar-page{cls("similar")}" data-cbir-page-type="similar" href="{html.escape(similar)}">Похожие</a>'
+            tab = f'<a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_similar-page{cls("similar")}" data-cbir-page-type="similar" href="{html.escape(link)}">Похожие</a>'
         nav = f"""<div class="CbirNavigation" id="CbirNavigation-{uuid.uuid4().hex[:8]}"><nav class="CbirNavigation-Tabs">
 <a class="CbirNavigation-TabsItem CbirNavigation-TabsItem_name_search-by-image{cls("search")}" data-cbir-page-type="search-by-image" href="{html.escape(search)}">Поиск по изображению</a>
 {tab}
@@ -429,6 +486,13 @@ class FakeYandex:
             "finished": first_xhr > 0 and s.pages == 0 and s.end in ("button", "disabled"),
             "clientRoute": s.client_route,
             "trustedOnly": s.trusted_clicks,
+            "batch": s.fetch_batch,
+            "duplicates": s.duplicate_fetches,
+            "retries": 2,
+            "scrollContainer": s.scroll_container,
+            "moreMarkup": s.more_markup,
+            "filters": s.xhr_variant == "filters",
+            "keepUrl": s.route_keeps_url,
         }
 
     def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
@@ -469,10 +533,12 @@ class FakeYandex:
         has_more = s.pages > 0 or s.end not in ("button", "disabled")
         location = str(request.rel_url)
         state = results.data_state(location, entities, has_more=has_more, keys=s.keys_order)
+        if s.keys_order and s.partial_keys:
+            _partial_keys(state["initialState"]["serpList"]["items"])
         with self.lock:
             served = self.served[key]
             served.pages[0] = [e["id"] for e in entities]
-            served.bodies[0] = json.dumps(state, ensure_ascii=False)
+            served.bodies[0] = serp.dumps(state)
             if not has_more:
                 served.end = "button"
         others = [
@@ -481,26 +547,34 @@ class FakeYandex:
         ]
         roots = "".join(_root(others[i % 2]) for i in range(max(0, s.data_states - 1)))
         thumbs = "".join(_thumb(e) for e in entities)
-        button = (
-            '<div class="FetchListButton" style="display:none"><button type="button" '
-            'class="Button FetchListButton-Button"><span class="Button-Text">Показать ещё</span>'
-            "</button></div>"
-        )
+        grid = f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>'
+        grid += _more_button(s.more_markup)
+        if s.scroll_container:
+            grid = f'<div class="ScrollArea">{grid}</div>'
         body = (
             roots
             + _root(state)
-            + f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>{button}'
+            + grid
             + _script("FAKE_SIMILAR", self._client(request, key, s, first_xhr=1), "similar.js")
         )
-        return _html(self._page("Похожие картинки", body))
+        page = self._page("Похожие картинки", body)
+        if s.scroll_container:
+            page = page.replace("<body>", '<body class="Body_scroll_container">', 1)
+        return _html(page)
 
     def _page_entities(self, key: str, s: Settings, page: int) -> list[dict[str, Any]]:
         total = s.first_page + s.per_page * s.pages
         every = _results(key, total, s.shared_fraction, s.fault_rate)
-        start, stop = results.page_slices(s.first_page, s.per_page, s.pages)[page]
-        return every[start:stop]
+        slices = results.page_slices(s.first_page, s.per_page, s.pages)
+        start, stop = slices[page]
+        if page > 0 and s.repeat_results:  # the feed overlaps: the end of the page before again
+            start = max(slices[page - 1][0], start - s.repeat_results)
+        chosen = every[start:stop]
+        if s.lone_surrogates:  # a title cut by UTF-16 units, halfway through an emoji
+            chosen = [_cut_emoji(e) if i % 3 == 0 else e for i, e in enumerate(chosen)]
+        return chosen
 
-    def fetch_page(self, request: web.Request, key: str) -> web.Response:
+    async def fetch_page(self, request: web.Request, key: str) -> web.Response:
         """One ``serpList/fetch`` XHR answer."""
         s = self.for_image(key)
         try:
@@ -508,11 +582,32 @@ class FakeYandex:
         except ValueError:
             return web.Response(status=400)
         served = self.served[key]
+        first = 0 if s.client_route else 1
+        if s.fetch_batch > 1:  # the pages of one batch answer in reverse order
+            await asyncio.sleep(0.3 * (s.fetch_batch - 1 - (page - first) % s.fetch_batch))
+        if page in s.slow_pages:
+            await asyncio.sleep(s.slow_delay)
         if s.captcha_page == page:
             with self.lock:
                 served.captchas += 1
+            if s.captcha_style == "redirect":
+                raise web.HTTPFound(self.captcha_url(request))
+            if s.captcha_style == "header":
+                page = await self.captcha_page(request)
+                page.headers[CAPTCHA_HEADER] = "captcha"
+                return page
             return self.captcha_answer(request)
-        if page < (0 if s.client_route else 1) or page > s.pages:
+        if page in s.drop_pages and (key, -page - 1) not in self.retried:
+            with self.lock:
+                self.retried.add((key, -page - 1))
+            if request.transport is not None:
+                request.transport.close()  # the connection drops: no answer at all
+            return web.Response(status=503)
+        if page in s.retry_pages and (key, page) not in self.retried:
+            with self.lock:
+                self.retried.add((key, page))
+            return web.Response(status=503, text="Service Unavailable")
+        if page < first or page > s.pages:
             if s.end == "404":
                 served.end = "404"
                 return web.Response(status=404)
@@ -520,9 +615,12 @@ class FakeYandex:
                 served.end = "error"
                 return web.Response(status=500)
             served.end = s.end
-            return web.json_response(
-                results.adapter_payload([], last=True, extra_content=s.extra_content)
-            )
+            last = s.end != "empty"
+            text = serp.dumps(results.adapter_payload([], last=last, extra_content=s.extra_content))
+            with self.lock:
+                served.pages[page] = []
+                served.bodies[page] = text
+            return web.Response(text=text, headers=JSON_HEADERS)
         if s.broken_json_page == page and (key, page) not in self.broken_done:
             self.broken_done.add((key, page))
             text = json.dumps(
@@ -540,11 +638,13 @@ class FakeYandex:
             plain_block_name=s.plain_block_name,
             keys=s.keys_order,
         )
-        text = json.dumps(payload, ensure_ascii=False)
+        if s.keys_order and s.partial_keys:
+            _partial_keys(serp.find_block(payload, serp.ADAPTER_BLOCK)["params"]["adapterData"]["serpList"]["items"])  # fmt: skip
+        text = serp.dumps(payload)
         with self.lock:
             served.pages[page] = [e["id"] for e in entities]
             served.bodies[page] = text
-        return web.Response(text=text, headers=JSON_HEADERS)
+        return web.Response(text=text, headers={"Content-Type": s.xhr_content_type})
 
     # ------------------------------------------------------------- control
 
@@ -639,8 +739,29 @@ def _page(title: str, body: str) -> str:
     )
 
 
+def _more_button(markup: str) -> str:
+    """The hidden "Показать ещё" box; ``plain``: a button without the FetchListButton-Button class."""
+    cls = "Button2 Button2_size_l" if markup == "plain" else "Button FetchListButton-Button"
+    return (
+        f'<div class="FetchListButton" style="display:none"><button type="button" class="{cls}">'
+        '<span class="Button-Text">Показать ещё</span></button></div>'
+    )
+
+
+def _cut_emoji(entity: dict[str, Any]) -> dict[str, Any]:
+    """The entity with its titles ending in half an emoji (a lone high surrogate)."""
+    snippet = {**entity["snippet"], "title": entity["snippet"]["title"] + " \ud83d"}
+    viewer = {**entity["viewerData"], "snippet": snippet}
+    return {**entity, "alt": entity["alt"] + " \ud83d", "snippet": snippet, "viewerData": viewer}
+
+
+def _partial_keys(items: dict[str, Any]) -> None:
+    """``keys`` that miss the last entity and name one that is not there."""
+    items["keys"] = [*items["keys"][:-1], "0000stale0000"]
+
+
 def _root(state: dict[str, Any], root_id: str | None = None) -> str:
-    payload = html.escape(json.dumps(state, ensure_ascii=False), quote=True)
+    payload = html.escape(serp.dumps(state), quote=True)
     root_id = root_id or f"ImagesApp-{uuid.uuid4().hex[:10]}"
     return f'<div class="Root" id="{root_id}" data-state="{payload}"></div>'
 
@@ -654,7 +775,7 @@ def _thumb(entity: dict[str, Any]) -> str:
             "pos_id": entity["id"],
         }
     )
-    alt = html.escape(entity["alt"], quote=True)
+    alt = html.escape(entity["alt"].encode("utf-8", "replace").decode("utf-8"), quote=True)
     return (
         f'<div class="SerpItem" data-id="{entity["id"]}"><div class="SerpItem-Thumb">'
         f'<div class="ImagesContentImage"><a class="Link ImagesContentImage-Cover" href="{html.escape(href)}">'

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ..cli import Yes, add_common_flags, sorted_dest
 from ..console import UsageError, one_line
 from ..i18n import N_, _, ngettext
 from ..imageinfo import iter_images
+from ..labels import shown
 from .decode import Task
 from .metrics import PRETRAINED_ENV, weights_problem
 from .report import (
@@ -240,9 +242,23 @@ def resolve_options(args: argparse.Namespace) -> Options:
     if weights is not None and not weights.is_dir():
         raise UsageError(_("--weights-dir is not a folder: {path}").format(path=weights))
     models = _models(args.model or _ask_model("musiq"))
+    asking = console.is_interactive() and not console.answering_with_defaults()
+    if args.model is None and not asking:
+        # The default taken unasked (--yes, no terminal): without its weights, piqe,
+        # with one line saying so and where the weights go. A --model given stays.
+        problem = weights_problem(models, weights, pretrained=_pretrained())
+        if problem is not None:
+            console.console.print(
+                "[yellow]"
+                + console.esc(_("Taking piqe, which needs no weights: {problem}").format(
+                    problem=problem
+                ))
+                + "[/yellow]"
+            )  # fmt: skip
+            models = ("piqe",)
     # On a terminal the weights are checked now, before the other questions; without
-    # one the step stops with the same line when it loads the metric.
-    while console.is_interactive():
+    # one a --model given stops the step with the same line when it loads the metric.
+    while asking:
         problem = weights_problem(models, weights, pretrained=_pretrained())
         if problem is None:
             break
@@ -351,15 +367,20 @@ def score_images(
             stats.errors += sum(1 for r in rows if r["error_message"])
             stats.scored += sum(1 for r in rows if not r["error_message"])
             advance(len(rows))
-    if scorer.halvings:
+    note_device(stats, scorer.halvings, scorer.peak_gpu_bytes())
+
+
+def note_device(stats: RunStats, halvings: int, peak_gpu_bytes: int) -> None:
+    """Batch halvings on out-of-memory (said now) and the peak GPU memory (in the summary)."""
+    if halvings:
         console.console.print(
             ngettext(
                 "Batch size halved {n} time on out-of-memory",
                 "Batch size halved {n} times on out-of-memory",
-                scorer.halvings,
-            ).format(n=scorer.halvings)
+                halvings,
+            ).format(n=halvings)
         )
-    stats.peak_gpu_bytes = scorer.peak_gpu_bytes()
+    stats.peak_gpu_bytes = peak_gpu_bytes
 
 
 def sort_files(
@@ -474,6 +495,8 @@ def print_report(
         ),
     ]
     for key, value in sorted(stats.placed.items()):
+        folder, status = key.split(": ", 1)  # "high: copied" (folder name: sorting's status)
+        key = f"{folder}: {shown(status)}"
         counts.append((_("would be {what}").format(what=key) if opts.dry_run else key, value))
     if stats.peak_gpu_bytes:
         counts.append((_("peak GPU memory"), console.human_bytes(stats.peak_gpu_bytes)))
@@ -523,17 +546,22 @@ def main(argv: list[str] | None = None) -> int:
     conn = open_db(opts.dest / DB_NAME)
     try:
         stats = RunStats()
-        tasks = scan(opts)
-        stats.found = len(tasks)
-        stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
-        todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
-        stats.reused = len(tasks) - len(todo)
-        if todo and opts.executor == "ray":
-            from .ray_exec import score_on_ray
+        with ExitStack() as on_ray:
+            cluster = None
+            if opts.executor == "ray":  # Ray starts while the folder is listed
+                from .ray_exec import ray_session, score_on_ray
 
-            score_on_ray(todo, opts, conn, stats)
-        elif todo:
-            score_images(todo, opts, conn, stats)
+                tasks, cluster = on_ray.enter_context(ray_session(opts, scan))
+            else:
+                tasks = scan(opts)
+            stats.found = len(tasks)
+            stored = {row["filename"]: row for row in conn.execute("SELECT * FROM image_quality")}
+            todo = [t for t in tasks if not is_reusable(stored.get(t.filename), t, opts)]
+            stats.reused = len(tasks) - len(todo)
+            if todo and cluster is not None:
+                score_on_ray(todo, opts, conn, stats, cluster)
+            elif todo:
+                score_images(todo, opts, conn, stats)
         cut = assign_categories(conn, opts.models, opts.thresholds, opts.percentiles)
         failed = sort_files(tasks, opts, conn, stats)
         summary = write_reports(conn, opts.dest, opts.models, cut)

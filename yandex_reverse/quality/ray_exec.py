@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,9 +58,11 @@ class QualityActor:
             # would be restarted over and over, and Ray would bury the line).
             self.fatal = json.dumps({FATAL: type(exc).__name__, "message": str(exc)})
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        n = len(batch["path"])
         if self.scorer is None:
-            return {"row": [self.fatal or "{}"] * len(batch["path"])}
+            return {"row": [self.fatal or "{}"] * n, "actor": [0] * n, "halvings": [0] * n,
+                    "peak": [0] * n}  # fmt: skip
         tasks = [
             Task(Path(str(path)), str(name), int(size), int(mtime))
             for path, name, size, mtime in zip(
@@ -65,7 +71,11 @@ class QualityActor:
         ]
         # Rows as JSON text: every value comes back exactly (floats included) and
         # Arrow never has to guess a column type from a batch of NULLs.
-        return {"row": [json.dumps(row) for row in self.scorer.score(tasks)]}
+        rows = [json.dumps(row) for row in self.scorer.score(tasks)]
+        # This actor's counters so far, on every row (Ray Data may merge batches).
+        halvings, peak = self.scorer.halvings, self.scorer.peak_gpu_bytes()
+        return {"row": rows, "actor": [os.getpid()] * n, "halvings": [halvings] * n,
+                "peak": [peak] * n}  # fmt: skip
 
 
 def plan(opts: Options, cluster: raycluster.Cluster) -> tuple[ScoreSettings, int, float, int]:
@@ -90,60 +100,92 @@ def plan(opts: Options, cluster: raycluster.Cluster) -> tuple[ScoreSettings, int
     return replace(base, device="cpu", workers=1), actors, 0.0, 1
 
 
-def score_on_ray(
-    tasks: list[Task], opts: Options, conn: sqlite3.Connection, stats: RunStats
-) -> None:
-    """Score ``tasks`` on Ray; commit each batch of rows as it comes back."""
-    with raycluster.session(opts.ray_address) as cluster:
-        import ray.data
+@contextmanager
+def ray_session(
+    opts: Options, scan: Callable[[Options], list[Task]]
+) -> Iterator[tuple[list[Task], raycluster.Cluster]]:
+    """Ray for the scoring, started while a thread lists the source folder.
 
-        raycluster.quiet_loggers()
-        settings, actors, gpus, cpus = plan(opts, cluster)
-        text = (
-            _("Executor: Ray, {cluster}; {n} scoring actor(s), {gpus:g} GPU each")
-            if gpus
-            else _("Executor: Ray, {cluster}; {n} scoring actor(s), 1 CPU each")
-        )
-        console.console.print(text.format(cluster=esc(cluster.describe()), n=actors, gpus=gpus))
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        items = [
-            {
-                "path": str(t.path),
-                "filename": t.filename,
-                "file_size": t.file_size,
-                "mtime_ns": t.mtime_ns,
-            }
-            for t in tasks
-        ]
-        scored = ray.data.from_items(
-            items, override_num_blocks=max(actors, math.ceil(len(items) / BATCH))
-        ).map_batches(
-            QualityActor,
-            fn_constructor_args=(settings,),
-            batch_size=BATCH_GPU if gpus else BATCH,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus,
-            num_gpus=gpus,
-        )
-        with console.progress("Scoring", total=len(tasks)) as advance:
-            try:
-                for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-                    rows = [json.loads(text) for text in batch["row"]]
-                    fatal = next((r for r in rows if FATAL in r), None)
-                    if fatal is not None:
-                        kind = UsageError if fatal[FATAL] == "UsageError" else StepFailed
-                        raise kind(fatal["message"])
-                    upsert(conn, rows)
-                    stats.errors += sum(1 for r in rows if r["error_message"])
-                    stats.scored += sum(1 for r in rows if not r["error_message"])
-                    advance(len(rows))
-            except (StepFailed, UsageError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                raise _step_error(exc) from exc
+    Yields the scan's tasks and the cluster; Ray stops when the block ends.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="scan") as pool:
+        listing = pool.submit(scan, opts)
+        try:
+            with raycluster.session(opts.ray_address) as cluster:
+                import ray.data  # noqa: F401  (seconds of imports: while the scan runs)
+
+                raycluster.quiet_loggers()
+                yield listing.result(), cluster
+        finally:
+            listing.cancel()
+
+
+def score_on_ray(
+    tasks: list[Task],
+    opts: Options,
+    conn: sqlite3.Connection,
+    stats: RunStats,
+    cluster: raycluster.Cluster,
+) -> None:
+    """Score ``tasks`` on the Ray of :func:`ray_session`; commit each batch of rows."""
+    import ray.data
+
+    settings, actors, gpus, cpus = plan(opts, cluster)
+    text = (
+        _("Executor: Ray, {cluster}; {n} scoring actor(s), {gpus:g} GPU each")
+        if gpus
+        else _("Executor: Ray, {cluster}; {n} scoring actor(s), 1 CPU each")
+    )
+    console.console.print(text.format(cluster=esc(cluster.describe()), n=actors, gpus=gpus))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    items = [
+        {
+            "path": str(t.path),
+            "filename": t.filename,
+            "file_size": t.file_size,
+            "mtime_ns": t.mtime_ns,
+        }
+        for t in tasks
+    ]
+    scored = ray.data.from_items(
+        items, override_num_blocks=max(actors, math.ceil(len(items) / BATCH))
+    ).map_batches(
+        QualityActor,
+        fn_constructor_args=(settings,),
+        batch_size=BATCH_GPU if gpus else BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
+    halvings: dict[int, int] = {}  # actor process -> its halvings so far
+    peak = 0
+    with console.progress(_("Scoring"), total=len(tasks)) as advance:
+        try:
+            for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = [json.loads(text) for text in batch["row"]]
+                fatal = next((r for r in rows if FATAL in r), None)
+                if fatal is not None:
+                    kind = UsageError if fatal[FATAL] == "UsageError" else StepFailed
+                    raise kind(fatal["message"])
+                upsert(conn, rows)
+                for actor, halved, top in zip(
+                    batch["actor"], batch["halvings"], batch["peak"], strict=True
+                ):
+                    halvings[int(actor)] = max(halvings.get(int(actor), 0), int(halved))
+                    peak = max(peak, int(top))
+                stats.errors += sum(1 for r in rows if r["error_message"])
+                stats.scored += sum(1 for r in rows if not r["error_message"])
+                advance(len(rows))
+        except (StepFailed, UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise _step_error(exc) from exc
+    from .cli import note_device
+
+    note_device(stats, sum(halvings.values()), peak)
 
 
 def _step_error(exc: BaseException) -> Exception:

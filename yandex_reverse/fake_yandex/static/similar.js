@@ -4,7 +4,10 @@
 // the last page it is removed (end "button") or stays disabled ("disabled"); a
 // 404 leaves it as it was; an HTTP error shows the FetchListNotice; broken JSON
 // re-enables it for a retry. With S.clientRoute the result page's "Похожие"
-// tab is a client-side route: history.pushState, then the p=0 XHR.
+// tab is a client-side route: history.pushState, then the p=0 XHR. A load asks
+// for S.batch pages at once (each twice with S.duplicates), retries a 5xx up to
+// S.retries times before the notice, follows a redirect to /showcaptcha, and
+// with S.end "empty" takes an answer without results as the end.
 (() => {
   const S = window.FAKE_SIMILAR;
   const ADAPTER = 'i-react-ajax-adapter:ajax';
@@ -51,35 +54,62 @@
       timer = setTimeout(showButton, S.buttonDelay * 1000);
     } else showButton();
   }
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  function query(p) {
+    const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
+                          {block: {block: ADAPTER}, params: {type: 'ImagesApp', ajaxKey: S.filters ? 'serpList/fetchByFilters' : 'serpList/fetch'}, version: 2}],
+                 metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
+    const rest = S.filters ? '&rpt=imageview&cbir_page=similar&serpListType=horizontal&source-serpid=' + S.serpid + '&uinfo=sw-1280-sh-800-ww-1280-wh-720'
+                           : '&rpt=imagelike&serpid=' + S.serpid;
+    return 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + p + '&cbir_id=' +
+           encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + rest;
+  }
+  async function one(p) {
+    let r;
+    for (let tries = 0; ; tries++) {
+      try {
+        r = await fetch('/images/search?' + query(p), {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
+      } catch (e) {  // the connection dropped
+        if (tries < (S.retries || 0)) { await sleep(300); continue; }
+        return {p, error: true};
+      }
+      if (r.status >= 500 && tries < (S.retries || 0)) { await sleep(300); continue; }
+      break;
+    }
+    if (r.redirected && r.url.includes('/showcaptcha')) return {p, captcha: r.url};
+    if (r.status === 404) return {p, end404: true};
+    if (!r.ok) return {p, error: true};
+    let j = null;
+    try { j = await r.json(); } catch (e) { j = null; }
+    if (j && j.type === 'captcha') return {p, captcha: j.captcha['captcha-page']};
+    return {p, j};
+  }
   async function load() {
     if (loading || finished) return;
     loading = true;
     btn.disabled = true;
-    const req = {blocks: [{block: 'extra-content', params: {}, version: 2},
-                          {block: {block: ADAPTER}, params: {type: 'ImagesApp', ajaxKey: 'serpList/fetch'}, version: 2}],
-                 metadata: {bundles: {lb: 'AdTb<Ny3Dfk'}, assets: {las: 'justifier-height=1;thumb-underlay=1'}, extraContent: {names: ['i-react-ajax-adapter']}}};
-    const q = 'format=json&request=' + encodeURIComponent(JSON.stringify(req)) + '&p=' + page + '&rpt=imagelike&cbir_id=' +
-              encodeURIComponent(S.cbir) + '&url=' + encodeURIComponent(S.url) + '&yu=' + S.yu + '&serpid=' + S.serpid;
-    try {
-      const r = await fetch('/images/search?' + q, {headers: {'Accept': 'application/json, text/javascript, */*; q=0.01', 'X-Requested-With': 'XMLHttpRequest'}});
-      if (r.status === 404) {
-        /* nothing more; the button stays */
-      } else if (!r.ok) {
-        notice();
-      } else {
-        let j = null;
-        try { j = await r.json(); } catch (e) { j = null; }
-        if (j && j.type === 'captcha') { location.href = j.captcha['captcha-page']; return; }
-        if (j) {
-          const sl = j.blocks.find(b => named(b, ADAPTER)).params.adapterData.serpList;
-          const ids = sl.items.keys || Object.keys(sl.items.entities);
-          for (const id of ids) list.appendChild(thumb(sl.items.entities[id]));
-          page += 1;
-          finished = sl.loadNextState === 'finished';
-          window.dispatchEvent(new Event('fake:loaded'));
-        }
-      }
-    } catch (e) { notice(); }
+    const calls = [];
+    for (let i = 0; i < (S.batch || 1); i++) {
+      calls.push(one(page + i));
+      if (S.duplicates) calls.push(one(page + i));
+    }
+    let outs;
+    try { outs = await Promise.all(calls); } catch (e) { outs = [{error: true}]; }
+    let done = -1;
+    for (const o of outs) {
+      if (o.p !== undefined && o.p <= done) continue;  // the second answer of a duplicate
+      if (o.captcha) { location.href = o.captcha; return; }
+      if (o.error) { notice(); break; }
+      if (o.end404 || !o.j) break;  /* a 404: nothing more, the button stays; broken JSON: again on the next click */
+      const sl = o.j.blocks.find(b => named(b, ADAPTER)).params.adapterData.serpList;
+      const ids = (sl.items.keys || Object.keys(sl.items.entities)).filter(id => sl.items.entities[id]);
+      for (const id of ids) list.appendChild(thumb(sl.items.entities[id]));
+      done = o.p;
+      page = o.p + 1;
+      finished = finished || sl.loadNextState === 'finished' || (S.end === 'empty' && ids.length === 0);
+      window.dispatchEvent(new Event('fake:loaded'));
+      if (finished) break;
+    }
     loading = false;
     afterLoad();
   }
@@ -92,11 +122,13 @@
   function start() {
     list = document.querySelector('.SerpList');
     box = document.querySelector('.FetchListButton');
-    btn = box.querySelector('.FetchListButton-Button');
+    btn = box.querySelector('button');
     sentinel = document.querySelector('.SerpList-Sentinel');
     btn.addEventListener('click', (ev) => { if (!S.trustedOnly || ev.isTrusted) load(); });
     new IntersectionObserver((items) => { if (items.some(i => i.isIntersecting)) scrolled(); }).observe(sentinel);
     addEventListener('scroll', scrolled, {passive: true});
+    const area = document.querySelector('.ScrollArea');
+    if (area) area.addEventListener('scroll', scrolled, {passive: true});
     if (page === 0) load(); else afterLoad();
   }
   if (!S.clientRoute) { start(); return; }
@@ -104,7 +136,7 @@
   tab.addEventListener('click', (ev) => {
     ev.preventDefault();
     if (list) return;
-    history.pushState({}, '', tab.getAttribute('href'));
+    if (!S.keepUrl) history.pushState({}, '', tab.getAttribute('href'));
     document.querySelectorAll('.CbirNavigation-TabsItem_active').forEach(a => a.classList.remove('CbirNavigation-TabsItem_active'));
     tab.classList.add('CbirNavigation-TabsItem_active');
     const main = document.createElement('div');

@@ -1,12 +1,12 @@
 // The start page: the camera button opens the panel (only once the page has
-// "hydrated", after S.hydration s); choosing a file uploads it with fetch() to
+// "hydrated", after S.hydration s; on mousedown only for the inline button); choosing a file uploads it with fetch() to
 // endpoint A or B, then goes to the search page.
 (() => {
   const S = window.FAKE_START;
-  const camera = document.querySelector('button[aria-label="Поиск по картинке"]');
+  const camera = document.querySelector('[data-camera]');
   const popup = document.querySelector('.CbirPanel-Popup');
   const open = () => { popup.style.display = 'block'; popup.classList.add('Popup2_visible'); };
-  setTimeout(() => camera.addEventListener('click', open), (S.hydration || 0) * 1000);
+  setTimeout(() => camera.addEventListener(S.cameraEvent || 'click', open), (S.hydration || 0) * 1000);
   function fail(text) {
     const d = document.createElement('div');
     d.className = 'CbirUploadErrorNotify';
