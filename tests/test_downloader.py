@@ -48,7 +48,7 @@ FAULT_EXPECTATIONS: dict[str, tuple[str, str | None, int, bool]] = {
     "redirectloop": ("failed", "too many redirects", 0, True),
 }
 TRANSIENT = {f for f, (_s, _r, retry, _fb) in FAULT_EXPECTATIONS.items() if retry}
-FAST = ("--timeout", "1", "--retries", "1", "--max-bytes", "1000000")
+FAST = ("--timeout", "3", "--retries", "1", "--max-bytes", "1000000")
 
 
 @pytest.fixture(scope="module")
