@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_download import _fresh_ledger, build_db, plain_loop, urls  # noqa: E402
+from bench.bench_download import CONCURRENCY, _fresh_ledger, build_db, plain_loop, urls  # noqa: E402
 from bench.common import report, work_dir  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
@@ -87,7 +87,7 @@ def bench_download(work: Path) -> None:
         assert server.stdout is not None
         proxy = server.stdout.readline().strip()
         print("drawing the pictures once (untimed) ...", flush=True)
-        assert asyncio.run(plain_loop(all_urls, proxy, None)) == N
+        assert asyncio.run(plain_loop(all_urls, proxy, None, CONCURRENCY)) == N
         for executor in ("local", "ray"):
             out = work / f"out_{executor}"
             shutil.rmtree(out, ignore_errors=True)
