@@ -538,3 +538,17 @@ def test_on_a_terminal_missing_weights_are_said_at_once_and_piqe_offered(workdir
     assert child.exitstatus == 0
     rows = db_rows(workdir / "sorted" / "quality")
     assert len(rows) == 3 and {r["models"] for r in rows.values()} == {"piqe"}
+
+
+def test_create_metrics_wires_the_fast_path_of_each_metric():
+    """MUSIQ gets its batched forward (bfloat16 allowed with precision='auto') and
+    piqe on the CPU its fused kernel: neither falls back to pyiqa's own call."""
+    import torch
+
+    from yandex_reverse.quality import metrics
+
+    musiq, piqe = metrics.create_metrics(
+        ["musiq", "piqe"], torch.device("cpu"), None, pretrained=False
+    )
+    assert isinstance(musiq.fast, metrics.MusiqForward) and musiq.is_musiq
+    assert isinstance(piqe.fast, metrics.FastPiqe) and not piqe.is_musiq

@@ -193,11 +193,8 @@ def create_metrics(
         if is_musiq:
             fast_attention(model.net)
             fast = MusiqForward(model.net, low_precision=precision == "auto" and bf16_pays(device))
-        fast = (
-            FastPiqe.create()
-            if type(model.net).__name__ == "PIQE" and device.type == "cpu"
-            else None
-        )
+        elif type(model.net).__name__ == "PIQE" and device.type == "cpu":
+            fast = FastPiqe.create()
         metrics.append(Metric(name, model, scale, is_musiq=is_musiq, fast=fast))
     return metrics
 
