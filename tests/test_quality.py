@@ -551,4 +551,6 @@ def test_create_metrics_wires_the_fast_path_of_each_metric():
         ["musiq", "piqe"], torch.device("cpu"), None, pretrained=False
     )
     assert isinstance(musiq.fast, metrics.MusiqForward) and musiq.is_musiq
+    # bfloat16 still to be decided on the first batch where it pays, else float32
+    assert musiq.fast.bf16 is (None if metrics.bf16_pays(torch.device("cpu")) else False)
     assert isinstance(piqe.fast, metrics.FastPiqe) and not piqe.is_musiq
