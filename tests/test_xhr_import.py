@@ -337,7 +337,8 @@ def write_attacks(xhr: Path) -> tuple[dict[str, str], dict[str, str]]:
         "u64.jpg_xhr_001.json": ("pos", str(2**64 + 5), "beyond 64 bits"),
         "i64.jpg_xhr_001.json": ("origWidth", str(2**63), "integer beyond 64 bits"),
         "digits.jpg_xhr_001.json": ("origHeight", "7" * 5000, "beyond 64 bits"),
-        "surrogate.jpg_xhr_001.json": ("alt", '"cat \\ud800 dog"', "lone surrogate"),
+        # a lone surrogate in a URL still refuses its result (a title's is mended: see below)
+        "urlsur.jpg_xhr_001.json": ("origUrl", '"https://e.com/a\\ud800.jpg"', "lone surrogate"),
     }
     for name, (field, raw, _) in results.items():
         (xhr / name).write_text(_with_raw_value(name[:3], field, raw), encoding="utf-8")
@@ -398,6 +399,62 @@ def test_hostile_files_and_values_are_reasons_and_the_rest_is_imported(workdir: 
     every = 1 + len(bad_files) + len(bad_results)
     assert count_of(again.stdout, "files skipped (unchanged)") == every
     assert count_of(again.stdout, "of them failed before") == len(bad_files)
+
+
+def test_text_cut_in_the_middle_of_an_emoji_is_kept_mended_and_counted(workdir: Path) -> None:
+    """A lone surrogate (a title cut halfway through an emoji, ordinary on the live site) in a
+    text field: the result is kept, the half character replaced by U+FFFD, and counted."""
+    xhr = workdir / "XHR"
+    half = "\ud83d"  # the first half of 😀
+    cut = entity("cut1", title=f"Кот {half}", domain=f"vk{half}.com", alt=f"кот {half}")
+    cut["snippet"]["url"] = "https://vk.com/wall-1_0"  # (a URL with one is still refused)
+    cut["snippet"]["text"] = f"описание {half}"
+    (xhr / "cut.jpg_xhr_001.json").parent.mkdir(parents=True)
+    (xhr / "cut.jpg_xhr_001.json").write_text(
+        serp.dumps(xhr_payload([cut, entity("whole1")])), encoding="utf-8"
+    )
+    sites = [
+        serp.site(
+            "https://a.example/p", f"Сайт {half}", description=f"текст {half}", domain="a.example"
+        )
+    ]
+    (xhr / "cut.jpg_sites_000.json").write_text(
+        serp.dumps(serp.data_state("/images/search?cbir_page=sites", None, sites=sites)),
+        encoding="utf-8",
+    )
+
+    done = import_xhr(workdir)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    database = workdir / "yandex_images.db"
+    title, domain, alt, text = rows(
+        database, "SELECT title, domain, alt, snippet_text FROM images WHERE id = 'cut1'"
+    )[0]
+    assert (title, domain, alt, text) == (
+        "Кот \ufffd",
+        "vk\ufffd.com",
+        "кот \ufffd",
+        "описание \ufffd",
+    )
+    assert {r[0] for r in rows(database, "SELECT image_id FROM query_results")} == {
+        "cut1",
+        "whole1",
+    }
+    assert rows(database, "SELECT title, description FROM query_sites") == [
+        ("Сайт \ufffd", "текст \ufffd")
+    ]
+    ledger = dict(rows(database, "SELECT path, error FROM xhr_files"))
+    assert ledger["cut.jpg_xhr_001.json"] == f"1 kept: {serp.MENDED_TEXT}"
+    assert ledger["cut.jpg_sites_000.json"] == f"1 kept: {serp.MENDED_TEXT}"
+    assert count_of(done.stdout, "results skipped (malformed)") == 0
+    assert serp.MENDED_TEXT in done.stdout  # the reason, in the summary's table
+    dump_before = dump(database)
+
+    again = import_xhr(workdir, "--lang", "ru")
+
+    assert again.returncode == 0 and dump(database) == dump_before
+    russian = import_xhr(workdir, "--lang", "ru", "--db", "ru.db")  # the reason in Russian
+    assert "текст обрезан посреди символа" in russian.stdout, russian.stdout
 
 
 def test_a_batch_sqlite_refuses_is_written_file_by_file(workdir: Path) -> None:

@@ -36,6 +36,7 @@ FIXED = frozenset(
         N_("integer beyond 64 bits"),
         N_("number beyond 64 bits"),
         N_("text that is not valid Unicode (a lone surrogate)"),
+        N_("text cut inside a character (a lone surrogate): kept, with U+FFFD"),
         N_("truncated JSON"),
         N_("invalid JSON"),
         N_("not UTF-8"),

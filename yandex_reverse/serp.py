@@ -221,6 +221,14 @@ def upload_reply(data: Any) -> dict[str, str] | None:
 # ---------------------------------------------------------------- building
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A title cut by UTF-16 units halfway through an emoji (ordinary on the live site) holds a
+# lone surrogate: step 2 keeps the result, the half character replaced (text fields only).
+MENDED_TEXT = "text cut inside a character (a lone surrogate): kept, with U+FFFD"
+
+
+def mend_text(text: str) -> str:
+    """``text`` with every lone surrogate (half a UTF-16 pair) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def dumps(data: Any) -> str:

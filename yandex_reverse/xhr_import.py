@@ -191,14 +191,32 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def check_text(row: tuple[Any, ...]) -> None:
-    """:class:`BadValue` when a string of ``row`` cannot be encoded (a lone surrogate)."""
-    for value in row:
+# The columns of free text (titles, descriptions, domain text) in an ``images`` row and a
+# ``query_sites`` row: a lone surrogate there is mended (:func:`serp.mend_text`), elsewhere
+# (ids, URLs) it refuses the result.
+IMAGE_TEXT = frozenset({9, 14, 15, 21, 22, 23})  # alt, title, domain, loading, title_raw, text
+SITE_TEXT = frozenset({4, 5, 6, 7})  # title, title_raw, domain, description
+
+
+def check_text(
+    row: tuple[Any, ...], text: frozenset[int] = frozenset()
+) -> tuple[tuple[Any, ...], bool]:
+    """``row`` with its ``text`` columns mended, and whether one was; :class:`BadValue` when
+    another string of ``row`` cannot be encoded (a lone surrogate in an id or a URL)."""
+    mended = False
+    for index, value in enumerate(row):
         if type(value) is str and not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise BadValue("text that is not valid Unicode (a lone surrogate)") from None
+                if index not in text:
+                    raise BadValue("text that is not valid Unicode (a lone surrogate)") from None
+                mended = True
+    if mended:
+        row = tuple(
+            serp.mend_text(v) if i in text and type(v) is str else v for i, v in enumerate(row)
+        )
+    return row, mended
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -523,6 +541,7 @@ class ParsedFile:
     links: list[tuple[Any, ...]] = field(default_factory=list)
     sites: list[tuple[Any, ...]] = field(default_factory=list)
     bad: Counter[str] = field(default_factory=Counter)  # reason -> results skipped
+    mended: int = 0  # results kept with a lone surrogate of their text replaced (U+FFFD)
 
     @property
     def found(self) -> int:
@@ -533,14 +552,17 @@ class ParsedFile:
         self.error = reason
         self.images, self.variants, self.links, self.sites = [], [], [], []
         self.bad = Counter()
+        self.mended = 0
 
     def ledger_row(self) -> tuple[Any, ...]:
         now = db.now_iso()
         head = (self.relative, self.size, self.mtime_ns, self.sha256)
         if self.error is not None:
             return (*head, 0, "failed", self.error, now)
-        skipped = "; ".join(f"{n} skipped: {reason}" for reason, n in self.bad.most_common())
-        return (*head, self.found, "imported", skipped or None, now)
+        notes = [f"{n} skipped: {reason}" for reason, n in self.bad.most_common()]
+        if self.mended:
+            notes.append(f"{self.mended} kept: {serp.MENDED_TEXT}")
+        return (*head, self.found, "imported", "; ".join(notes) or None, now)
 
 
 Job = tuple[str, str, str | None, str | None]  # path, ledger name, known sha256, refusal
@@ -587,9 +609,10 @@ def _add_results(
             if not image[0]:
                 raise BadValue("result without an id")
             if not checked:
-                check_text(image)
+                image, mended = check_text(image, IMAGE_TEXT)
                 for row in variants:
                     check_text(row)
+                parsed.mended += mended
         except BadValue as exc:
             parsed.bad[str(exc)] += 1
             continue
@@ -606,7 +629,8 @@ def _add_sites(
         try:
             row = site_row(query, page, position, item, parsed.relative)
             if not checked:
-                check_text(row)
+                row, mended = check_text(row, SITE_TEXT)
+                parsed.mended += mended
         except BadValue as exc:
             parsed.bad[str(exc)] += 1
             continue
@@ -806,6 +830,9 @@ class Writer:
             stats.reasons.update(parsed.bad)
             for reason, n in parsed.bad.items():
                 log.warning("%s: %d skipped: %s", parsed.relative, n, reason)
+            if parsed.mended:
+                stats.reasons[serp.MENDED_TEXT] += parsed.mended
+                log.warning("%s: %d kept: %s", parsed.relative, parsed.mended, serp.MENDED_TEXT)
             if parsed.kind == serp.KIND_SITES:
                 stats.sites_pages += 1
                 stats.sites += len(parsed.sites)
