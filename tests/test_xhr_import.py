@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import REPO, count_of, dump, rows, run_script
 from tests.xhr_factory import entity, write_xhr, xhr_payload
@@ -702,3 +704,28 @@ def test_duplicate_variants_without_their_index_are_archived_not_fatal(workdir: 
     assert rows(database, thumbs) == [(1,)]
     assert rows(database, "SELECT count(*) FROM image_variants_archive") == [(1,)]  # kept
     assert import_xhr(workdir).returncode == 0
+
+
+def test_cached_normalisers_answer_as_the_plain_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each distinct string is normalised once; a hit answers what the plain function does."""
+    from yandex_reverse import xhr_import
+    from yandex_reverse.urls import normalize_url
+
+    monkeypatch.setattr(xhr_import, "_CACHE_MAX", 8)  # full caches are emptied, not grown
+    values = [None, "", "  ", 7, 2**70, True, 1.5, float("nan"), [], {}, "12", " 12 ", "1e3"]
+    values += ["inf", "9" * 30, "//host/x", " https://a.b/c ", "javascript:x", "https://a b/c"]
+    values += ["<b>x</b> &amp; y", "plain", "a\ud800b", "HTTP://A.B:80/x?q=1"]
+
+    def answer(fn: Any, value: Any) -> tuple[str, Any]:
+        try:
+            return "ok", fn(value)
+        except xhr_import.BadValue as exc:
+            return "bad", str(exc)
+
+    for _ in range(3):  # misses, then hits (and evictions)
+        for value in values:
+            assert answer(xhr_import._url, value) == answer(normalize_url, value), value
+            assert answer(xhr_import._plain, value) == answer(xhr_import.plain_text, value)
+            assert repr(answer(xhr_import._int, value)) == repr(answer(xhr_import.to_int, value))
+    for cache in (xhr_import._url_cache, xhr_import._plain_cache, xhr_import._int_cache):
+        assert 0 < len(cache) <= 8

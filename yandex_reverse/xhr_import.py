@@ -227,22 +227,74 @@ def _list(value: Any) -> list[Any]:
     return value if type(value) is list else []
 
 
+# Results repeat values across and within pages (a title in every result of a
+# site, the URL of the original as origUrl, img_href and preview, widths and
+# heights, numbers sent as strings): each distinct string is normalised once
+# per process. The functions cached are pure; a cache is emptied when full.
+_CACHE_MAX = 1 << 16
+_MISS: Any = object()
+_url_cache: dict[str, str | None] = {}
+_plain_cache: dict[str, str | None] = {}
+_int_cache: dict[str, int | None] = {}
+
+
+def _url(value: Any) -> str | None:
+    """:func:`normalize_url`, once per distinct string."""
+    if type(value) is not str:
+        return None  # normalize_url refuses every non-string
+    hit = _url_cache.get(value, _MISS)
+    if hit is _MISS:
+        hit = value if _clean_url(value) else normalize_url(value)
+        if len(_url_cache) >= _CACHE_MAX:
+            _url_cache.clear()
+        _url_cache[value] = hit
+    return hit
+
+
+def _plain(value: Any) -> str | None:
+    """:func:`plain_text`, once per distinct string."""
+    if type(value) is not str:
+        return None if value is None else plain_text(value)
+    hit = _plain_cache.get(value, _MISS)
+    if hit is _MISS:
+        hit = plain_text(value)
+        if len(_plain_cache) >= _CACHE_MAX:
+            _plain_cache.clear()
+        _plain_cache[value] = hit
+    return hit
+
+
 def _int(value: Any) -> int | None:
-    """:func:`to_int` with the common case (a plain int in range) answered first."""
+    """:func:`to_int` with a plain int in range answered first and a string once per value."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return value
-    return None if value is None else to_int(value)
+    if value is None:
+        return None
+    if type(value) is not str:
+        return to_int(value)
+    hit = _int_cache.get(value, _MISS)
+    if hit is _MISS:
+        hit = to_int(value)  # BadValue (beyond 64 bits) is raised every time, never cached
+        if len(_int_cache) >= _CACHE_MAX:
+            _int_cache.clear()
+        _int_cache[value] = hit
+    return hit
+
+
+def _text(value: Any) -> str | None:
+    """:func:`to_text` with the common cases (absent, a non-blank string) answered first."""
+    if value is None:
+        return None
+    return value if type(value) is str and value and not value.isspace() else to_text(value)
 
 
 def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
-    # The common cases (a clean URL, plain ints in range, absent fields) are
-    # answered inline: this runs four times per result, millions of times.
+    # The common cases (plain ints in range, absent fields) are answered
+    # inline: this runs four times per result, millions of times.
     get = item.get
-    url = get("url")
-    if not (type(url) is str and _clean_url(url)):
-        url = normalize_url(url)
-        if url is None:
-            return None
+    url = _url(get("url"))
+    if url is None:
+        return None
     width, height = get("w"), get("h")
     if width is None and height is None and "size" in item:
         size = _dict(item["size"])
@@ -252,7 +304,7 @@ def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, .
         origin_url = origin_w = origin_h = None
     else:
         origin = _dict(origin)
-        origin_url = normalize_url(origin.get("url"))
+        origin_url = _url(origin.get("url"))
         origin_w, origin_h = _int(origin.get("w")), _int(origin.get("h"))
     file_size = get("fileSizeInBytes")
     mixed = get("isMixedImage")
@@ -262,7 +314,9 @@ def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, .
         url,
         width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
         height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
-        None if file_size is None else _int(file_size),
+        file_size
+        if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
+        else _int(file_size),
         None if mixed is None else to_bool(mixed),
         origin_url,
         origin_w,
@@ -300,14 +354,8 @@ def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return list(merged.values())
 
 
-def _url(value: Any) -> str | None:
-    """:func:`normalize_url` with the common case (a clean URL) answered first."""
-    return value if type(value) is str and _clean_url(value) else normalize_url(value)
-
-
-def _text(value: Any) -> str | None:
-    """:func:`to_text` with the common case (a non-blank string) answered first."""
-    return value if type(value) is str and value and not value.isspace() else to_text(value)
+def _in_range(value: Any) -> int | None:
+    return value if type(value) is int and _INT_MIN <= value <= _INT_MAX else _int(value)
 
 
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
@@ -328,47 +376,53 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
                 if type(item) is dict and (row := _variant_row(image_id, kind, item)):
                     variants.append(row)
     thumb = viewer.get("thumb")
-    for item in thumb if type(thumb) is list else (thumb,):
-        if type(item) is dict and (row := _variant_row(image_id, "thumb", item)):
+    if type(thumb) is dict:
+        if row := _variant_row(image_id, "thumb", thumb):
             variants.append(row)
-    if len(variants) > 1 and len({v[1:3] for v in variants}) < len(variants):
+    elif type(thumb) is list:
+        for item in thumb:
+            if type(item) is dict and (row := _variant_row(image_id, "thumb", item)):
+                variants.append(row)
+    if len(variants) > 1 and len({(v[1], v[2]) for v in variants}) < len(variants):
         variants = _unique_variants(variants)
-    raw_orig = get("origUrl")
-    orig_url = _url(raw_orig)
-    raw_href = viewer.get("img_href")
-    img_href = orig_url if raw_href == raw_orig and type(raw_href) is str else _url(raw_href)
+    orig_url = _url(get("origUrl"))
+    img_href = _url(viewer.get("img_href"))
     sget = snippet.get
     title_raw = _text(sget("title"))
     url, snippet_url = get("url"), sget("url")
-    ints = [get(name) for name in ("pos", "width", "height", "origWidth", "origHeight")]
     pos, width, height, orig_w, orig_h = (
-        v if type(v) is int and _INT_MIN <= v <= _INT_MAX else _int(v) for v in ints
+        get("pos"),
+        get("width"),
+        get("height"),
+        get("origWidth"),
+        get("origHeight"),
     )
+    gif, ecom, censored = get("gifLabel"), get("ecomShield"), get("censored")
     image = (
         image_id,
         _text(get("docid")),
         _text(get("documentid")),
         _text(get("reqid")),
         _text(get("rimId")),
-        pos,
-        _url(url) or to_text(url),
+        pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos),
+        None if url is None else _url(url) or to_text(url),
         orig_url,
         _url(get("image")),
-        plain_text(get("alt")),
-        width,
-        height,
-        orig_w,
-        orig_h,
-        plain_text(title_raw),
+        _plain(get("alt")),
+        width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
+        height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
+        orig_w if type(orig_w) is int and _INT_MIN <= orig_w <= _INT_MAX else _int(orig_w),
+        orig_h if type(orig_h) is int and _INT_MIN <= orig_h <= _INT_MAX else _int(orig_h),
+        _plain(title_raw),
         _text(sget("domain")),
-        _url(snippet_url) or to_text(snippet_url),
+        None if snippet_url is None else _url(snippet_url) or to_text(snippet_url),
         _int(get("freshnessCounter")),
-        to_bool(get("gifLabel")),
-        to_bool(get("ecomShield")),
-        to_bool(get("censored")),
+        None if gif is None else to_bool(gif),
+        None if ecom is None else to_bool(ecom),
+        None if censored is None else to_bool(censored),
         _text(get("loading")),
         title_raw,
-        plain_text(sget("text")),
+        _plain(sget("text")),
         img_href,
         orig_url or img_href or best_original(None, None, variants),
     )
