@@ -729,3 +729,113 @@ def test_cached_normalisers_answer_as_the_plain_ones(monkeypatch: pytest.MonkeyP
             assert repr(answer(xhr_import._int, value)) == repr(answer(xhr_import.to_int, value))
     for cache in (xhr_import._url_cache, xhr_import._plain_cache, xhr_import._int_cache):
         assert 0 < len(cache) <= 8
+
+
+KILL_HOOK = """
+import os, signal
+from yandex_reverse import xhr_import
+
+_write = xhr_import.Writer._write
+_calls = [0]
+
+
+def _killing(self, chunk, index):
+    _write(self, chunk, index)  # the chunk attached and copied, its transaction still open
+    _calls[0] += 1
+    if _calls[0] == int(os.environ["YR_TEST_KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+xhr_import.Writer._write = _killing
+"""
+
+
+def _content(path: Path) -> dict[str, list[tuple]]:
+    return {
+        "images": sorted(rows(path, "SELECT * FROM images")),
+        "variants": sorted(
+            rows(path, "SELECT image_id, variant_type, url, width, height FROM image_variants")
+        ),
+        "links": sorted(rows(path, "SELECT * FROM query_results")),
+        "ledger": sorted(rows(path, "SELECT path, sha256, entities, status FROM xhr_files")),
+    }
+
+
+@pytest.mark.parametrize(("kill_after", "committed"), [(1, 0), (2, 0), (3, 40)])
+def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
+    workdir: Path, tmp_path: Path, kill_after: int, committed: int
+) -> None:
+    """Killed after a chunk's rows were copied from the hand-over database, before the
+    batch's commit: nothing of that batch is in the DB; a re-run gives the rows of one run."""
+    xhr = workdir / "XHR"
+    for query in range(24):
+        for page in range(1, 3):
+            results = [entity(f"q{query}p{page}e{i}", pos=i) for i in range(6)]
+            shared = entity("shared", pos=9, dups=[(f"https://d{query}.example/s.jpg", 10, 8)])
+            write_xhr(xhr, f"q{query:02d}.jpg", page, [*results, shared])
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "XHR").symlink_to(xhr)
+    assert import_xhr(reference, "--batch-files", "40").returncode == 0
+    expected = _content(reference / "yandex_images.db")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
+    env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "YR_TEST_KILL_AFTER": str(kill_after)}
+
+    # 48 files, --batch-files 40: chunks of 20 files, the first transaction holds two.
+    killed = run_script(
+        "2_XHRtoDB.py", "--batch-files", "40", "--workers", "2", cwd=workdir, env=env
+    )
+
+    assert killed.returncode == -signal.SIGKILL
+    database = workdir / "yandex_images.db"
+    assert rows(database, "SELECT count(*) FROM xhr_files") == [(committed,)]
+    links = committed // 2 * 13  # per query: 6 + 6 results, "shared" once
+    assert rows(database, "SELECT count(*) FROM query_results") == [(links,)]
+    done = import_xhr(workdir, "--batch-files", "40")
+    assert done.returncode == 0, done.stderr
+    assert _content(database) == expected
+    names = {r[0] for r in rows(database, "SELECT name FROM sqlite_master")}
+    assert set(db.DEFERRED_INDEXES) <= names and db.PENDING_VARIANTS not in names
+
+
+def test_a_file_the_handover_database_refuses_fails_alone() -> None:
+    """A row SQLite cannot bind in the parser fails its file with the reason, not the chunk."""
+    import sqlite3 as sqlite
+
+    from yandex_reverse import xhr_import
+
+    good = xhr_import.ParsedFile("a.json", 1, 1, "x")
+    bad = xhr_import.ParsedFile("b.json", 1, 1, "y")
+    also = xhr_import.ParsedFile("c.json", 1, 1, "z")
+    for parsed, eid in ((good, "a1"), (bad, "b1"), (also, "a1")):
+        image, variants = xhr_import.entity_rows(eid, entity(eid))
+        if parsed is bad:
+            image = (*image[:-1], object())  # nothing SQLite can hold
+        parsed.images, parsed.variants = [image], [variants]
+        parsed.links = [("q", eid, 1, 0, parsed.relative)]
+
+    chunk = xhr_import.pack([good, bad, also])
+
+    assert (good.error, also.error) == (None, None)
+    assert bad.error is not None and bad.error.startswith("cannot be stored")
+    assert [f.n_images for f in chunk.files] == [1, 0, 1]
+    assert chunk.rows is not None
+    conn = sqlite.connect(":memory:")
+    conn.deserialize(chunk.rows)
+    # a1 twice in the chunk: only its first row is marked first
+    assert conn.execute("SELECT file, first, id FROM h_images ORDER BY rowid").fetchall() == [
+        (0, 1, "a1"),
+        (2, 0, "a1"),
+    ]
+    assert conn.execute("SELECT DISTINCT img FROM h_variants ORDER BY 1").fetchall() == [(1,), (2,)]
+
+
+def test_chunks_make_whole_batches() -> None:
+    from yandex_reverse.xhr_import import PARSE_CHUNK, chunk_size
+
+    for batch in (1, 4, 7, 40, 200, 203, 10_000):
+        size = chunk_size(batch)
+        assert 1 <= size <= PARSE_CHUNK and batch % size == 0
+    assert chunk_size(200) == 20

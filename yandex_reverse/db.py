@@ -205,8 +205,8 @@ SITE_COLUMNS: tuple[str, ...] = (
 
 # ------------------------------------------------------------ step 2 statements
 
-_IMPORT_IMAGE_COLUMNS = IMAGE_COLUMNS + IMAGE_EXTRA_COLUMNS
-_IMPORT_VARIANT_COLUMNS = VARIANT_COLUMNS[1:]  # id is assigned by SQLite
+IMPORT_IMAGE_COLUMNS = IMAGE_COLUMNS + IMAGE_EXTRA_COLUMNS
+IMPORT_VARIANT_COLUMNS = VARIANT_COLUMNS[1:]  # id is assigned by SQLite
 _VARIANT_KEY = ("image_id", "variant_type", "url")
 
 
@@ -215,37 +215,37 @@ def _insert(table: str, columns: tuple[str, ...]) -> str:
 
 
 # Images and variants: a value sent again fills in, never blanks, what is known.
-INSERT_IMAGE = _insert("images", _IMPORT_IMAGE_COLUMNS)
-UPSERT_IMAGE = (
-    INSERT_IMAGE
-    + " ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = coalesce(excluded.{c}, images.{c})" for c in _IMPORT_IMAGE_COLUMNS[1:])
+INSERT_IMAGE = _insert("images", IMPORT_IMAGE_COLUMNS)
+IMAGE_UPDATE = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+    f"{c} = coalesce(excluded.{c}, images.{c})" for c in IMPORT_IMAGE_COLUMNS[1:]
 )
-INSERT_VARIANT = _insert("image_variants", _IMPORT_VARIANT_COLUMNS)
-_VARIANT_UPDATE = " ON CONFLICT(image_id, variant_type, url) DO UPDATE SET " + ", ".join(
+UPSERT_IMAGE = INSERT_IMAGE + IMAGE_UPDATE
+INSERT_VARIANT = _insert("image_variants", IMPORT_VARIANT_COLUMNS)
+VARIANT_UPDATE = " ON CONFLICT(image_id, variant_type, url) DO UPDATE SET " + ", ".join(
     f"{c} = coalesce(excluded.{c}, image_variants.{c})"
-    for c in _IMPORT_VARIANT_COLUMNS
+    for c in IMPORT_VARIANT_COLUMNS
     if c not in _VARIANT_KEY
 )
-UPSERT_VARIANT = INSERT_VARIANT + _VARIANT_UPDATE
+UPSERT_VARIANT = INSERT_VARIANT + VARIANT_UPDATE
 # Query links and sites: the first sighting (lowest page, then position) wins.
 _FIRST_SIGHTING = (
     "WHERE excluded.page < {t}.page "
     "OR (excluded.page = {t}.page AND excluded.position < {t}.position)"
 )
-UPSERT_LINK = (
-    "INSERT INTO query_results (query, image_id, page, position, xhr_file) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(query, image_id) DO UPDATE SET "
+LINK_COLUMNS: tuple[str, ...] = ("query", "image_id", "page", "position", "xhr_file")
+LINK_UPDATE = (
+    " ON CONFLICT(query, image_id) DO UPDATE SET "
     "page = excluded.page, position = excluded.position, xhr_file = excluded.xhr_file "
     + _FIRST_SIGHTING.format(t="query_results")
 )
-UPSERT_SITE = (
-    _insert("query_sites", SITE_COLUMNS)
-    + " ON CONFLICT(query, url) DO UPDATE SET "
+UPSERT_LINK = _insert("query_results", LINK_COLUMNS) + LINK_UPDATE
+SITE_UPDATE = (
+    " ON CONFLICT(query, url) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in SITE_COLUMNS[2:])
     + " "
     + _FIRST_SIGHTING.format(t="query_sites")
 )
+UPSERT_SITE = _insert("query_sites", SITE_COLUMNS) + SITE_UPDATE
 UPSERT_QUERY_SOURCE = (
     "INSERT INTO query_sources (query, image_url) VALUES (?, ?) "
     "ON CONFLICT(query) DO UPDATE SET image_url = excluded.image_url"
@@ -276,7 +276,7 @@ DEFERRED_INDEXES: dict[str, str] = {
     ),
 }
 PENDING_VARIANTS = "import_pending_variants"
-INSERT_PENDING_VARIANT = _insert(PENDING_VARIANTS, _IMPORT_VARIANT_COLUMNS)
+INSERT_PENDING_VARIANT = _insert(PENDING_VARIANTS, IMPORT_VARIANT_COLUMNS)
 
 
 def is_empty_for_import(conn: sqlite3.Connection) -> bool:
@@ -296,7 +296,7 @@ def start_bulk_load(conn: sqlite3.Connection) -> None:
     with transaction(conn):
         for name in DEFERRED_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
-        cols = ", ".join(_IMPORT_VARIANT_COLUMNS)
+        cols = ", ".join(IMPORT_VARIANT_COLUMNS)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {PENDING_VARIANTS} ({cols})")
 
 
@@ -323,11 +323,11 @@ def finish_bulk_load(conn: sqlite3.Connection) -> None:
                 archive_duplicate_variants(conn, "duplicate variant (index rebuilt)")
                 conn.execute(ddl)
         if table_exists(conn, PENDING_VARIANTS):
-            cols = ", ".join(_IMPORT_VARIANT_COLUMNS)
+            cols = ", ".join(IMPORT_VARIANT_COLUMNS)
             # "WHERE true" lets SQLite parse the upsert after a SELECT.
             conn.execute(
                 f"INSERT INTO image_variants ({cols}) SELECT {cols} FROM {PENDING_VARIANTS} "
-                f"WHERE true ORDER BY rowid" + _VARIANT_UPDATE
+                f"WHERE true ORDER BY rowid" + VARIANT_UPDATE
             )
             conn.execute(f"DROP TABLE {PENDING_VARIANTS}")
 
