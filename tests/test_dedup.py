@@ -403,3 +403,85 @@ def test_identical_files_compares_first_block_then_the_rest(tmp_path: Path, coun
     groups, errors = identical_files([str(p) for p in small], 100)
     assert groups == [[0, 1]]
     assert [index for index, _exc in errors] == [2]
+
+
+def test_identical_files_first_blocks_of_one_bucket_still_compared_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First blocks are bucketed by xxh3_64; a bucket holding different blocks
+    (a collision, forced here) must still split them by their bytes. A read
+    buffer smaller than the rest reads it in pieces, to the same answer."""
+    from yandex_reverse.dedup import hashing
+
+    body = bytes(range(256)) * 40
+    paths = []
+    for n in range(6):
+        data = bytearray(body)
+        if n >= 3:
+            data[10] ^= 0xFF  # another first block
+        if n == 5:
+            data[-1] ^= 0xFF  # and another rest
+        path = tmp_path / f"f{n}.bin"
+        path.write_bytes(bytes(data))
+        paths.append(str(path))
+    want = [[0, 1, 2], [3, 4]]
+    monkeypatch.setattr(hashing.xxhash, "xxh3_64_intdigest", lambda _data: 0)
+    assert sorted(hashing.identical_files(paths, len(body))[0]) == want
+    monkeypatch.undo()
+    for size in (1, 7, 4096, len(body) - hashing.HEAD, len(body)):
+        groups, errors = hashing.identical_files(paths, len(body), bytearray(size))
+        assert (sorted(groups), errors) == (want, []), size
+
+
+def test_threaded_gives_every_result_and_raises_a_thread_s_error() -> None:
+    from yandex_reverse.dedup.find import _threaded
+
+    assert sorted(_threaded(lambda n: n * n, list(range(50)), 4)) == [n * n for n in range(50)]
+    assert list(_threaded(lambda n: -n, [1, 2, 3], 1)) == [-1, -2, -3]
+
+    def boom(n: int) -> int:
+        if n == 7:
+            raise OSError("disk gone")
+        return n
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(_threaded(boom, list(range(20)), 3))
+
+
+def test_report_text_is_what_json_writes(tmp_path: Path) -> None:
+    """The report's groups are written without json; the text must be json's own."""
+    from yandex_reverse.dedup import cli, find
+
+    names = ["a.jpg", 'q"uote\\back.jpg', "ё/тест.jpg", "tab\tnl\n.jpg", "bad\udcff.jpg", "🙂.png"]
+    entries = [find.Entry(str(tmp_path / n), n, 10 + i, 5, i) for i, n in enumerate(names)]
+    entries[1].width, entries[1].height, entries[1].hash = 640, 480, b"\x00\xff" * 4
+    groups = [
+        find.Group(
+            "exact",
+            [find.Member(entries[0], "kept", 0), find.Member(entries[1], "exact", 0)],
+        ),
+        find.Group(
+            "similar",
+            [find.Member(entries[2], "kept", None)]
+            + [
+                find.Member(e, "similar", d)
+                for e, d in zip(entries[3:], (3, None, 12), strict=True)
+            ],
+        ),
+    ]
+    report = {
+        "version": 1,
+        "folder": str(tmp_path / "ё"),
+        "settings": {"recursive": True, "threshold": 12, "x": None},
+        "groups": groups,
+        "unreadable": [{"path": "b\udcfe", "reason": "r\u2028"}],
+        "moves": [{"source": "/a", "sidecars": [["/a.txt", "/q/a.txt", {"ino": 7}]]}],
+        "deleted": ("x", "y"),
+        "counts": {"moved": 0, "ratio": 0.5, "odd": float("nan"), "big": 10**30, "no": False},
+    }
+    want = json.dumps(
+        {**report, "groups": [cli._group_json(g) for g in groups]}, ensure_ascii=False
+    )
+    assert cli._report_text(report) == want
+    report["groups"] = []
+    assert cli._report_text(report) == json.dumps(report, ensure_ascii=False)

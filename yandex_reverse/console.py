@@ -26,17 +26,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from .i18n import _
 from .i18n import setup as setup_language
 
+TYPE_CHECKING = False  # typing's, without importing typing (a step's start counts)
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 
 class _LazyConsole:

@@ -10,10 +10,10 @@ interrupted run never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
 
 # Files that travel with an image of the same stem (step 5 writes .txt).
 SIDECAR_EXTENSIONS = (".txt", ".json", ".xmp")
@@ -111,13 +111,16 @@ def _claim(target: Path, source: Path, *, copy: bool) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-class Placed(NamedTuple):  # not a dataclass: see cli.Command
-    """Where a file went. ``status``: moved, copied, already (identical file there)."""
+class Placed(namedtuple("Placed", ("source", "target", "status", "sidecars"), defaults=((),))):
+    """Where a file went. ``status``: moved, copied, already (identical file there).
 
+    Not a dataclass nor a typing.NamedTuple: see cli.Command."""
+
+    __slots__ = ()
     source: Path
     target: Path
     status: str
-    sidecars: tuple[Path, ...] = ()
+    sidecars: tuple[Path, ...]
 
 
 def free_targets(dest_dir: Path, name: str) -> Iterator[Path]:

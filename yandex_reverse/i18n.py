@@ -66,13 +66,15 @@ from __future__ import annotations
 import argparse
 import gettext as _gettext
 import io
-import locale
-import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at every start
+if TYPE_CHECKING:
+    import logging
 
 LANGUAGES = ("en", "ru")
 DEFAULT_LANGUAGE = "en"
@@ -83,7 +85,13 @@ PACKAGE_DIR = Path(__file__).parent
 # The functions whose first arguments are msgids (ngettext: the first two).
 KEYWORDS = {"_": 1, "N_": 1, "ngettext": 2}
 
-log = logging.getLogger("yandex_reverse")
+
+def _log() -> logging.Logger:
+    """The package's logger (``logging`` is imported only when something goes wrong)."""
+    import logging
+
+    return logging.getLogger("yandex_reverse")
+
 
 _current: _gettext.NullTranslations = _gettext.NullTranslations()
 _language: str | None = None
@@ -140,6 +148,8 @@ def language_from_env(environ: Mapping[str, str] | None = None) -> str:
         value = environ.get(name)
         if value:
             return _language_of(value)
+    import locale  # only without LC_ALL, LC_MESSAGES and LANG
+
     try:
         system = locale.getlocale()[0] or ""
     except ValueError:
@@ -188,7 +198,7 @@ def translations(lang: str) -> _gettext.NullTranslations:
         try:
             current = load_po(path, lang)
         except Exception:  # one broken catalogue must not take the others down
-            log.exception("cannot read the catalogue %s", path)
+            _log().exception("cannot read the catalogue %s", path)
             continue
         if chain is None:
             chain = current
@@ -224,7 +234,7 @@ def load_po(path: Path, lang: str) -> _gettext.GNUTranslations:
     except (OSError, RuntimeError):  # none yet, or no home folder
         pass
     except Exception:  # an unreadable cached copy: compile again below
-        log.warning("ignoring the cached catalogue %s", cached)
+        _log().warning("ignoring the cached catalogue %s", cached)
     mo = _compile(data, lang)
     if cached is not None:
         _store(cached, mo)
@@ -239,7 +249,7 @@ def _store(target: Path, data: bytes) -> None:
         temporary.write_bytes(data)
         os.replace(temporary, target)
     except OSError as exc:  # a read-only home: compiled in memory each time
-        log.debug("cannot cache the catalogue %s: %s", target, exc)
+        _log().debug("cannot cache the catalogue %s: %s", target, exc)
 
 
 def _compile(data: bytes, lang: str) -> bytes:

@@ -19,13 +19,14 @@ import functools
 import os
 import signal
 import warnings
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple
 
 from .i18n import _
 
+TYPE_CHECKING = False  # typing's, without importing typing at every start
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
@@ -153,9 +154,12 @@ def iter_image_entries(
         stack.extend(reversed(subdirs))  # depth first, in name order, as before
 
 
-class ImageInfo(NamedTuple):  # not a dataclass: see cli.Command
-    """What a header says: displayed size (EXIF applied), format, mode."""
+class ImageInfo(namedtuple("ImageInfo", ("width", "height", "format", "mode", "orientation"))):
+    """What a header says: displayed size (EXIF applied), format, mode.
 
+    Not a dataclass nor a typing.NamedTuple: see cli.Command."""
+
+    __slots__ = ()
     width: int
     height: int
     format: str | None

@@ -10,14 +10,13 @@ interrupted) and ``--undo REPORT`` puts the files back.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 from .. import i18n
 from ..cli import Yes, add_common_flags
@@ -48,6 +47,10 @@ from ..fsutil import (
 from ..i18n import N_, _, ngettext
 from . import find
 from .hashing import METHODS
+
+TYPE_CHECKING = False  # typing's, without importing typing (exact mode's start counts)
+if TYPE_CHECKING:
+    from typing import Any
 
 MODES = ("exact", "similar", "both", "filename")
 REPORT_VERSION = 1
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": _iso(started),
         "files": len(found.entries),
         "hashing": {"hashed": found.hashed, "from_cache": found.cached},
-        "groups": [_group_json(g) for g in groups],
+        "groups": groups,  # written by _report_text, straight from the groups
         "unreadable": [{"path": p, "reason": r} for p, r in found.unreadable],
         "hard_links": [{"path": p, "same_file_as": q} for p, q in found.hard_links],
         "moves": [],
@@ -279,10 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         report["finished"] = _iso(time.time())
         report["counts"] = counts
         if report_path is not None:
-            # No indent: json's C encoder only runs without one (the indented
-            # report of 2,000 groups took longer than finding them).
-            # ``python -m json.tool REPORT`` shows it indented.
-            atomic_write_text(report_path, json.dumps(report, ensure_ascii=False) + "\n")
+            # No indent (``python -m json.tool REPORT`` shows it indented).
+            atomic_write_text(report_path, _report_text(report) + "\n")
     would_free = sum(m.entry.size for m in removals)
     rows: list[tuple[str, Any]] = [
         (_("files scanned"), len(found.entries)),
@@ -395,6 +396,85 @@ def _iso(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp))
 
 
+def _report_text(report: dict[str, Any]) -> str:
+    """``json.dumps(report, ensure_ascii=False)``, its ``groups`` (the
+    :class:`find.Group` objects themselves) written by :func:`_groups_text`.
+
+    The groups are nearly all of a report; made into dicts and encoded by
+    ``json`` they cost more than finding them (20,000 files, exact mode),
+    and ``json``'s import is a few per cent of exact mode's start.
+    """
+    quote = _encode_string()
+    fields = [
+        f"{quote(key)}: " + (_groups_text(value) if key == "groups" else _json_text(value, quote))
+        for key, value in report.items()
+    ]
+    return "{" + ", ".join(fields) + "}"
+
+
+def _json_text(value: Any, quote: Callable[[str], str]) -> str:
+    """``json.dumps(value, ensure_ascii=False)`` for the plain values of a report
+    (``json`` itself, for anything else): exact mode need not import ``json``."""
+    if isinstance(value, str):
+        return quote(value)
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and value - value == 0:  # finite
+        return float.__repr__(value)
+    if type(value) is dict and all(type(key) is str for key in value):
+        items = ", ".join(f"{quote(k)}: {_json_text(v, quote)}" for k, v in value.items())
+        return "{" + items + "}"
+    if type(value) in (list, tuple):
+        return "[" + ", ".join(_json_text(v, quote) for v in value) + "]"
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _groups_text(groups: list[find.Group]) -> str:
+    """The JSON text of the groups, as ``json.dumps(..., ensure_ascii=False)``
+    writes the dicts of :func:`_group_json` (the tests hold it to that)."""
+    quote = _encode_string()
+    parts = []
+    for group in groups:
+        members = [
+            f"{{{_entry_text(m.entry, quote)}, "
+            f'"match": {quote(m.match)}, "distance_to_kept": {_number(m.distance)}}}'
+            for m in group.removed
+        ]
+        parts.append(
+            f'{{"kind": {quote(group.kind)}, "kept": {{{_entry_text(group.kept, quote)}}}, '
+            f'"duplicates": [{", ".join(members)}]}}'
+        )
+    return f"[{', '.join(parts)}]"
+
+
+def _entry_text(entry: find.Entry, quote: Callable[[str], str]) -> str:
+    text = f'"path": {quote(entry.rel)}, "bytes": {int(entry.size)}'
+    if entry.pixels:
+        text += f', "width": {int(entry.width)}, "height": {int(entry.height)}'
+    if entry.hash is not None:
+        text += f', "hash": "{entry.hash.hex()}"'
+    return text
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _encode_string() -> Callable[[str], str]:
+    """``json``'s own string encoder (its C one where built), as ``ensure_ascii=False`` uses it."""
+    try:
+        from _json import encode_basestring
+    except ImportError:  # a Python without the C accelerator
+        from json.encoder import py_encode_basestring as encode_basestring
+    return encode_basestring
+
+
 def _entry_json(entry: find.Entry) -> dict[str, Any]:
     out: dict[str, Any] = {"path": entry.rel, "bytes": entry.size}
     if entry.pixels:
@@ -405,6 +485,7 @@ def _entry_json(entry: find.Entry) -> dict[str, Any]:
 
 
 def _group_json(group: find.Group) -> dict[str, Any]:
+    """One group as a dict: what :func:`_groups_text` writes (kept for the tests)."""
     return {
         "kind": group.kind,
         "kept": _entry_json(group.kept),
@@ -515,6 +596,8 @@ def undo(report_path: Path, *, dry_run: bool = False) -> int:
     reason and left alone. Only folders the run created are removed (when
     empty).
     """
+    import json
+
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
         run_id = report.get("run")
@@ -701,6 +784,8 @@ def _read_journal(
                 path=path, reason=one_line(exc)
             )
         ) from exc
+    import json
+
     records = []
     for line in lines:
         try:
@@ -737,6 +822,8 @@ class Journal:
             self._write({"dir": str(folder)})
 
     def _write(self, record: dict[str, Any]) -> None:
+        import json
+
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
 

@@ -15,12 +15,12 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import xxhash
 
 from ..imageinfo import ImageError, exif_orientation, open_image
 
+TYPE_CHECKING = False  # typing's, without importing typing (exact mode's start counts)
 if TYPE_CHECKING:
     import sqlite3
 
@@ -30,16 +30,17 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 METHODS = ("phash", "dhash", "ahash", "whash")
 HEAD = 4096  # the first block: what jdupes compares before it hashes whole files
-_CHUNK = 4 << 20  # the rest of a file is read in one call up to this size
+READ_BUFFER = 4 << 20  # the rest of a file is read in one call up to this size
 _OPEN_AT_ONCE = 64  # files of one group kept open between their head and their rest
 _READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+_PREADV = getattr(os, "preadv", None)  # Unix; elsewhere lseek and readv/read
 
 
 # ----------------------------------------------------------------- bytes
 
 
 def identical_files(
-    paths: list[str], size: int
+    paths: list[str], size: int, buffer: bytearray | None = None
 ) -> tuple[list[list[int]], list[tuple[int, OSError]]]:
     """Which of ``paths`` (all ``size`` bytes, as scanned) hold the same bytes.
 
@@ -52,10 +53,19 @@ def identical_files(
     so that a folder of thousands of same-size files never runs out of file
     descriptors. A file read in full in the first block (up to 4 KiB) is
     never opened again.
+
+    First blocks are sorted into buckets by their xxh3_64 (a dict keyed by
+    the 4 KiB bytes themselves spent most of its time in Python's SipHash of
+    each key), then compared byte for byte within a bucket. ``buffer``: a
+    scratch buffer the rests are read into (one per thread, reused from
+    group to group: a fresh ``bytes`` per file costs an allocation and its
+    page faults); made here when not given.
     """
     errors: list[tuple[int, OSError]] = []
     keep_open = len(paths) <= _OPEN_AT_ONCE and size > HEAD
-    heads: dict[bytes, list[tuple[int, int]]] = {}
+    # xxh3_64 of the first block -> [(first block, [(index, fd), ...]), ...]
+    buckets: dict[int, list[tuple[bytes, list[tuple[int, int]]]]] = {}
+    head_key = xxhash.xxh3_64_intdigest
     for index, path in enumerate(paths):
         try:
             fd = os.open(path, _READ)
@@ -73,51 +83,80 @@ def identical_files(
         if not keep_open:
             os.close(fd)
             fd = -1
-        heads.setdefault(head, []).append((index, fd))
-    groups: list[list[int]] = []
-    for tied in heads.values():
-        if len(tied) == 1 or size <= HEAD:
-            for _index, fd in tied:
-                if fd >= 0:
-                    os.close(fd)
-            if len(tied) > 1:
-                groups.append([index for index, _fd in tied])
+        key = head_key(head)
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = [(head, [(index, fd)])]
             continue
-        rests: dict[bytes, list[int]] = {}
-        for index, fd in tied:
-            try:
-                digest = _rest_hash(paths[index], fd, size)
-            except OSError as exc:
-                errors.append((index, exc))
+        for known, members in bucket:
+            if known == head:
+                members.append((index, fd))
+                break
+        else:
+            bucket.append((head, [(index, fd)]))
+    groups: list[list[int]] = []
+    for bucket in buckets.values():
+        for _head, tied in bucket:
+            if len(tied) == 1 or size <= HEAD:
+                for _index, fd in tied:
+                    if fd >= 0:
+                        os.close(fd)
+                if len(tied) > 1:
+                    groups.append([index for index, _fd in tied])
                 continue
-            rests.setdefault(digest, []).append(index)
-        groups.extend(same for same in rests.values() if len(same) > 1)
+            if buffer is None:
+                buffer = bytearray(min(size - HEAD + 1, READ_BUFFER))
+            rests: dict[bytes, list[int]] = {}
+            for index, fd in tied:
+                try:
+                    digest = _rest_hash(paths[index], fd, size, buffer)
+                except OSError as exc:
+                    errors.append((index, exc))
+                    continue
+                rests.setdefault(digest, []).append(index)
+            groups.extend(same for same in rests.values() if len(same) > 1)
     return groups, errors
 
 
-def _rest_hash(path: str, fd: int, size: int) -> bytes:
-    """xxh3_128 of the file from byte 4096 on (``fd`` is there already, or -1)."""
+def _rest_hash(path: str, fd: int, size: int, buffer: bytearray) -> bytes:
+    """xxh3_128 of the file from byte 4096 on (``fd`` is open already, or -1).
+
+    Read with ``preadv`` into ``buffer``: one read when the rest and a byte
+    more fit (the byte more sees a file that grew), else in buffer-sized
+    pieces.
+    """
     if fd < 0:
         fd = os.open(path, _READ)
-        try:
-            os.lseek(fd, HEAD, os.SEEK_SET)
-        except OSError:
-            os.close(fd)
-            raise
     try:
+        view = memoryview(buffer)
         want = size - HEAD
-        if want < _CHUNK:  # one read: the rest and a byte more, to see a file that grew
-            block = os.read(fd, want + 1)
-            if len(block) <= want:
-                return xxhash.xxh3_128_digest(block)
+        if want < len(buffer):
+            got = _pread_into(fd, view[: want + 1], HEAD)
+            if got <= want:
+                return xxhash.xxh3_128_digest(view[:got])
+            offset, digest = HEAD + got, xxhash.xxh3_128(view[:got])
         else:
-            block = b""
-        digest = xxhash.xxh3_128(block)
-        while block := os.read(fd, _CHUNK):
-            digest.update(block)
+            offset, digest = HEAD, xxhash.xxh3_128()
+        while got := _pread_into(fd, view, offset):
+            digest.update(view[:got])
+            offset += got
         return digest.digest()
     finally:
         os.close(fd)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Bytes read into ``view`` from ``offset`` (``os.preadv`` where it exists)."""
+    if _PREADV is not None:
+        return _PREADV(fd, [view], offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.readv(fd, [view]) if hasattr(os, "readv") else _read_copy(fd, view)
+
+
+def _read_copy(fd: int, view: memoryview) -> int:
+    block = os.read(fd, len(view))
+    view[: len(block)] = block
+    return len(block)
 
 
 # -------------------------------------------------------------- pictures
