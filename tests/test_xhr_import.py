@@ -839,3 +839,25 @@ def test_chunks_make_whole_batches() -> None:
         size = chunk_size(batch)
         assert 1 <= size <= PARSE_CHUNK and batch % size == 0
     assert chunk_size(200) == 20
+
+
+def test_without_serialize_the_rows_travel_as_tuples_and_give_the_same_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.10 has no Connection.serialize(): the writer binds the rows itself."""
+    from yandex_reverse import xhr_import
+
+    xhr = tmp_path / "XHR"
+    for page in range(1, 5):
+        shared = entity("shared", pos=9, dups=[(f"https://d{page}.example/s.jpg", 10, 8)])
+        write_xhr(xhr, f"q{page % 2}.jpg", page, [entity(f"p{page}e{i}") for i in range(3)])
+        write_xhr(xhr, f"s{page}.jpg", page, [shared])
+    results = {}
+    for serialize in (True, False):
+        monkeypatch.setattr(xhr_import, "SERIALIZE", serialize)
+        database = tmp_path / f"{serialize}.db"
+        for _ in range(2):  # the second run finds every file in the ledger
+            xhr_import.import_folder(xhr, database, batch_files=3, workers=1)
+        results[serialize] = _content(database)
+    assert results[True] == results[False]
+    assert len(results[True]["ledger"]) == 8 and len(results[True]["images"]) == 13

@@ -781,15 +781,18 @@ def _bind(
     conn.executemany(_H_INSERT_SITE, [(index, *site) for site in parsed.sites])
 
 
-def _bind_all(conn: sqlite3.Connection, files: list[ParsedFile], alone: bool) -> None:
+def _bind_all(
+    conn: sqlite3.Connection, files: list[ParsedFile], alone: bool, begin: bool = True
+) -> None:
     """Every file's rows in one transaction, or (``alone``) each in its own: a file whose
-    rows SQLite refuses is then failed with the reason and the others go on."""
+    rows SQLite refuses is then failed with the reason and the others go on. ``begin``
+    False: in the transaction the caller holds."""
     seen: set[str] = set()
     img = 0
-    if not alone:
+    if begin and not alone:
         conn.execute("BEGIN")
     for index, parsed in enumerate(files):
-        if not (parsed.images or parsed.sites):
+        if parsed.error is not None or not (parsed.images or parsed.sites):
             continue
         if alone:
             conn.execute("BEGIN")
@@ -804,8 +807,13 @@ def _bind_all(conn: sqlite3.Connection, files: list[ParsedFile], alone: bool) ->
             _bind(conn, index, parsed, seen, img)
         seen.update(image[0] for image in parsed.images)
         img += len(parsed.images)
-    if not alone:
+    if begin and not alone:
         conn.commit()
+
+
+# Connection.serialize() came with Python 3.11; before it the rows travel as
+# tuples and the writer binds them into its attached hand-over database.
+SERIALIZE = hasattr(sqlite3.Connection, "serialize")
 
 
 def pack(files: list[ParsedFile]) -> Chunk:
@@ -819,12 +827,15 @@ def pack(files: list[ParsedFile]) -> Chunk:
         except DATA_ERRORS:
             conn.rollback()
             _bind_all(conn, files, alone=True)
+        if not SERIALIZE:
+            return Chunk(files, None)  # the rows stay in the files
         rows = any(f.n_images or f.n_sites for f in files)
-        return Chunk(files, conn.serialize() if rows else None)
+        blob = conn.serialize() if rows else None
     finally:
         conn.close()
-        for parsed in files:
-            parsed.images, parsed.variants, parsed.links, parsed.sites = [], [], [], []
+    for parsed in files:
+        parsed.images, parsed.variants, parsed.links, parsed.sites = [], [], [], []
+    return Chunk(files, blob)
 
 
 _FIELDS = tuple(ParsedFile.__dataclass_fields__)
@@ -976,6 +987,9 @@ class Writer:
         self.chunks: list[Chunk] = []
         self.files = self.rows = 0
         conn.execute(f"ATTACH ':memory:' AS {HANDOVER}")
+        if not SERIALIZE:
+            for name, columns in _HANDOVER_TABLES.items():
+                conn.execute(f"CREATE TABLE {HANDOVER}.{name} ({', '.join(columns)})")
         self.copy = _copy_statements(bulk, one_file=False)
         self.copy_one = _copy_statements(bulk, one_file=True)
 
@@ -1022,8 +1036,13 @@ class Writer:
         files = chunk.files if index is None else [chunk.files[index]]
         touched = [(f.mtime_ns, f.relative) for f in files if f.touched_only]
         conn.executemany("UPDATE xhr_files SET mtime_ns = ? WHERE path = ?", touched)
-        if chunk.rows is not None and any(f.error is None and f.found for f in files):
-            conn.deserialize(chunk.rows, name=HANDOVER)
+        if any(f.error is None and f.found for f in files):
+            if chunk.rows is not None:
+                conn.deserialize(chunk.rows, name=HANDOVER)
+            else:  # no serialize(): the rows came as tuples
+                for name in _HANDOVER_TABLES:
+                    conn.execute(f"DELETE FROM {HANDOVER}.{name}")
+                _bind_all(conn, chunk.files, alone=False, begin=False)
             if index is None:
                 for statement in self.copy:
                     conn.execute(statement)
