@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
+from yandex_reverse import serp
 from yandex_reverse.fake_yandex.results import ADAPTER, all_results, image_key
 from yandex_reverse.fake_yandex.site import FakeYandex, ServerThread
 
@@ -189,6 +190,18 @@ def test_broken_json_once_and_empty_pages(site):
     assert len(adapter_entities(payload)) == 4
     _, _, body = fetch(origin, reply["cbir_id"], 2)
     assert adapter_entities(json.loads(body)) == {}
+
+
+def test_error_pages_fail_their_first_tries_and_endless_empty_pages(site):
+    fake, origin = site
+    fake.configure(error_pages=[1], error_times=2, end="endless")
+    reply = upload(origin, jpeg(4))
+    assert [fetch(origin, reply["cbir_id"], 1)[0] for _ in range(3)] == [500, 500, 200]
+    for page in (3, 4, 9):  # past the last page: empty pages, none says it is the last
+        _, _, body = fetch(origin, reply["cbir_id"], page)
+        payload = json.loads(body)
+        assert adapter_entities(payload) == {} and not serp.fetch_finished(payload)
+    assert fake.served[image_key(jpeg(4))].end == "endless"
 
 
 def test_captcha_redirects_pages_and_answers_json(site):

@@ -16,6 +16,7 @@ from .. import console, serp
 from ..fsutil import atomic_write_text
 from ..i18n import _
 from .errors import CaptchaHit, StageError, TooLarge, log_failure
+from .settings import DRY_PAGES, ERROR_RETRIES, ERROR_SETTLE
 
 if TYPE_CHECKING:
     from .queries import Query
@@ -26,11 +27,12 @@ DOM_CAPTCHA_EVERY = 0.5  # seconds between two looks for a captcha on the page i
 
 # Scroll to the bottom (a step back every few looks, so scroll listeners fire
 # again): the window, and every scrollable box around the last result (a grid
-# that scrolls in its own element); then say what the page offers: the error notice, a "more" button that
+# that scrolls in its own element); then say what the page offers: the error notice (with a
+# retry control in it: 'error-retry'; with an enabled "more" button: 'error-more'), a "more" button that
 # can be clicked, one that is disabled, or none. With ``click`` an enabled
 # button is clicked right here ('clicked'): one round trip instead of three. A
 # captcha on the page answers 'captcha' (no separate look for it).
-_LOOK_JS = """([more, err, tick, click, thumb, captcha]) => {
+_LOOK_JS = """([more, err, tick, click, thumb, captcha, retry]) => {
   try { if (document.querySelector(captcha)) return 'captcha'; } catch (e) {}
   const h = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
   const back = tick % 4 === 3;
@@ -42,10 +44,15 @@ _LOOK_JS = """([more, err, tick, click, thumb, captcha]) => {
       el.scrollTop = back ? Math.max(0, el.scrollTop - 400) : el.scrollHeight;
   }
   const shown = x => x.getClientRects().length > 0 && getComputedStyle(x).visibility !== 'hidden';
-  if ([...document.querySelectorAll(err)].some(shown)) return 'error';
   const b = [...document.querySelectorAll(more)].find(shown);
+  const off = x => x.disabled || x.getAttribute('aria-disabled') === 'true';
+  const notice = [...document.querySelectorAll(err)].filter(shown);
+  if (notice.length) {
+    if (notice.some(n => [...n.querySelectorAll(retry)].some(x => shown(x) && !off(x)))) return 'error-retry';
+    return b && !off(b) ? 'error-more' : 'error';
+  }
   if (!b) return 'none';
-  if (b.disabled || b.getAttribute('aria-disabled') === 'true') return 'disabled';
+  if (off(b)) return 'disabled';
   if (click) { b.click(); return 'clicked'; }
   return 'ready';
 }"""
@@ -78,6 +85,12 @@ class QueryJob:
         self.uploads: list[dict[str, Any]] = []  # upload replies: {"status", "data"}
         self.uploading = False
         self.captcha_looked = 0.0  # when the page was last looked at for a captcha
+        self.seen: set[str] = set()  # every result id saved so far
+        self.dry = 0  # answered pages in a row that brought no new result
+        self.retries = 0  # clicks on the error notice's retry since a page last came
+        self.retried_at = 0.0
+        self.retried_pages = 0  # pages saved when the notice was last retried
+        self.notice_since: float | None = None
 
     # ---------------------------------------------- recognising traffic
 
@@ -186,9 +199,13 @@ class QueryJob:
             self.sites = len(serp.sites_of(data) or [])
             return
         try:
-            self.pages[page] = set(serp.find_entities(data))
+            ids = set(serp.find_entities(data))
         except serp.FormatError:
-            self.pages[page] = set()
+            ids = set()
+        if page not in self.pages:  # (the same page again is no news either way)
+            self.dry = 0 if ids - self.seen else self.dry + 1
+        self.seen |= ids
+        self.pages[page] = ids
 
     # ---------------------------------------------- small confirmed actions
 
@@ -473,10 +490,15 @@ class QueryJob:
             if self.end_404 and not self.in_flight:
                 return "404"
             now = time.monotonic()
+            # pages that bring nothing new, again and again: over, whatever the button says
+            dry = self.dry >= DRY_PAGES
+            if dry and not self.in_flight and now - self.last_activity >= ERROR_SETTLE:
+                return "quiet"
             try:
                 # after a 404 nothing more is clicked (a button left enabled would ask again)
-                click = script_click and not self.end_404
-                look = await page.evaluate(_LOOK_JS, [more, err, tick, click, thumb, captcha])
+                click = script_click and not self.end_404 and not dry
+                args = [more, err, tick, click, thumb, captcha, self.sel["error_retry"]]
+                look = await page.evaluate(_LOOK_JS, args)
             except Exception:
                 await self.check_captcha(page)
                 look = "none"  # the page is navigating or busy: look again
@@ -496,12 +518,13 @@ class QueryJob:
                             seconds=f"{timeout:g}"
                         )
                     )
-            elif look == "error":
-                return "error"
+            elif look.startswith("error"):
+                if await self.retry_notice(page, look, now):
+                    return "error"
             elif look in ("ready", "clicked"):
                 if now - self.last_activity > max(timeout, quiet):
                     return "quiet"  # a button that starts nothing: the network says it is over
-                if look == "ready" and not self.end_404:
+                if look == "ready" and not self.end_404 and not dry:
                     with contextlib.suppress(Exception):
                         await self.click(page, self.sel["more_button"], tick)
             elif now - self.last_activity >= quiet:
@@ -513,3 +536,24 @@ class QueryJob:
             pause = 0.05 if time.monotonic() - self.last_activity < 1.0 else 0.25
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.activity.wait(), pause)
+
+    async def retry_notice(self, page: Any, look: str, now: float) -> bool:
+        """The error notice is shown, nothing in flight: click its retry control (else the
+        "more" button) once the page is still; True when the results end here: no control,
+        ERROR_RETRIES clicks that brought no page, or a notice older than --timeout."""
+        if len(self.pages) > self.retried_pages or self.notice_since is None:
+            self.retries, self.retried_pages, self.notice_since = 0, len(self.pages), now
+        if now - max(self.last_activity, self.retried_at) < ERROR_SETTLE:
+            return False  # the page may be retrying by itself: let it
+        if look == "error" or self.retries >= ERROR_RETRIES:
+            return True
+        if now - self.notice_since > self.opts.timeout:
+            return True
+        err, retry = self.sel["error_end"], self.sel["error_retry"]
+        target = f":is({err}) :is({retry})" if look == "error-retry" else self.sel["more_button"]
+        self.retries += 1
+        self.retried_at = time.monotonic()
+        with contextlib.suppress(Exception):
+            await self.click(page, target, 0)
+        self.retried_at = time.monotonic()
+        return False

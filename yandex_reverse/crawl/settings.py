@@ -15,6 +15,14 @@ ERRORS_FILE = "errors.log"
 DEFAULT_BASE_URL = "https://yandex.ru/images/"
 DEFAULT_BACKOFF = (60.0, 300.0, 600.0)
 DEFAULT_QUIET = 3.0  # seconds of network silence with nothing clickable = the end
+# The error notice (a page load that failed): its retry control (else "more") is clicked this
+# many times, each after the page has been still for ERROR_SETTLE s (its own retries first);
+# a notice still there after them, or after --timeout, ends the results (end "error").
+ERROR_RETRIES = 3
+ERROR_SETTLE = 1.0
+# This many answered pages in a row that bring no result not seen before end the results
+# (end "quiet"): a page serving empty pages for ever, its button staying.
+DRY_PAGES = 3
 TABS = ("similar", "sites")
 UPLOAD_LIMIT = 5 * 1024 * 1024  # the upload API's limit (reference §6)
 

@@ -37,7 +37,7 @@ from . import results
 CONTROL_PREFIX = "/__"
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 CAPTCHA_HEADER = "x-yandex-captcha"
-END_MODES = ("button", "404", "error", "disabled", "empty")
+END_MODES = ("button", "404", "error", "disabled", "empty", "endless")
 CAMERA_MARKUPS = ("aria", "desktop", "inline", "legacy")
 CAPTCHA_STYLES = ("json", "redirect", "header")
 XHR_VARIANTS = ("", "filters")
@@ -55,7 +55,8 @@ class Settings:
     per_page: int = 30  # results per XHR page
     end: str = (
         "button"  # after the last page: the button goes, a 404, an error notice, "disabled",
-        # or "empty" (one more page answered with no results, then the button goes)
+        # "empty" (one more page answered with no results, then the button goes), or
+        # "endless" (every later page answered with no results, the button staying for ever)
     )
     empty_pages: list[int] = field(default_factory=list)  # XHR pages answered with no results
     broken_json_page: int | None = None  # this XHR page is broken JSON the first time it is served
@@ -111,6 +112,12 @@ class Settings:
     xhr_content_type: str = JSON_HEADERS["Content-Type"]  # what the XHR answers say they are
     similar_redirect: bool = (
         False  # the "Похожие" link is a short URL redirecting (302) to the grid
+    )
+    error_retry: bool = False  # the error notice holds a "Повторить" button that loads again
+    # (the "more" button then stays hidden while the notice shows)
+    error_pages: list[int] = field(default_factory=list)  # XHR pages answering 500 for their
+    error_times: int = (
+        3  # first error_times requests (the page's script retries twice: 3 = one notice)
     )
     # per-picture overrides: {image_key or its prefix: {"pages": 1, "end": "404", "captcha": true, ...}}
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -180,6 +187,7 @@ class FakeYandex:
             self.by_cbir: dict[str, str] = {}
             self.broken_done: set[tuple[str, int]] = set()
             self.retried: set[tuple[str, int]] = set()
+            self.errors: dict[tuple[str, int], int] = {}  # (picture, page) -> 500s answered
             self.upload_count = 0
             self.requests = 0
             self.latency_total = 0.0
@@ -493,6 +501,7 @@ class FakeYandex:
             "moreMarkup": s.more_markup,
             "filters": s.xhr_variant == "filters",
             "keepUrl": s.route_keeps_url,
+            "errorRetry": s.error_retry,
         }
 
     def result_page(self, request: web.Request, key: str, cbir_id: str) -> web.Response:
@@ -603,6 +612,11 @@ class FakeYandex:
             if request.transport is not None:
                 request.transport.close()  # the connection drops: no answer at all
             return web.Response(status=503)
+        if page in s.error_pages:
+            with self.lock:
+                self.errors[(key, page)] = failed = self.errors.get((key, page), 0) + 1
+            if failed <= s.error_times:
+                return web.Response(status=500, text="Internal Server Error")
         if page in s.retry_pages and (key, page) not in self.retried:
             with self.lock:
                 self.retried.add((key, page))
@@ -615,7 +629,7 @@ class FakeYandex:
                 served.end = "error"
                 return web.Response(status=500)
             served.end = s.end
-            last = s.end != "empty"
+            last = s.end not in ("empty", "endless")
             text = serp.dumps(results.adapter_payload([], last=last, extra_content=s.extra_content))
             with self.lock:
                 served.pages[page] = []

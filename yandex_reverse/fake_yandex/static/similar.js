@@ -7,7 +7,8 @@
 // tab is a client-side route: history.pushState, then the p=0 XHR. A load asks
 // for S.batch pages at once (each twice with S.duplicates), retries a 5xx up to
 // S.retries times before the notice, follows a redirect to /showcaptcha, and
-// with S.end "empty" takes an answer without results as the end.
+// with S.end "empty" takes an answer without results as the end ("endless": never). With
+// S.errorRetry the error notice holds a "Повторить" button (the only way to load again).
 (() => {
   const S = window.FAKE_SIMILAR;
   const ADAPTER = 'i-react-ajax-adapter:ajax';
@@ -29,6 +30,15 @@
     const d = document.createElement('div');
     d.className = 'FetchListNotice FetchListButton-Error';
     d.textContent = 'Не удалось загрузить. Попробуйте ещё раз';
+    if (S.errorRetry) {  // a retry control in the notice: it loads again
+      const again = document.createElement('button');
+      again.type = 'button';
+      again.className = 'Button FetchListNotice-Retry';
+      again.textContent = 'Повторить';
+      again.addEventListener('click', () => { d.remove(); load(); });
+      d.appendChild(document.createTextNode(' '));
+      d.appendChild(again);
+    }
     (box || list).after(d);
   }
   function showButton() {
@@ -88,6 +98,8 @@
     if (loading || finished) return;
     loading = true;
     btn.disabled = true;
+    const old = document.querySelector('.FetchListNotice');
+    if (old) old.remove();  // a new try: the notice of the last one goes
     const calls = [];
     for (let i = 0; i < (S.batch || 1); i++) {
       calls.push(one(page + i));
@@ -99,7 +111,7 @@
     for (const o of outs) {
       if (o.p !== undefined && o.p <= done) continue;  // the second answer of a duplicate
       if (o.captcha) { location.href = o.captcha; return; }
-      if (o.error) { notice(); break; }
+      if (o.error) { notice(); if (S.errorRetry) { loading = false; box.style.display = 'none'; return; } break; }
       if (o.end404 || !o.j) break;  /* a 404: nothing more, the button stays; broken JSON: again on the next click */
       const sl = o.j.blocks.find(b => named(b, ADAPTER)).params.adapterData.serpList;
       const ids = (sl.items.keys || Object.keys(sl.items.entities)).filter(id => sl.items.entities[id]);
