@@ -829,7 +829,10 @@ def test_a_file_the_handover_database_refuses_fails_alone() -> None:
         (0, 1, "a1"),
         (2, 0, "a1"),
     ]
-    assert conn.execute("SELECT DISTINCT img FROM h_variants ORDER BY 1").fetchall() == [(1,), (2,)]
+    # each image's variants by rowid range, those of the refused file gone
+    spans = conn.execute("SELECT vfrom, vto FROM h_images ORDER BY rowid").fetchall()
+    assert spans == [(1, 3), (4, 6)]
+    assert conn.execute("SELECT count(*) FROM h_variants").fetchone() == (6,)
 
 
 def test_chunks_make_whole_batches() -> None:

@@ -49,6 +49,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -725,25 +726,29 @@ def parse_files(jobs: list[Job]) -> list[ParsedFile]:
 # moment leaves the batch wholly written or not at all.
 
 HANDOVER = "handover"  # the name the chunk's database is attached under
-_H_IMAGES = ("file", "first", "new", *db.IMPORT_IMAGE_COLUMNS)
-_H_VARIANTS = ("file", "img", *db.IMPORT_VARIANT_COLUMNS)
-_H_LINKS = ("file", *db.LINK_COLUMNS)
+# An image row carries its file (index in the chunk), whether it is the first
+# of its id in the chunk, whether it is new to the DB (set by the writer), the
+# rowids of its variants (vfrom..vto) and its position in the results; the
+# query link is made in SQL from it and its file's row.
+_H_IMAGES = ("file", "first", "vfrom", "vto", "position", *db.IMPORT_IMAGE_COLUMNS)
+_H_FILES = ("file", "query", "page", "xhr_file")
 _H_SITES = ("file", *db.SITE_COLUMNS)
 _HANDOVER_TABLES = {
-    "h_images": _H_IMAGES,
-    "h_variants": _H_VARIANTS,
-    "h_links": _H_LINKS,
-    "h_sites": _H_SITES,
+    "h_images": ", ".join(("file", "first", "new", *_H_IMAGES[2:])),
+    "h_variants": ", ".join(db.IMPORT_VARIANT_COLUMNS),
+    "h_files": "file INTEGER PRIMARY KEY, query, page, xhr_file",
+    "h_sites": ", ".join(_H_SITES),
 }
 
 
 def _h_insert(table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})"
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 _H_INSERT_IMAGE = _h_insert("h_images", _H_IMAGES)
-_H_INSERT_VARIANT = _h_insert("h_variants", _H_VARIANTS)
-_H_INSERT_LINK = _h_insert("h_links", _H_LINKS)
+_H_INSERT_VARIANT = _h_insert("h_variants", db.IMPORT_VARIANT_COLUMNS)
+_H_INSERT_FILE = _h_insert("h_files", _H_FILES)
 _H_INSERT_SITE = _h_insert("h_sites", _H_SITES)
 
 
@@ -758,27 +763,31 @@ class Chunk:
 def _handover_db() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     for name, columns in _HANDOVER_TABLES.items():
-        conn.execute(f"CREATE TABLE {name} ({', '.join(columns)})")
+        conn.execute(f"CREATE TABLE {name} ({columns})")
     return conn
 
 
 def _bind(
-    conn: sqlite3.Connection, index: int, parsed: ParsedFile, seen: set[str], img: int
-) -> None:
+    conn: sqlite3.Connection, index: int, parsed: ParsedFile, seen: set[str], last: list[int]
+) -> list[int]:
     """The rows of ``parsed`` (file ``index`` of its chunk) into the hand-over database;
-    ``img``: the rowid of the last image row there (rowids go on from it)."""
+    ``last``: the rowids of the last image and variant rows there (rowids go on from them).
+    Returns them after this file's rows."""
+    img, var = last
     images: list[tuple[Any, ...]] = []
-    variants: list[tuple[Any, ...]] = []
-    for image, rows in zip(parsed.images, parsed.variants, strict=True):
+    for image, rows, link in zip(parsed.images, parsed.variants, parsed.links, strict=True):
         img += 1
         image_id = image[0]
-        images.append((index, image_id not in seen, None, *image))
+        images.append((index, image_id not in seen, var + 1, var + len(rows), link[3], *image))
+        var += len(rows)
         seen.add(image_id)
-        variants.extend([(index, img, *row) for row in rows])
+    if parsed.links:
+        query, _id, page, _position, xhr_file = parsed.links[0]
+        conn.execute(_H_INSERT_FILE, (index, query, page, xhr_file))
     conn.executemany(_H_INSERT_IMAGE, images)
-    conn.executemany(_H_INSERT_VARIANT, variants)
-    conn.executemany(_H_INSERT_LINK, [(index, *link) for link in parsed.links])
+    conn.executemany(_H_INSERT_VARIANT, chain.from_iterable(parsed.variants))
     conn.executemany(_H_INSERT_SITE, [(index, *site) for site in parsed.sites])
+    return [img, var]
 
 
 def _bind_all(
@@ -788,7 +797,7 @@ def _bind_all(
     rows SQLite refuses is then failed with the reason and the others go on. ``begin``
     False: in the transaction the caller holds."""
     seen: set[str] = set()
-    img = 0
+    last = [0, 0]
     if begin and not alone:
         conn.execute("BEGIN")
     for index, parsed in enumerate(files):
@@ -797,16 +806,16 @@ def _bind_all(
         if alone:
             conn.execute("BEGIN")
             try:
-                _bind(conn, index, parsed, set(seen), img)
+                after = _bind(conn, index, parsed, set(seen), last)
             except DATA_ERRORS as exc:
                 conn.rollback()
                 parsed.fail(f"cannot be stored: {printable(one_line(exc))}")
                 continue
             conn.commit()
         else:
-            _bind(conn, index, parsed, seen, img)
+            after = _bind(conn, index, parsed, seen, last)
         seen.update(image[0] for image in parsed.images)
-        img += len(parsed.images)
+        last = after
     if begin and not alone:
         conn.commit()
 
@@ -873,16 +882,17 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
     In a bulk load the variants of an image already written wait in the
     pending table; otherwise they are upserted (a legacy DB may hold orphans).
     """
-    where, v_where = ("file = ?", "v.file = ?") if one_file else ("true", "true")
+    where, i_where = ("file = ?", "i.file = ?") if one_file else ("true", "true")
     h = HANDOVER
     icols = ", ".join(db.IMPORT_IMAGE_COLUMNS)
     vcols = ", ".join(db.IMPORT_VARIANT_COLUMNS)
     vsel = ", ".join(f"v.{c}" for c in db.IMPORT_VARIANT_COLUMNS)
     lcols = ", ".join(db.LINK_COLUMNS)
+    lsel = "f.query, i.id, f.page, i.position, f.xhr_file"
     scols = ", ".join(db.SITE_COLUMNS)
     variants_of = (
-        f"SELECT {vsel} FROM {h}.h_variants v JOIN {h}.h_images i ON i.rowid = v.img "
-        f"WHERE {v_where} AND {{}} ORDER BY v.rowid"
+        f"SELECT {vsel} FROM {h}.h_images i JOIN {h}.h_variants v "
+        f"ON v.rowid BETWEEN i.vfrom AND i.vto WHERE {i_where} AND {{}} ORDER BY v.rowid"
     )
     if bulk:
         to_new = f"INSERT INTO main.image_variants ({vcols}) " + variants_of.format("i.new")
@@ -909,8 +919,8 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
         f"WHERE {where} AND NOT new ORDER BY rowid" + db.IMAGE_UPDATE,
         to_new,
         to_known,
-        f"INSERT INTO main.query_results ({lcols}) SELECT {lcols} FROM {h}.h_links "
-        f"WHERE {where} ORDER BY rowid" + db.LINK_UPDATE,
+        f"INSERT INTO main.query_results ({lcols}) SELECT {lsel} FROM {h}.h_images i "
+        f"JOIN {h}.h_files f ON f.file = i.file WHERE {i_where} ORDER BY i.rowid" + db.LINK_UPDATE,
         f"INSERT INTO main.query_sites ({scols}) SELECT {scols} FROM {h}.h_sites "
         f"WHERE {where} ORDER BY rowid" + db.SITE_UPDATE,
     ]
@@ -989,7 +999,7 @@ class Writer:
         conn.execute(f"ATTACH ':memory:' AS {HANDOVER}")
         if not SERIALIZE:
             for name, columns in _HANDOVER_TABLES.items():
-                conn.execute(f"CREATE TABLE {HANDOVER}.{name} ({', '.join(columns)})")
+                conn.execute(f"CREATE TABLE {HANDOVER}.{name} ({columns})")
         self.copy = _copy_statements(bulk, one_file=False)
         self.copy_one = _copy_statements(bulk, one_file=True)
 
