@@ -428,9 +428,36 @@ def test_identical_files_first_blocks_of_one_bucket_still_compared_byte_for_byte
     monkeypatch.setattr(hashing.xxhash, "xxh3_64_intdigest", lambda _data: 0)
     assert sorted(hashing.identical_files(paths, len(body))[0]) == want
     monkeypatch.undo()
-    for size in (1, 7, 4096, len(body) - hashing.HEAD, len(body)):
+    rest = len(body) - hashing.HEAD
+    for size in (1, 7, 4096, rest, len(body), 2 * rest + 1, 2 * rest + 2, 3 * rest):
         groups, errors = hashing.identical_files(paths, len(body), bytearray(size))
         assert (sorted(groups), errors) == (want, []), size
+
+
+@pytest.mark.parametrize("buffer", [None, 1000, 10**6])
+def test_a_pair_is_compared_byte_for_byte_and_a_grown_one_hashed(
+    tmp_path: Path, buffer: int | None
+) -> None:
+    """Two files tied on their first block are compared, not hashed (when both
+    rests fit the buffer): equal, different in the last byte, one unreadable,
+    and files that grew since the scan (then hashed, as read now)."""
+    from yandex_reverse.dedup.hashing import identical_files
+
+    body = bytes(range(256)) * 40
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(body)
+    b.write_bytes(body)
+    c.write_bytes(body[:-1] + b"!")
+    scratch = None if buffer is None else bytearray(buffer)
+    assert identical_files([str(a), str(b)], len(body), scratch) == ([[0, 1]], [])
+    assert identical_files([str(a), str(c)], len(body), scratch) == ([], [])
+    groups, errors = identical_files([str(a), str(tmp_path / "gone")], len(body), scratch)
+    assert groups == [] and [i for i, _e in errors] == [1]
+    for path in (a, b):
+        path.write_bytes(body + b"more")  # grown: both the same again, after the scan's size
+    assert identical_files([str(a), str(b)], len(body), scratch) == ([[0, 1]], [])
+    b.write_bytes(body + b"else")
+    assert identical_files([str(a), str(b)], len(body), scratch) == ([], [])
 
 
 def test_threaded_gives_every_result_and_raises_a_thread_s_error() -> None:
@@ -485,3 +512,68 @@ def test_report_text_is_what_json_writes(tmp_path: Path) -> None:
     assert cli._report_text(report) == want
     report["groups"] = []
     assert cli._report_text(report) == json.dumps(report, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "junk"])
+def test_help_formatter_wraps_as_argparse_with_shutil(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 6's parser finds the terminal width without shutil: the same help text."""
+    import argparse
+
+    from yandex_reverse.dedup import cli
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    ours = cli.build_parser()
+    theirs = cli.build_parser()
+    theirs.formatter_class = argparse.RawDescriptionHelpFormatter
+    assert ours.format_help() == theirs.format_help()
+    assert ours.formatter_class is not theirs.formatter_class
+
+
+_LOG_SCRIPT = """
+import sys
+from pathlib import Path
+if sys.argv[2] == "real":
+    import logging  # the real logger writes every line
+from yandex_reverse import console
+console.setup_logging(Path(sys.argv[1]))
+console.log.info("folder=%s mode=%s args=%s", Path("/a b"), "exact", {"x": [1]})
+console.log.info("mapping %(k)s", {"k": "v"})
+console.log.debug("plain %d%%", 5)
+console.log.info("no args %s")
+quick = "logging" not in sys.modules
+console.log.warning("then a warning %s", "w")
+console.log.info("and after it")
+print(quick)
+"""
+
+
+def test_log_lines_written_without_logging_are_the_lines_logging_writes(tmp_path: Path) -> None:
+    """Step 6 writes its settings line without importing logging; the file must
+    read as the real handler writes it, before and after logging takes over."""
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    texts = {}
+    for mode in ("quick", "real"):
+        log_file = tmp_path / mode / "step.log"
+        done = subprocess.run(
+            [sys.executable, "-c", _LOG_SCRIPT, str(log_file), mode],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.strip() == str(mode == "quick")
+        texts[mode] = log_file.read_text(encoding="utf-8")
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert len(re.findall(stamp, texts["quick"], re.M)) == 6
+    assert re.sub(stamp, "", texts["quick"], flags=re.M) == re.sub(
+        stamp, "", texts["real"], flags=re.M
+    )

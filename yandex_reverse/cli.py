@@ -33,7 +33,15 @@ from . import __version__, console
 from .console import StepFailed, UsageError, positive_int, run_main
 from .i18n import LANGUAGES, N_, _
 
-__all__ = ["Yes", "add_common_flags", "main", "positive_int", "require_input", "run_main"]
+__all__ = [
+    "HelpFormatter",
+    "Yes",
+    "add_common_flags",
+    "main",
+    "positive_int",
+    "require_input",
+    "run_main",
+]
 
 
 # --- common flags ------------------------------------------------------------------------
@@ -65,6 +73,39 @@ class _Verbose(argparse.Action):
         level = (getattr(namespace, self.dest, 0) or 0) + 1
         setattr(namespace, self.dest, level)
         console.set_verbosity(level)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing ``shutil``
+    (and, through it, bz2, lzma and fnmatch): ``COLUMNS``, else the terminal
+    of standard output, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's ``RawDescriptionHelpFormatter``, the same width found without
+    ``shutil``: argparse makes a formatter for every ``add_argument``, and its
+    first one imports ``shutil`` (a few per cent of step 6's exact mode)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = terminal_columns() - 2  # what argparse does with shutil's answer
+        super().__init__(prog, indent_increment, max_help_position, width)
 
 
 def add_common_flags(

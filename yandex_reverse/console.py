@@ -19,11 +19,10 @@ escape their arguments themselves: pass them plain text.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from .i18n import setup as setup_language
 
 TYPE_CHECKING = False  # typing's, without importing typing (a step's start counts)
 if TYPE_CHECKING:
+    import logging
     from typing import Any, TypeVar
 
     from rich.console import Console
@@ -114,7 +114,35 @@ def _write_plain(text: str) -> None:
 
 console: Any = _LazyConsole(highlight=False)
 err_console: Any = _LazyConsole(stderr=True, highlight=False)
-log = logging.getLogger("yandex_reverse")
+
+
+class _LazyLogger:
+    """``logging.getLogger("yandex_reverse")``, with ``logging`` imported on first
+    real use: a quick step (step 6's exact mode) never needs it.
+
+    Every attribute is the real logger's. ``info``/``debug`` lines for the log
+    file alone (no ``-v``) before ``logging`` is imported are written here, in
+    the log file's own format, so that a run whose only log line is its
+    settings imports nothing for it; anything else goes to the real logger.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_logger(), name)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not _quick_log("INFO", msg, args, kwargs):
+            _logger().info(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not _quick_log("DEBUG", msg, args, kwargs):
+            _logger().debug(msg, *args, **kwargs)
+
+
+log: Any = _LazyLogger()
+# setup_logging's settings, until logging is imported and they are applied
+_pending_log: dict[str, Any] = {}
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -439,30 +467,84 @@ def human_bytes(size: float) -> str:
 
 
 def setup_logging(log_file: Path | None) -> None:
-    """Details and tracebacks go to ``log_file``; the terminal gets one-liners."""
-    log.setLevel(logging.DEBUG)
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
+    """Details and tracebacks go to ``log_file``; the terminal gets one-liners.
+
+    Applied at once when ``logging`` is already imported, else when the log
+    is first used (see :class:`_LazyLogger`); the file is made at the first
+    line either way.
+    """
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+    _pending_log.clear()
+    _pending_log.update(
+        file=None if log_file is None else os.path.abspath(log_file),
+        verbosity=_state["verbosity"],
+    )
+    if "logging" in sys.modules:
+        _logger()
+
+
+def _logger() -> logging.Logger:
+    """The real logger, set up as :func:`setup_logging` last asked."""
+    import logging
+
+    logger = logging.getLogger("yandex_reverse")
+    if not _pending_log:
+        return logger
+    log_file, verbosity = _pending_log.pop("file"), _pending_log.pop("verbosity")
+    logger.setLevel(logging.DEBUG)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if log_file is not None:
         handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)  # no empty logs
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
     else:
-        log.addHandler(logging.NullHandler())
-    if _state["verbosity"] > 0:  # -v: the log's lines on the terminal too, never tracebacks
+        logger.addHandler(logging.NullHandler())
+    if verbosity > 0:  # -v: the log's lines on the terminal too, never tracebacks
         terminal = logging.StreamHandler(sys.stderr)
-        terminal.setLevel(logging.INFO if _state["verbosity"] == 1 else logging.DEBUG)
-        terminal.setFormatter(_OneLine())
-        log.addHandler(terminal)
-    log.propagate = False
+        terminal.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+        terminal.setFormatter(_one_line_formatter())
+        logger.addHandler(terminal)
+    logger.propagate = False
+    return logger
 
 
-class _OneLine(logging.Formatter):
-    """A log record without its traceback (that stays in the log file)."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname} {' '.join(record.getMessage().split())}"
+
+def _quick_log(level: str, msg: object, args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Write one line as the log file's handler would, without ``logging``;
+    False when the real logger must do it (imported already, a terminal
+    handler, keyword arguments, no log file)."""
+    log_file = _pending_log.get("file")
+    if kwargs or log_file is None or _pending_log["verbosity"] > 0 or "logging" in sys.modules:
+        return False
+    created = time.time()
+    try:
+        message = str(msg)
+        if args:  # logging's rule: one non-empty mapping is the mapping to format with
+            one = len(args) == 1 and isinstance(args[0], Mapping) and args[0]
+            message = message % (args[0] if one else args)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        line = f"{stamp},{int((created - int(created)) * 1000):03d} {level} {message}\n"
+        with open(log_file, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    except Exception:  # logging's own error report, for the same line
+        return False
+    return True
+
+
+def _one_line_formatter() -> logging.Formatter:
+    import logging
+
+    class OneLine(logging.Formatter):
+        """A log record without its traceback (that stays in the log file)."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.levelname} {' '.join(record.getMessage().split())}"
+
+    return OneLine()
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -88,9 +88,9 @@ KEYWORDS = {"_": 1, "N_": 1, "ngettext": 2}
 
 def _log() -> logging.Logger:
     """The package's logger (``logging`` is imported only when something goes wrong)."""
-    import logging
+    from .console import log
 
-    return logging.getLogger("yandex_reverse")
+    return log
 
 
 _current: _gettext.NullTranslations = _gettext.NullTranslations()

@@ -203,7 +203,7 @@ def _cluster(ray: Any, address: str | None) -> Cluster:
 
 
 def _log_file() -> Path | None:
-    for handler in logging.getLogger("yandex_reverse").handlers:
+    for handler in log.handlers:  # console's: set up as setup_logging asked
         name = getattr(handler, "baseFilename", None)
         if name:
             return Path(name)

@@ -19,7 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from .. import i18n
-from ..cli import Yes, add_common_flags
+from ..cli import HelpFormatter, Yes, add_common_flags
 from ..console import (
     StepFailed,
     UsageError,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  6_duplicate_finder.py yandex_images --mode filename --yes\n"
             "  6_duplicate_finder.py --undo yandex_images.dedup-20250101-120000.json"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "folder", nargs="?", type=Path, help=_("image folder (asked on a terminal)")

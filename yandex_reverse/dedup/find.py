@@ -276,8 +276,10 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
 
     def split(groups: list[list[Entry]]) -> list[tuple[list[list[Entry]], list[tuple[Entry, str]]]]:
         out = []
-        # One read buffer per thread, reused for all its groups (grown when short).
-        rest = min(max(group[0].size for group in groups) - hashing.HEAD + 1, hashing.READ_BUFFER)
+        # One read buffer per thread, reused for all its groups (grown when short):
+        # room for two rests (a pair is compared, not hashed).
+        most = max(group[0].size for group in groups) - hashing.HEAD + 1
+        rest = min(2 * most, hashing.READ_BUFFER)
         buffer = buffers.get(get_ident())
         if rest > 1 and (buffer is None or len(buffer) < rest):
             buffer = buffers[get_ident()] = bytearray(rest)

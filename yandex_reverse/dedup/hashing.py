@@ -56,10 +56,12 @@ def identical_files(
 
     First blocks are sorted into buckets by their xxh3_64 (a dict keyed by
     the 4 KiB bytes themselves spent most of its time in Python's SipHash of
-    each key), then compared byte for byte within a bucket. ``buffer``: a
-    scratch buffer the rests are read into (one per thread, reused from
-    group to group: a fresh ``bytes`` per file costs an allocation and its
-    page faults); made here when not given.
+    each key), then compared byte for byte within a bucket. Two files tied
+    on their first block (the usual duplicate) are compared byte for byte
+    rather than hashed (:func:`_same_pair`). ``buffer``: a scratch buffer the
+    rests are read into (one per thread, reused from group to group: a fresh
+    ``bytes`` per file costs an allocation and its page faults); made here
+    when not given.
     """
     errors: list[tuple[int, OSError]] = []
     keep_open = len(paths) <= _OPEN_AT_ONCE and size > HEAD
@@ -105,7 +107,14 @@ def identical_files(
                     groups.append([index for index, _fd in tied])
                 continue
             if buffer is None:
-                buffer = bytearray(min(size - HEAD + 1, READ_BUFFER))
+                buffer = bytearray(min(2 * (size - HEAD + 1), READ_BUFFER))
+            if len(tied) == 2 and 2 * (size - HEAD + 1) <= len(buffer):
+                same = _same_pair(paths, tied, size, buffer, errors)
+                if same is not None:
+                    if same:
+                        groups.append([index for index, _fd in tied])
+                    continue
+                tied = [(index, -1) for index, _fd in tied]  # closed there: opened again
             rests: dict[bytes, list[int]] = {}
             for index, fd in tied:
                 try:
@@ -116,6 +125,46 @@ def identical_files(
                 rests.setdefault(digest, []).append(index)
             groups.extend(same for same in rests.values() if len(same) > 1)
     return groups, errors
+
+
+def _same_pair(
+    paths: list[str],
+    tied: list[tuple[int, int]],
+    size: int,
+    buffer: bytearray,
+    errors: list[tuple[int, OSError]],
+) -> bool | None:
+    """Do the two files of ``tied`` (same size, same first block) hold the same rest?
+
+    Two files need no hash: each rest is read in one read (the rest and a
+    byte more, to see a file that grew) into its half of ``buffer``, and the
+    two are compared byte for byte: a third of the work of hashing both.
+    None when a file has grown since the scan: the caller hashes them, as it
+    does larger groups. A file that cannot be read goes to ``errors``. Both
+    descriptors are closed here, whatever the answer.
+    """
+    want = size - HEAD
+    view = memoryview(buffer)
+    halves = (view[: want + 1], view[want + 1 : 2 * want + 2])
+    reads = []
+    for (index, fd), into in zip(tied, halves, strict=True):
+        try:
+            if fd < 0:
+                fd = os.open(paths[index], _READ)
+            try:
+                reads.append(_pread_into(fd, into, HEAD))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            errors.append((index, exc))
+            reads.append(-1)
+    got, got_other = reads
+    if got < 0 or got_other < 0:
+        return False
+    if got > want or got_other > want:  # grown since the scan
+        return None
+    # startswith compares in place (memcmp); a slice of each half would copy both first
+    return got == got_other and buffer.startswith(halves[1][:got])
 
 
 def _rest_hash(path: str, fd: int, size: int, buffer: bytearray) -> bytes:
