@@ -864,3 +864,19 @@ def test_without_serialize_the_rows_travel_as_tuples_and_give_the_same_db(
         results[serialize] = _content(database)
     assert results[True] == results[False]
     assert len(results[True]["ledger"]) == 8 and len(results[True]["images"]) == 13
+
+
+def test_xhr_files_names_each_file_relative_to_the_folder(tmp_path: Path) -> None:
+    from yandex_reverse.xhr_import import xhr_files
+
+    root = tmp_path / "XHR"
+    for rel in ("a.json", "b.JSON", "sub/c.json", "sub/deep/d.json", ".hidden/e.json", "f.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("{}", encoding="utf-8")
+    (root / ".g.json").write_text("{}", encoding="utf-8")
+
+    for given in (root, Path(f"{root}{os.sep}")):
+        found = list(xhr_files(given))
+        assert [rel for _, rel in found] == ["a.json", "b.JSON", "sub/c.json", "sub/deep/d.json"]
+        for path, rel in found:
+            assert Path(path).relative_to(root).as_posix() == rel

@@ -980,13 +980,17 @@ def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def xhr_files(root: Path) -> Iterator[Path]:
-    """``*.json`` under ``root``, sorted, hidden files and folders excluded."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def xhr_files(root: Path) -> Iterator[tuple[str, str]]:
+    """``*.json`` under ``root``, sorted, hidden files and folders excluded: (path, the path
+    relative to ``root`` with ``/``). Plain strings: a re-run checks every file (no pathlib)."""
+    top = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        sub = os.path.relpath(dirpath, top)
+        prefix = "" if sub == os.curdir else sub.replace(os.sep, "/") + "/"
         for name in sorted(filenames):
             if name.lower().endswith(".json") and not name.startswith("."):
-                yield Path(dirpath) / name
+                yield os.path.join(dirpath, name), prefix + name
 
 
 class Writer:
@@ -1147,7 +1151,11 @@ def import_folder(
 
 
 def _import(
-    xhr_dir: Path, db_path: Path, files: list[Path], batch_files: int, workers: int | None
+    xhr_dir: Path,
+    db_path: Path,
+    files: list[tuple[str, str]],
+    batch_files: int,
+    workers: int | None,
 ) -> Stats:
     stats = Stats(files=len(files))
     conn = db.connect(db_path)
@@ -1157,7 +1165,6 @@ def _import(
             log.info("finishing the bulk load an interrupted run left")
             db.finish_bulk_load(conn)
         bulk = db.is_empty_for_import(conn)
-        before = [count(conn, t) for t in _COUNTED]
         ledger = {
             path: (size, mtime_ns, sha256, status)
             for path, size, mtime_ns, sha256, status in conn.execute(
@@ -1165,11 +1172,11 @@ def _import(
             )
         }
         jobs: list[Job] = []
-        for path in files:
-            relative, refusal = ledger_name(path.relative_to(xhr_dir).as_posix())
+        for path, posix in files:
+            relative, refusal = ledger_name(posix)
             known = ledger.get(relative)
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError:
                 st = None
             seen = (st.st_size, st.st_mtime_ns) if st else (0, 0)  # (0, 0): cannot be stat'ed
@@ -1177,8 +1184,10 @@ def _import(
                 stats.unchanged += 1  # skipped by the ledger, not even read
                 stats.unchanged_failed += known[3] == "failed"
             else:
-                jobs.append((str(path), relative, known[2] if known else None, refusal))
+                jobs.append((path, relative, known[2] if known else None, refusal))
         del ledger
+        # Nothing to read (a re-run): nothing can change, no table is counted.
+        before = [count(conn, t) for t in _COUNTED] if jobs else [0] * len(_COUNTED)
         stats.url_queries = import_url_queries(conn, xhr_dir)
         if workers is None:
             workers = default_workers() if len(jobs) >= PARALLEL_FROM else 1
@@ -1195,7 +1204,7 @@ def _import(
         if writer.bulk:
             conn.execute("PRAGMA foreign_keys = ON")
             db.finish_bulk_load(conn)
-        after = [count(conn, t) for t in _COUNTED]
+        after = [count(conn, t) for t in _COUNTED] if jobs else before
     finally:
         conn.close()
     stats.new_images, stats.new_variants, stats.new_links, stats.new_sites = (
