@@ -436,6 +436,8 @@ BEHAVIOURS = {
     "an error notice that stays whatever is retried": {"error_retry": True, "end": "error"},
     "an error notice, the more button left to retry with": {"error_pages": [2], "error_times": 3},
     "empty pages for ever, the button staying": {"end": "endless", "scroll_loads": 0},
+    "the more control is a link to a server-rendered next page": {"more_link": True, "pages": 3},
+    "a link to the next page, several data-states": {"more_link": True, "data_states": 3},
     "the new ones at once": {
         "scroll_container": True,
         "scroll_loads": 1,

@@ -91,6 +91,10 @@ class QueryJob:
         self.retried_at = 0.0
         self.retried_pages = 0  # pages saved when the notice was last retried
         self.notice_since: float | None = None
+        self.following = False  # in load_all: a navigation of the tab is a page coming
+        self.new_document = False  # a document loaded (a "more" that is a plain link)
+        self.document_coming = False  # a navigation started, its document not read yet
+        self.documents: set[int] = set()  # the pages read from a loaded document's data-state
 
     # ---------------------------------------------- recognising traffic
 
@@ -109,8 +113,28 @@ class QueryJob:
         self.activity.set()
 
     def on_request(self, request: Any) -> None:
-        if self.is_fetch(request.url):
+        document = self.following and self.is_document(request)
+        if document or self.is_fetch(request.url):
             self.in_flight[request] = time.monotonic()
+            self.document_coming = self.document_coming or document
+            self.touch()
+
+    def on_request_failed(self, request: Any) -> None:
+        if self.following and self.is_document(request):
+            self.document_coming = False  # (a navigation given up: no document to read)
+        self.on_request_done(request)
+
+    @staticmethod
+    def is_document(request: Any) -> bool:
+        """The tab's own navigation (a new document), not a frame's."""
+        try:
+            return bool(request.is_navigation_request() and request.frame.parent_frame is None)
+        except Exception:
+            return False
+
+    def on_document(self, page: Any) -> None:
+        if self.following:
+            self.new_document = True
             self.touch()
 
     def on_request_done(self, request: Any) -> None:
@@ -144,6 +168,8 @@ class QueryJob:
             page = int(query["p"][0])
         except (KeyError, ValueError):
             page = 900 + self.fetches
+        if page in self.documents:  # a number a document's page took: never overwritten
+            page = self.free_page()
         stem = serp.saved_name(self.name, page).removesuffix(".json")
         status = response.status
         if status == 404:  # a 404 (empty body) is the normal end of the results
@@ -293,8 +319,9 @@ class QueryJob:
         return {
             "request": self.on_request,
             "requestfinished": self.on_request_done,
-            "requestfailed": self.on_request_done,
+            "requestfailed": self.on_request_failed,
             "response": self.on_response,
+            "domcontentloaded": self.on_document,
         }
 
     def detach(self, page: Any) -> None:
@@ -455,6 +482,8 @@ class QueryJob:
         self.stage = "first page"
         first = serp.results_state(await self.states(page))
         self.stage = "load more"
+        with contextlib.suppress(serp.FormatError):
+            self.seen |= set(serp.find_entities(first)) if first is not None else set()
         end = await self.load_all(page)
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if 0 not in self.pages and first is not None and serp.entities_of(serp.state_serp(first)):
@@ -474,12 +503,50 @@ class QueryJob:
             self.sites = 0
 
     async def load_all(self, page: Any) -> str:
-        """Scroll and click "more" until a 404, the error notice, or a quiet period."""
+        """Scroll and click "more" until a 404, the error notice, or a quiet period; a
+        navigation meanwhile (a "more" that is a plain link) is a page coming."""
+        self.touch()
+        self.following = True
+        try:
+            return await self._load_all(page)
+        finally:
+            self.following = False
+
+    def free_page(self) -> int:
+        return max(self.pages, default=0) + 1
+
+    async def read_document(self, page: Any) -> None:
+        """A new document came (a "more" that is a plain link): its data-state holding
+        results is a page, numbered by the URL's ``p`` unless that number is taken."""
+        self.new_document = self.document_coming = False
+        with contextlib.suppress(Exception):
+            await page.wait_for_load_state("domcontentloaded")
+        try:
+            state = serp.results_state(await self.states(page))
+        except Exception as exc:  # navigating again: the next document will be read
+            log_failure(self.name, "read a next page", exc)
+            return
+        ids = set(serp.entities_of(serp.state_serp(state))) if state is not None else set()
+        if not ids - self.seen:
+            return  # no results, or only known ones (the page reloaded itself)
+        try:
+            number = int(parse_qs(urlsplit(page.url).query)["p"][0])
+        except (KeyError, ValueError):
+            number = self.free_page()
+        if number <= 0 or number in self.pages:
+            number = self.free_page()
+        self.documents.add(number)
+        try:
+            self.save(number, state)
+        except OSError as exc:
+            self.save_error = self.save_error or exc
+            log_failure(self.name, f"save page {number}", exc)
+
+    async def _load_all(self, page: Any) -> str:
         more, err, captcha = self.sel["more_button"], self.sel["error_end"], self.sel["captcha"]
         thumb = self.sel["result_thumb"]
         timeout = self.opts.timeout
         quiet = self.opts.quiet_period
-        self.touch()
         tick = 0
         # A click from the page's own script is the fastest; if one ever starts
         # nothing (a page that wants a real pointer), real clicks from then on.
@@ -487,6 +554,8 @@ class QueryJob:
         clicked_at = 0.0
         while True:
             await self.check_captcha(page, polling=True)  # the answers and the URL; the page: below
+            if self.new_document:
+                await self.read_document(page)
             if self.end_404 and not self.in_flight:
                 return "404"
             now = time.monotonic()
@@ -496,7 +565,9 @@ class QueryJob:
                 return "quiet"
             try:
                 # after a 404 nothing more is clicked (a button left enabled would ask again)
-                click = script_click and not self.end_404 and not dry
+                # nor while a new document is coming: its "more" would be clicked before it is read
+                wait = self.end_404 or dry or self.document_coming
+                click = script_click and not wait
                 args = [more, err, tick, click, thumb, captcha, self.sel["error_retry"]]
                 look = await page.evaluate(_LOOK_JS, args)
             except Exception:
@@ -524,7 +595,7 @@ class QueryJob:
             elif look in ("ready", "clicked"):
                 if now - self.last_activity > max(timeout, quiet):
                     return "quiet"  # a button that starts nothing: the network says it is over
-                if look == "ready" and not self.end_404 and not dry:
+                if look == "ready" and not wait:
                     with contextlib.suppress(Exception):
                         await self.click(page, self.sel["more_button"], tick)
             elif now - self.last_activity >= quiet:

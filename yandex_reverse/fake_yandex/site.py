@@ -119,6 +119,8 @@ class Settings:
     error_times: int = (
         3  # first error_times requests (the page's script retries twice: 3 = one notice)
     )
+    more_link: bool = False  # "Показать ещё" is a plain link to the next page, server-rendered
+    # (a new document, its results in its data-state; no XHR at all)
     # per-picture overrides: {image_key or its prefix: {"pages": 1, "end": "404", "captcha": true, ...}}
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -538,16 +540,22 @@ class FakeYandex:
 
     def similar_page(self, request: web.Request, key: str) -> web.Response:
         s = self.for_image(key)
-        entities = self._page_entities(key, s, 0)
-        has_more = s.pages > 0 or s.end not in ("button", "disabled")
+        number = 0
+        if s.more_link:  # the next pages are documents too: ...&p=N
+            try:
+                number = min(max(0, int(request.query.get("p", "0"))), s.pages)
+            except ValueError:
+                number = 0
+        entities = self._page_entities(key, s, number)
+        has_more = number < s.pages or (not s.more_link and s.end not in ("button", "disabled"))
         location = str(request.rel_url)
         state = results.data_state(location, entities, has_more=has_more, keys=s.keys_order)
         if s.keys_order and s.partial_keys:
             _partial_keys(state["initialState"]["serpList"]["items"])
         with self.lock:
             served = self.served[key]
-            served.pages[0] = [e["id"] for e in entities]
-            served.bodies[0] = serp.dumps(state)
+            served.pages[number] = [e["id"] for e in entities]
+            served.bodies[number] = serp.dumps(state)
             if not has_more:
                 served.end = "button"
         others = [
@@ -557,14 +565,23 @@ class FakeYandex:
         roots = "".join(_root(others[i % 2]) for i in range(max(0, s.data_states - 1)))
         thumbs = "".join(_thumb(e) for e in entities)
         grid = f'<div class="SerpList">{thumbs}</div><div class="SerpList-Sentinel"></div>'
-        grid += _more_button(s.more_markup)
+        if s.more_link:
+            grid += _more_link(request, number + 1) if has_more else ""
+        else:
+            grid += _more_button(s.more_markup)
         if s.scroll_container:
             grid = f'<div class="ScrollArea">{grid}</div>'
         body = (
             roots
             + _root(state)
             + grid
-            + _script("FAKE_SIMILAR", self._client(request, key, s, first_xhr=1), "similar.js")
+            + (
+                ""  # a page of plain links: no script
+                if s.more_link
+                else _script(
+                    "FAKE_SIMILAR", self._client(request, key, s, first_xhr=1), "similar.js"
+                )
+            )
         )
         page = self._page("Похожие картинки", body)
         if s.scroll_container:
@@ -759,6 +776,16 @@ def _more_button(markup: str) -> str:
     return (
         f'<div class="FetchListButton" style="display:none"><button type="button" class="{cls}">'
         '<span class="Button-Text">Показать ещё</span></button></div>'
+    )
+
+
+def _more_link(request: web.Request, number: int) -> str:
+    """ "Показать ещё" as a plain link to the server-rendered page ``number``."""
+    query = {**request.query, "p": str(number)}
+    href = html.escape("/images/search?" + urlencode(query))
+    return (
+        f'<div class="FetchListButton"><a class="Button FetchListButton-Button Link" href="{href}">'
+        '<span class="Button-Text">Показать ещё</span></a></div>'
     )
 
 
