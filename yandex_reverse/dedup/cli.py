@@ -396,6 +396,7 @@ def _iso(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp))
 
 
+@find.without_gc
 def _report_text(report: dict[str, Any]) -> str:
     """``json.dumps(report, ensure_ascii=False)``, its ``groups`` (the
     :class:`find.Group` objects themselves) written by :func:`_groups_text`.

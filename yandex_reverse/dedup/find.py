@@ -494,6 +494,7 @@ def similar_groups(
     return _ordered(groups)
 
 
+@without_gc
 def exact_to_groups(exact: list[list[Entry]], keep: str) -> list[Group]:
     key = keep_key(keep)
     groups = []
