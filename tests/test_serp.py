@@ -103,3 +103,25 @@ def test_url_query_names_are_stable_and_mapped(tmp_path):
         json.dumps({"version": 1, "queries": {name: url}}), encoding="utf-8"
     )
     assert serp.read_url_queries(tmp_path) == {name: url}
+
+
+def test_a_query_name_near_255_bytes_gets_a_short_stem_its_files_fit(tmp_path):
+    assert serp.query_stem("cat.jpg") == "cat.jpg"
+    assert serp.saved_name("cat.jpg", 3) == "cat.jpg_xhr_003.json"
+    near = "д" * 122 + ".jpg"  # 248 bytes: "<name>_xhr_000.json" would be 261
+    other = "д" * 122 + ".png"  # the same start
+    stem = serp.query_stem(near)
+    assert stem != near and stem != serp.query_stem(other)
+    assert stem == serp.query_stem(near)  # stable
+    assert stem.startswith("д" * 50) and "\ufffd" not in stem  # cut at a character
+    for name in (
+        serp.saved_name(near, 1234, serp.KIND_SITES).replace(".json", "_CORRUPT_JSON.txt"),
+        serp.saved_name(near, 0),
+    ):
+        assert len(name.encode("utf-8")) <= serp.NAME_LIMIT
+    assert serp.parse_saved_name(serp.saved_name(near, 2)) == (stem, "xhr", 2)
+    (tmp_path / serp.QUERY_NAMES_FILE).write_text(
+        json.dumps({"version": 1, "names": {stem: near}}), encoding="utf-8"
+    )
+    assert serp.full_query_name(tmp_path, stem) == near
+    assert serp.full_query_name(tmp_path, "cat.jpg") == "cat.jpg"

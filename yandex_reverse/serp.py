@@ -24,6 +24,7 @@ found", never an exception other than :class:`FormatError`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -60,8 +61,49 @@ def _list(value: Any) -> list[Any]:
 
 
 def saved_name(query: str, page: int, kind: str = KIND_RESULTS) -> str:
-    """The file name step 1 saves a page under: ``cat.jpg_xhr_003.json``."""
-    return f"{query}_{kind}_{page:03d}.json"
+    """The file name step 1 saves a page under: ``cat.jpg_xhr_003.json`` (``query`` shortened
+    by :func:`query_stem` where the name would pass 255 bytes)."""
+    return f"{query_stem(query)}_{kind}_{page:03d}.json"
+
+
+NAME_LIMIT = 255  # bytes in one file name (ext4, APFS, NTFS in UTF-16 units: less is safe)
+_LONGEST_TAIL = len("_sites_0000_CORRUPT_JSON.txt")  # what step 1 adds after the stem
+_SHORT_STEM = re.compile(r"~[0-9a-f]{12}$")
+QUERY_NAMES_FILE = ".query_names.json"  # in XHR/: shortened stem -> the photo's full name
+
+
+def query_stem(query: str) -> str:
+    """``query`` as its saved files' names start: itself, or, when the longest of them would
+    pass :data:`NAME_LIMIT` bytes, its start (cut at a character) + ``~`` + 12 hex digits of
+    its sha1; step 1 records the full name in ``XHR/.query_names.json``."""
+    raw = query.encode("utf-8", "surrogateescape")
+    if len(raw) + _LONGEST_TAIL <= NAME_LIMIT:
+        return query
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    start = raw[: NAME_LIMIT - _LONGEST_TAIL - 1 - len(digest)].decode("utf-8", "ignore")
+    return f"{start}~{digest}"
+
+
+def read_query_names(xhr_dir: Path) -> dict[str, str]:
+    """``XHR/.query_names.json``: ``{shortened stem: full query name}`` ({} if absent)."""
+    try:
+        data = json.loads((Path(xhr_dir) / QUERY_NAMES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    names = _dict(_dict(data).get("names"))
+    return {str(k): v for k, v in names.items() if isinstance(v, str)}
+
+
+@functools.lru_cache(maxsize=16)
+def _query_names(xhr_dir: str) -> dict[str, str]:
+    return read_query_names(Path(xhr_dir))
+
+
+def full_query_name(xhr_dir: Path | str, stem: str) -> str:
+    """The query a saved file's stem stands for (a shortened one looked up, once per run)."""
+    if not _SHORT_STEM.search(stem):
+        return stem
+    return _query_names(str(xhr_dir)).get(stem, stem)
 
 
 def parse_saved_name(name: str) -> tuple[str, str, int] | None:

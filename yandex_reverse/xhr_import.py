@@ -647,6 +647,7 @@ def parse_file(path: str, relative: str, known_sha256: str | None) -> ParsedFile
         data, checked = decode(raw)
         del raw
         query, page = query_and_page(relative)
+        query = serp.full_query_name(path[: len(path) - len(relative)], query)
         sites = serp.sites_of(data)
         if sites is not None:
             parsed.kind = serp.KIND_SITES

@@ -13,7 +13,14 @@ from ..cli import add_common_flags
 from ..console import UsageError, esc
 from ..i18n import _, ngettext
 from .progress import STATUS_LABELS
-from .queries import QUERY_EXTENSIONS, Query, find_queries, read_url_list, record_url_queries
+from .queries import (
+    QUERY_EXTENSIONS,
+    Query,
+    find_queries,
+    read_url_list,
+    record_query_names,
+    record_url_queries,
+)
 from .run import Crawler
 from .settings import (
     DEFAULT_BACKOFF,
@@ -226,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         queries = [Query(p.name, path=p) for p in photos]
+        record_query_names(opts.xhr_dir, [p.name for p in photos])  # names too long for files
         where = str(opts.images)
     crawler = Crawler(opts)
     todo = [q for q in queries if opts.force or not crawler.progress.done(q)]

@@ -307,7 +307,8 @@ class QueryJob:
             except ValueError as exc:
                 self.bad_files += 1
                 atomic_write_text(
-                    self.opts.xhr_dir / f"{self.name}_xhr_000_CORRUPT_JSON.txt",
+                    self.opts.xhr_dir
+                    / serp.saved_name(self.name, 0).replace(".json", "_CORRUPT_JSON.txt"),
                     (raw or "")[:SNIPPET_CHARS],
                 )
                 log_failure(self.name, self.stage, exc)

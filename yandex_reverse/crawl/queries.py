@@ -57,6 +57,19 @@ def read_url_list(path: Path) -> list[str]:
     return urls
 
 
+def record_query_names(xhr_dir: Path, names: list[str]) -> None:
+    """``XHR/.query_names.json``: the full name of each query whose files' names are
+    shortened (:func:`serp.query_stem`), for step 2 to link them to it."""
+    long = {serp.query_stem(n): n for n in names if serp.query_stem(n) != n}
+    known = serp.read_query_names(xhr_dir)
+    if not long or all(known.get(k) == v for k, v in long.items()):
+        return
+    payload = {"version": 1, "names": {**known, **long}}
+    atomic_write_text(
+        xhr_dir / serp.QUERY_NAMES_FILE, json.dumps(payload, ensure_ascii=False, indent=2)
+    )
+
+
 def record_url_queries(xhr_dir: Path, urls: list[str]) -> None:
     """``XHR/.url_queries.json``: which URL each ``url_<sha1>`` query name stands for."""
     known = serp.read_url_queries(xhr_dir)
