@@ -13,7 +13,6 @@ import functools
 import gc
 import os
 import re
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,6 @@ TYPE_CHECKING = False  # typing's, without importing typing (exact mode's start 
 if TYPE_CHECKING:
     from typing import Any
 
-_IGNORE_SIGINT = (signal.SIGINT, signal.SIG_IGN)
 KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
 
 
@@ -382,8 +380,10 @@ def hash_pictures(
     if workers > 1 and len(todo) > 2 * workers:
         from concurrent.futures import ProcessPoolExecutor
 
+        from ..imageinfo import _ignore_sigint
+
         # Started before the progress bar's thread; workers leave Ctrl-C to us.
-        pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=_IGNORE_SIGINT)
+        pool = ProcessPoolExecutor(workers, initializer=_ignore_sigint)
         results = pool.map(_hash_star, args, chunksize=max(1, min(8, len(todo) // (8 * workers))))
     else:
         results = map(_hash_star, args)
