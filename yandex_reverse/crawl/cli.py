@@ -108,6 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "(default: {seconds})"
         ).format(seconds=f"{DEFAULT_QUIET:g}"),
     )
+    p.add_argument(
+        "--load-images",
+        action="store_true",
+        help=_(
+            "load the pictures of the pages (without a window they are not loaded: step 1 "
+            "reads only the data; --headed always loads them)"
+        ),
+    )
     p.add_argument("--selectors", type=Path, help=_("JSON file overriding selectors.json entries"))
     p.add_argument("--force", action="store_true", help=_("redo queries already finished"))
     p.add_argument(
@@ -208,6 +216,7 @@ def options_from(args: argparse.Namespace) -> Options:
         proxy=proxy,
         profile=args.profile.expanduser().absolute() if args.profile else None,
         delay=parse_delay(args.delay),
+        load_images=args.load_images or not args.headless,
     )
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 SNIPPET_CHARS = 5000  # as the original: the start of a bad body is kept
 DOM_CAPTCHA_EVERY = 0.5  # seconds between two looks for a captcha on the page in a polling loop
+UPLOAD_LOOK_EVERY = 0.2  # seconds between two looks at the page while the upload is answered
+IN_FLIGHT_LOOK_EVERY = 0.25  # load_all: seconds between two looks while a request is in flight
 
 # Scroll to the bottom (a step back every few looks, so scroll listeners fire
 # again): the window, and every scrollable box around the last result (a grid
@@ -56,7 +58,36 @@ _LOOK_JS = """([more, err, tick, click, thumb, captcha, retry]) => {
   if (click) { b.click(); return 'clicked'; }
   return 'ready';
 }"""
-_STATES_JS = "els => els.map(e => e.getAttribute('data-state'))"
+# Every data-state of the page, and whether a captcha is on it (one round trip; null: a
+# selector only Playwright reads, asked then through a locator).
+_STATES_JS = """([states, captcha]) => {
+  let hit = null, raws = null;
+  try { hit = !!document.querySelector(captcha); } catch (e) {}
+  try { raws = [...document.querySelectorAll(states)].map(e => e.getAttribute('data-state')); }
+  catch (e) {}
+  return [hit, raws];
+}"""
+_STATE_OF_JS = "els => els.map(e => e.getAttribute('data-state'))"
+# The index of the first match Playwright would call visible (a box, visibility: visible), or -1.
+_FIRST_VISIBLE_JS = """els => els.findIndex(e => {
+  if (e.checkVisibility && !e.checkVisibility()) return false;
+  if (getComputedStyle(e).visibility !== 'visible') return false;
+  const r = e.getBoundingClientRect();
+  return r.width > 0 && r.height > 0;
+})"""
+# The start page at a glance: a captcha on it? a camera button shown? (null: a selector
+# this look cannot read; the caller then asks Playwright)
+_START_JS = """([captcha, camera]) => {
+  const out = {captcha: null, camera: null};
+  try { out.captcha = !!document.querySelector(captcha); } catch (e) {}
+  try {
+    out.camera = [...document.querySelectorAll(camera)].some(e => {
+      const r = e.getBoundingClientRect();
+      return r.width > 0 && r.height > 0 && getComputedStyle(e).visibility === 'visible';
+    });
+  } catch (e) {}
+  return out;
+}"""
 
 
 class QueryJob:
@@ -95,6 +126,7 @@ class QueryJob:
         self.new_document = False  # a document loaded (a "more" that is a plain link)
         self.document_coming = False  # a navigation started, its document not read yet
         self.documents: set[int] = set()  # the pages read from a loaded document's data-state
+        self.nudge = asyncio.Event()  # a navigation or an upload reply: look at the page again
 
     # ---------------------------------------------- recognising traffic
 
@@ -141,6 +173,10 @@ class QueryJob:
         if self.in_flight.pop(request, None) is not None:
             self.touch()
 
+    def on_navigated(self, frame: Any) -> None:
+        if frame.parent_frame is None:
+            self.nudge.set()
+
     def on_response(self, response: Any) -> None:
         if self.is_captcha_url(response.url):
             self.captcha = True
@@ -149,17 +185,21 @@ class QueryJob:
                 self.captcha = True
         if self.is_fetch(response.url):
             self.fetches += 1
+            if response.status == 404:  # known now: the next look must not click again
+                self.end_404 = True
             self.tasks.append(asyncio.ensure_future(self.capture(response)))
         elif self.uploading and response.request.method == "POST":
             reply = {"status": response.status, "data": None}
             self.uploads.append(reply)  # the status now: the page may show its error first
             self.tasks.append(asyncio.ensure_future(self.read_upload(response, reply)))
+            self.nudge.set()
 
     async def read_upload(self, response: Any, reply: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
             reply["data"] = json.loads(await response.body())
         if serp.is_captcha(reply["data"]):
             self.captcha = True
+        self.nudge.set()
 
     async def capture(self, response: Any) -> None:
         """Save one serpList/fetch answer (read now: after navigation it is gone)."""
@@ -279,28 +319,39 @@ class QueryJob:
             window = min(window * 2, 4.0)
 
     async def visible(self, page: Any, selector: str) -> bool:
-        loc = page.locator(selector)
-        for i in range(await loc.count()):
-            if await loc.nth(i).is_visible():
-                return True
-        return False
+        return bool(await page.locator(selector).evaluate_all(_FIRST_VISIBLE_JS) >= 0)
 
     async def click(self, page: Any, selector: str, attempt: int) -> None:
         """Click the first visible match; every third try a mousedown (some buttons want it)."""
         loc = page.locator(selector)
-        target = loc.first
-        for i in range(await loc.count()):
-            if await loc.nth(i).is_visible():
-                target = loc.nth(i)
-                break
+        index = await loc.evaluate_all(_FIRST_VISIBLE_JS)
+        target = loc.nth(index) if index >= 0 else loc.first
         if attempt % 3 == 2:
             await target.dispatch_event("mousedown")
         await target.click(timeout=min(5000, self.opts.timeout * 1000))
 
+    async def read_states(self, page: Any) -> list[str | None]:
+        """Every ``data-state`` of the page as it is; a captcha on the page raises CaptchaHit
+        (the same round trip)."""
+        if self.captcha or self.is_captcha_url(page.url):
+            raise CaptchaHit(page.url)
+        hit, raws = await page.evaluate(_STATES_JS, [self.sel["data_state"], self.sel["captcha"]])
+        if hit is None:
+            await self.check_captcha(page)
+        elif hit:
+            raise CaptchaHit(page.url)
+        self.captcha_looked = time.monotonic()
+        if raws is None:
+            raws = await page.locator(self.sel["data_state"]).evaluate_all(_STATE_OF_JS)
+        return list(raws)
+
     async def states(self, page: Any) -> list[Any]:
-        """Every ``data-state`` of the page, parsed (a broken one is kept as a bad file)."""
+        """Every ``data-state`` of the page, parsed; a captcha on it raises CaptchaHit."""
+        return self.parse_states(await self.read_states(page))
+
+    def parse_states(self, raws: list[str | None]) -> list[Any]:
+        """The ``data-state``s parsed (a broken one is kept as a bad file)."""
         out = []
-        raws = await page.locator(self.sel["data_state"]).evaluate_all(_STATES_JS)
         for raw in raws:
             try:
                 out.append(json.loads(raw or ""))
@@ -330,11 +381,14 @@ class QueryJob:
         for event, handler in self.listeners().items():
             with contextlib.suppress(Exception):
                 page.remove_listener(event, handler)
+        with contextlib.suppress(Exception):
+            page.remove_listener("framenavigated", self.on_navigated)
 
     async def run(self, page: Any) -> str:
         """Search, open each tab asked for, save everything; return how the results ended."""
         for event, handler in self.listeners().items():
             page.on(event, handler)
+        page.on("framenavigated", self.on_navigated)
         if self.query.url is not None:
             await self.open_url_search(page)
         else:
@@ -351,7 +405,7 @@ class QueryJob:
             else:
                 end = await self.open_similar(page)
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.check_captcha(page)
+        await self.check_captcha(page, polling=True)  # the page: unless load_all just looked
         if self.save_error is not None:
             raise StageError(
                 _("a page could not be saved: {reason}").format(
@@ -364,7 +418,8 @@ class QueryJob:
         self.stage = "open start page"
         await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
         self.crawler.gate.connected = True
-        await self.check_captcha(page)
+        if await self.look_at_start(page):
+            return  # a camera button: the search page, not "under construction"
         marker = self.sel["under_construction_text"]
         if marker and await page.get_by_text(marker).count():
             if not self.crawler.switch_host():
@@ -376,6 +431,21 @@ class QueryJob:
                 )
             await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
             await self.check_captcha(page)
+
+    async def look_at_start(self, page: Any) -> bool:
+        """A captcha raises CaptchaHit; True when a camera button is shown (one round trip)."""
+        if self.captcha or self.is_captcha_url(page.url):
+            raise CaptchaHit(page.url)
+        look: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            look = await page.evaluate(_START_JS, [self.sel["captcha"], self.sel["camera_button"]])
+        if look.get("captcha"):
+            raise CaptchaHit(page.url)
+        if look.get("captcha") is None:
+            await self.check_captcha(page)
+        else:
+            self.captcha_looked = time.monotonic()
+        return bool(look.get("camera"))
 
     async def open_url_search(self, page: Any) -> None:
         """Search by image URL: ``GET /images/search?url=…&rpt=imageview``."""
@@ -418,6 +488,7 @@ class QueryJob:
         error_at = 0.0
         deadline = time.monotonic() + self.opts.timeout
         while True:
+            self.nudge.clear()  # set by a navigation or a reply while the page is looked at
             await self.check_captcha(page, polling=True)
             if search in urlsplit(page.url).path:
                 break
@@ -426,7 +497,7 @@ class QueryJob:
             if await page.locator(sel["upload_error"]).count():  # an icon: may have no size
                 error_at = error_at or time.monotonic()
                 if not self.uploads and time.monotonic() - error_at < 2.0:
-                    await asyncio.sleep(0.1)  # the answer's status may reach us after the page
+                    await self.wait_nudge(0.1)  # the answer's status may reach us after the page
                     continue
                 if any(reply["status"] == 413 for reply in self.uploads):
                     raise TooLarge  # (it may have come while we looked at the page)
@@ -449,10 +520,15 @@ class QueryJob:
                         seconds=f"{self.opts.timeout:g}"
                     )
                 )
-            await asyncio.sleep(0.05)
+            # a navigation or a reply wakes us at once; the error icon is looked for meanwhile
+            await self.wait_nudge(UPLOAD_LOOK_EVERY)
         self.uploading = False
         await page.wait_for_load_state("domcontentloaded")
         await self.check_captcha(page)
+
+    async def wait_nudge(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.nudge.wait(), seconds)
 
     def search_url(self, reply: dict[str, str]) -> str:
         parts = urlsplit(self.crawler.base_url)
@@ -461,7 +537,8 @@ class QueryJob:
 
     async def open_tab(self, page: Any, tab_selector: str, marker: str, what: str) -> None:
         """Click the tab until the URL says it is open, or the tab itself is shown active
-        (a client-side route that keeps the URL)."""
+        (a client-side route that keeps the URL). The page itself is looked at for a captcha
+        by the caller (``read_states``, in the same round trip as its data-states)."""
         active = self.sel["active_tab"]
 
         async def opened() -> bool:
@@ -472,7 +549,6 @@ class QueryJob:
         await self.until(page, opened, what, act=lambda n: self.click(page, tab_selector, n))
         with contextlib.suppress(Exception):
             await page.wait_for_load_state("domcontentloaded")
-        await self.check_captcha(page)
 
     async def open_similar(self, page: Any) -> str:
         sel = self.sel
@@ -480,8 +556,9 @@ class QueryJob:
         await self.open_tab(
             page, sel["similar_tab"], sel["similar_url_marker"], _("the 'Похожие' tab did not open")
         )
+        raws = await self.read_states(page)
         self.stage = "first page"
-        first = serp.results_state(await self.states(page))
+        first = serp.results_state(self.parse_states(raws))
         self.stage = "load more"
         with contextlib.suppress(serp.FormatError):
             self.seen |= set(serp.find_entities(first)) if first is not None else set()
@@ -566,9 +643,11 @@ class QueryJob:
                 return "quiet"
             try:
                 # after a 404 nothing more is clicked (a button left enabled would ask again)
-                # nor while a new document is coming: its "more" would be clicked before it is read
+                # nor while a new document is coming: its "more" would be clicked before it is
+                # read, nor while a request is in flight: its answer may reach the page (and
+                # re-enable the button) before it reaches us, a 404 too
                 wait = self.end_404 or dry or self.document_coming
-                click = script_click and not wait
+                click = script_click and not wait and not self.in_flight
                 args = [more, err, tick, click, thumb, captcha, self.sel["error_retry"]]
                 look = await page.evaluate(_LOOK_JS, args)
             except Exception:
@@ -597,6 +676,8 @@ class QueryJob:
                 if now - self.last_activity > max(timeout, quiet):
                     return "quiet"  # a button that starts nothing: the network says it is over
                 if look == "ready" and not wait:
+                    if script_click and not click:
+                        continue  # the request ended while we looked: the next look clicks
                     with contextlib.suppress(Exception):
                         await self.click(page, self.sel["more_button"], tick)
             elif now - self.last_activity >= quiet:
@@ -604,8 +685,15 @@ class QueryJob:
             if self.last_activity >= clicked_at:
                 clicked_at = 0.0
             self.activity.clear()
-            # just after the network moved, the page reacts within a frame or two: look again soon
-            pause = 0.05 if time.monotonic() - self.last_activity < 1.0 else 0.25
+            # A request in flight: its answer (or failure) wakes us; meanwhile a look now and
+            # then (a captcha, the timeout). Just after the network moved, the page reacts
+            # within a frame or two: look again soon.
+            if self.in_flight:
+                pause = IN_FLIGHT_LOOK_EVERY
+            elif time.monotonic() - self.last_activity < 1.0:
+                pause = 0.05
+            else:
+                pause = 0.25
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.activity.wait(), pause)
 

@@ -71,3 +71,4 @@ class Options:
     proxy: str | None = None
     profile: Path | None = None
     delay: tuple[float, float] = (0.0, 0.0)
+    load_images: bool = False  # headless: pictures are not loaded unless asked
