@@ -67,7 +67,8 @@ def identical_files(
     keep_open = len(paths) <= _OPEN_AT_ONCE and size > HEAD
     # xxh3_64 of the first block -> [(first block, [(index, fd), ...]), ...]
     buckets: dict[int, list[tuple[bytes, list[tuple[int, int]]]]] = {}
-    head_key = xxhash.xxh3_64_intdigest
+    # A few files share one bucket: comparing their blocks costs less than hashing them.
+    head_key = _one_bucket if len(paths) <= _FEW else xxhash.xxh3_64_intdigest
     for index, path in enumerate(paths):
         try:
             fd = os.open(path, _READ)
@@ -125,6 +126,13 @@ def identical_files(
                 rests.setdefault(digest, []).append(index)
             groups.extend(same for same in rests.values() if len(same) > 1)
     return groups, errors
+
+
+_FEW = 4  # size groups this small put every first block in one bucket
+
+
+def _one_bucket(_head: bytes) -> int:
+    return 0
 
 
 def _same_pair(
