@@ -75,6 +75,24 @@ _FIRST_VISIBLE_JS = """els => els.findIndex(e => {
   const r = e.getBoundingClientRect();
   return r.width > 0 && r.height > 0;
 })"""
+# The first visible match, and whether a click at its centre reaches it (no popup or overlay
+# over it, enabled, in the viewport): [index or -1, clear].
+_CLICK_TARGET_JS = """els => {
+  const i = els.findIndex(e => {
+    if (e.checkVisibility && !e.checkVisibility()) return false;
+    if (getComputedStyle(e).visibility !== 'visible') return false;
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.height > 0;
+  });
+  if (i < 0) return [-1, false];
+  const e = els[i];
+  if (e.disabled || e.getAttribute('aria-disabled') === 'true') return [i, false];
+  const r = e.getBoundingClientRect();
+  const x = r.left + r.width / 2, y = r.top + r.height / 2;
+  if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return [i, false];
+  const hit = document.elementFromPoint(x, y);
+  return [i, !!hit && (hit === e || e.contains(hit))];
+}"""
 # The start page at a glance: a captcha on it? a camera button shown? (null: a selector
 # this look cannot read; the caller then asks Playwright)
 _START_JS = """([captcha, camera]) => {
@@ -322,13 +340,18 @@ class QueryJob:
         return bool(await page.locator(selector).evaluate_all(_FIRST_VISIBLE_JS) >= 0)
 
     async def click(self, page: Any, selector: str, attempt: int) -> None:
-        """Click the first visible match; every third try a mousedown (some buttons want it)."""
+        """Click the first visible match; every third try a mousedown (some buttons want it).
+
+        The first try, when nothing covers the target, is a plain pointer click without
+        Playwright's waits (two frames for "stable", the overlay handlers); any later
+        try is Playwright's full click (it accepts the cookie popup over the target)."""
         loc = page.locator(selector)
-        index = await loc.evaluate_all(_FIRST_VISIBLE_JS)
+        index, clear = await loc.evaluate_all(_CLICK_TARGET_JS)
         target = loc.nth(index) if index >= 0 else loc.first
         if attempt % 3 == 2:
             await target.dispatch_event("mousedown")
-        await target.click(timeout=min(5000, self.opts.timeout * 1000))
+        timeout = min(5000, self.opts.timeout * 1000)
+        await target.click(timeout=timeout, force=attempt == 0 and clear)
 
     async def read_states(self, page: Any) -> list[str | None]:
         """Every ``data-state`` of the page as it is; a captcha on the page raises CaptchaHit
