@@ -125,3 +125,12 @@ def test_a_query_name_near_255_bytes_gets_a_short_stem_its_files_fit(tmp_path):
     )
     assert serp.full_query_name(tmp_path, stem) == near
     assert serp.full_query_name(tmp_path, "cat.jpg") == "cat.jpg"
+    # A later run in the same process adds a name: the file is read again.
+    later = "ж" * 122 + ".jpg"
+    names = {stem: near, serp.query_stem(later): later}
+    (tmp_path / "names.tmp").write_text(
+        json.dumps({"version": 1, "names": names}), encoding="utf-8"
+    )
+    (tmp_path / "names.tmp").replace(tmp_path / serp.QUERY_NAMES_FILE)  # as step 1 writes it
+    assert serp.full_query_name(tmp_path, serp.query_stem(later)) == later
+    assert serp.full_query_name(tmp_path, stem) == near

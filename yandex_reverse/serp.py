@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -84,26 +85,38 @@ def query_stem(query: str) -> str:
     return f"{start}~{digest}"
 
 
-def read_query_names(xhr_dir: Path) -> dict[str, str]:
-    """``XHR/.query_names.json``: ``{shortened stem: full query name}`` ({} if absent)."""
+def _read_name_map(xhr_dir: Path | str, file_name: str, key: str) -> dict[str, str]:
+    """The ``{name: text}`` map under ``key`` of a small JSON file in XHR/ that step 1
+    writes for step 2 ({} if absent or unreadable; entries that are not text dropped)."""
     try:
-        data = json.loads((Path(xhr_dir) / QUERY_NAMES_FILE).read_text(encoding="utf-8"))
+        data = json.loads((Path(xhr_dir) / file_name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    names = _dict(_dict(data).get("names"))
-    return {str(k): v for k, v in names.items() if isinstance(v, str)}
+    entries = _dict(_dict(data).get(key))
+    return {str(k): v for k, v in entries.items() if isinstance(v, str)}
+
+
+def read_query_names(xhr_dir: Path) -> dict[str, str]:
+    """``XHR/.query_names.json``: ``{shortened stem: full query name}`` ({} if absent)."""
+    return _read_name_map(xhr_dir, QUERY_NAMES_FILE, "names")
 
 
 @functools.lru_cache(maxsize=16)
-def _query_names(xhr_dir: str) -> dict[str, str]:
+def _query_names(xhr_dir: str, stamp: tuple[int, int, int]) -> dict[str, str]:
     return read_query_names(Path(xhr_dir))
 
 
 def full_query_name(xhr_dir: Path | str, stem: str) -> str:
-    """The query a saved file's stem stands for (a shortened one looked up, once per run)."""
+    """The query a saved file's stem stands for (a shortened one looked up in the
+    names file, read again only when that file has been replaced or changed)."""
     if not _SHORT_STEM.search(stem):
         return stem
-    return _query_names(str(xhr_dir)).get(stem, stem)
+    try:
+        st = os.stat(os.path.join(xhr_dir, QUERY_NAMES_FILE))
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = (0, 0, 0)
+    return _query_names(str(xhr_dir), stamp).get(stem, stem)
 
 
 def parse_saved_name(name: str) -> tuple[str, str, int] | None:
@@ -121,12 +134,7 @@ def url_query_name(url: str) -> str:
 
 def read_url_queries(xhr_dir: Path) -> dict[str, str]:
     """``XHR/.url_queries.json``: ``{query name: image URL}`` ({} if absent or unreadable)."""
-    try:
-        data = json.loads((Path(xhr_dir) / URL_QUERIES_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    queries = _dict(_dict(data).get("queries"))
-    return {str(k): v for k, v in queries.items() if isinstance(v, str)}
+    return _read_name_map(xhr_dir, URL_QUERIES_FILE, "queries")
 
 
 # ---------------------------------------------------------------- reading
