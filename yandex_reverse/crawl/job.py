@@ -68,22 +68,22 @@ _STATES_JS = """([states, captcha]) => {
   return [hit, raws];
 }"""
 _STATE_OF_JS = "els => els.map(e => e.getAttribute('data-state'))"
-# The index of the first match Playwright would call visible (a box, visibility: visible), or -1.
-_FIRST_VISIBLE_JS = """els => els.findIndex(e => {
+# Whether Playwright would call an element visible (a box, visibility: visible).
+_VISIBLE_JS = """e => {
   if (e.checkVisibility && !e.checkVisibility()) return false;
   if (getComputedStyle(e).visibility !== 'visible') return false;
   const r = e.getBoundingClientRect();
   return r.width > 0 && r.height > 0;
-})"""
+}"""
+# The index of the first visible match, or -1.
+_FIRST_VISIBLE_JS = f"els => els.findIndex({_VISIBLE_JS})"
 # The first visible match, and whether a click at its centre reaches it (no popup or overlay
 # over it, enabled, in the viewport): [index or -1, clear].
-_CLICK_TARGET_JS = """els => {
-  const i = els.findIndex(e => {
-    if (e.checkVisibility && !e.checkVisibility()) return false;
-    if (getComputedStyle(e).visibility !== 'visible') return false;
-    const r = e.getBoundingClientRect();
-    return r.width > 0 && r.height > 0;
-  });
+_CLICK_TARGET_JS = (
+    """els => {
+  const i = els.findIndex("""
+    + _VISIBLE_JS
+    + """);
   if (i < 0) return [-1, false];
   const e = els[i];
   if (e.disabled || e.getAttribute('aria-disabled') === 'true') return [i, false];
@@ -93,6 +93,7 @@ _CLICK_TARGET_JS = """els => {
   const hit = document.elementFromPoint(x, y);
   return [i, !!hit && (hit === e || e.contains(hit))];
 }"""
+)
 # The start page at a glance: a captcha on it? a camera button shown? (null: a selector
 # this look cannot read; the caller then asks Playwright)
 _START_JS = """([captcha, camera]) => {
