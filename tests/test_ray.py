@@ -44,6 +44,11 @@ LEDGER_KEYS = (
 )  # fmt: skip
 
 
+def sidecars(folder: Path) -> dict[str, str]:
+    """name -> text of every sidecar (the Ray workers write them, the driver renames them)."""
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))}
+
+
 def poll(what: str, check: Callable[[], object], proc: subprocess.Popen | None = None) -> object:
     """Wait for ``check()`` to be truthy; fail (never fall through) when it does not come."""
     deadline = time.monotonic() + WAIT
@@ -162,13 +167,16 @@ def test_download_on_ray_equals_local_and_holds_per_host_limits(tmp_path):
         assert "Traceback" not in done.stdout + done.stderr
         rows = {url: (*(r[k] for k in LEDGER_KEYS), (r["error"] or "")[:12])
                 for url, r in ledger(db_path).items()}  # fmt: skip
-        runs[executor] = (rows, images_on_disk(workdir / "yandex_images"), done.stdout, peak)
+        out = workdir / "yandex_images"
+        runs[executor] = (rows, images_on_disk(out), done.stdout, peak, sidecars(out))
 
-    local_rows, local_files, local_out, _ = runs["local"]
-    ray_rows, ray_files, ray_out, peak = runs["ray"]
+    local_rows, local_files, local_out, _, local_sides = runs["local"]
+    ray_rows, ray_files, ray_out, peak, ray_sides = runs["ray"]
     assert "Executor: Ray, embedded Ray on this machine" in ray_out
     assert ray_rows == local_rows
     assert ray_files == local_files
+    assert ray_sides == local_sides  # the same sidecar, word for word, next to each image
+    assert sorted(Path(n).stem for n in ray_sides) == sorted(Path(n).stem for n in ray_files)
     assert len(ray_files) == len(set(ray_files.values())) >= 24  # each picture once
     for label in ("downloaded (new files)", "failed", "ended without a file"):
         assert count_of(ray_out, label) == count_of(local_out, label)
@@ -208,6 +216,7 @@ def test_download_worker_killed_mid_run_then_rerun_loses_nothing_stores_nothing_
         assert sorted(files) == sorted(Path(r["path"]).name for r in originals.values())
         assert len(set(files.values())) == 30  # every picture once
         assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+        assert sorted(Path(n).stem for n in sidecars(out)) == sorted(Path(n).stem for n in files)
         assert max(web.hits.values()) >= 2  # the dead worker's shard was fetched again
         hits_before = sum(web.hits.values())
         again = run_script("5_Download_async.py", *args, cwd=workdir, timeout=WAIT)

@@ -17,10 +17,12 @@ the ledger and names final files. Only :meth:`~.run.Downloader.attempt`'s
   pauses (429/503 Retry-After) travel with the bucket's next shard.
 - A worker runs the same :class:`~.fetch.Fetcher` and checks as the local path
   and leaves each verified body in a temporary file in the output folder (a
-  folder every node sees); it returns the checked bodies and the failures.
-  It touches no DB and no final name.
-- The driver settles each result as the local path does (content dedupe,
-  final name, sidecar, rename) and records it.
+  folder every node sees), its sidecar text (what the driver sent with the URL
+  and what the checks found) in a second one; it returns the checked bodies
+  and the failures. It touches no DB and no final name.
+- The driver settles each shard's results in one thread, as the local path
+  does (content dedupe, final name, the sidecar and the image renamed into
+  place), and records them.
 - A worker that dies is restarted by Ray and its shards are run again
   (:data:`TASK_RETRIES` times); a shard that still fails leaves its URLs
   ``pending`` for the next run, and its temporary files are removed at the
@@ -50,7 +52,7 @@ from .checks import FetchFailure
 from .fetch import Candidate, Checked, Fetcher, FetchOptions, HostState
 from .ledger import Outcome
 from .run import Downloader, Settings, failed_outcome, settle
-from .store import remove_temp_files
+from .store import Store, remove_temp_files, sidecar_text, temp_path
 
 SHARD = 64  # URLs sent to a worker at once
 SHARDS_PER_WORKER = 4  # shards (of different host buckets) a worker runs at once
@@ -62,11 +64,16 @@ WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 t
 # ------------------------------------------------------------------ the worker side
 
 
+# What the driver sends per URL: (url, image_id, variant_type, origin_url, sidecar context).
+Job = tuple[str, str, str, str | None, list[tuple[str, object]]]
+
+
 @dataclass
 class ShardResult:
     """What a worker hands back: per URL a checked body (in a temp file) or the failure."""
 
     results: list[Checked | FetchFailure | OSError]
+    sidecars: list[str | None]  # per URL: the temp file holding its sidecar text
     pauses: dict[str, float]  # host -> seconds it asked to be left alone from now
 
 
@@ -86,8 +93,8 @@ class FetchWorker:
             self.fetcher = fetcher
         return os.getpid()
 
-    async def fetch_shard(self, urls: list[str], pauses: dict[str, float]) -> ShardResult:
-        """Fetch and check every URL of one host bucket."""
+    async def fetch_shard(self, jobs: list[Job], pauses: dict[str, float]) -> ShardResult:
+        """Fetch and check every URL of one host bucket; write each checked one's sidecar."""
         await self.ready()
         fetcher = self.fetcher
         assert fetcher is not None
@@ -98,20 +105,68 @@ class FetchWorker:
                 state = fetcher.hosts[host] = HostState(asyncio.Semaphore(self.opts.per_host))
             state.resume_at = max(state.resume_at, now + wait)
 
-        async def one(url: str) -> Checked | FetchFailure | OSError:
+        async def one(job: Job) -> Checked | FetchFailure | OSError:
             try:
-                return await fetcher.fetch_checked(url)
+                return await fetcher.fetch_checked(job[0])
             except (FetchFailure, OSError) as exc:  # an OSError: the disk; the driver stops
                 return exc
 
-        results = list(await asyncio.gather(*(one(url) for url in urls)))
+        urls = [job[0] for job in jobs]
+        results = list(await asyncio.gather(*(one(job) for job in jobs)))
+        sidecars: list[str | None] = [None] * len(jobs)
+        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            if isinstance(result, Checked):
+                try:
+                    sidecars[i] = self.write_sidecar(job, result)
+                except OSError as exc:  # the shared folder's disk: the driver stops
+                    if result.body.temp is not None:
+                        result.body.temp.unlink(missing_ok=True)
+                    results[i] = exc
         now = time.monotonic()
         left = {}
         for host in {host_of(url) or "" for url in urls}:
             state = fetcher.hosts.get(host)
             if state is not None and state.resume_at > now:
                 left[host] = state.resume_at - now
-        return ShardResult(results, left)
+        return ShardResult(results, sidecars, left)
+
+    def write_sidecar(self, job: Job, checked: Checked) -> str:
+        """The sidecar text in a temporary file next to the body (the driver renames it)."""
+        url, image_id, variant_type, origin_url, context = job
+        text = sidecar_text(checked, Candidate(url, variant_type, origin_url), image_id, context)
+        temp = temp_path(self.out, url, "-txt")
+        try:
+            temp.write_text(text, encoding="utf-8")
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return str(temp)
+
+
+class RayStore(Store):
+    """:class:`~.store.Store` that renames a worker's sidecar into place (no write here)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sidecars: dict[Path, Path] = {}  # a body's temp file -> its sidecar's
+
+    def write_sidecar(
+        self, side: Path, checked: Checked, candidate: Candidate, image_id: str
+    ) -> None:
+        temp = self.sidecars.pop(checked.body.temp, None) if checked.body.temp else None
+        if temp is None:
+            super().write_sidecar(side, checked, candidate, image_id)
+        else:
+            os.replace(temp, side)
+
+
+@dataclass
+class Pending:
+    """A URL queued on the driver: what to settle its result with, and who waits."""
+
+    candidate: Candidate
+    image_id: str
+    future: asyncio.Future[Outcome]
 
 
 # ------------------------------------------------------------------ the driver side
@@ -121,7 +176,10 @@ class ShardDispatcher:
     """URLs in, checked bodies out: host buckets, one shard per busy bucket, sent to
     the least busy of the long-lived workers."""
 
-    def __init__(self, opts: FetchOptions, out: Path, *, workers: int) -> None:
+    def __init__(self, downloader: RayDownloader, *, workers: int) -> None:
+        opts, out = downloader.opts, downloader.out
+        self.store = downloader.store
+        self.context = downloader.ledger.context
         ray = raycluster.require_ray()
         self.ray = ray
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(FetchWorker)
@@ -134,9 +192,7 @@ class ShardDispatcher:
         self.out = str(out)
         self.slots = SHARDS_PER_WORKER * len(self.workers)  # shards running at once
         self.buckets = 4 * self.slots  # more buckets than slots: a busy host never stalls all
-        self.queues: list[deque[tuple[str, asyncio.Future[Checked]]]] = [
-            deque() for _ in range(self.buckets)
-        ]
+        self.queues: list[deque[Pending]] = [deque() for _ in range(self.buckets)]
         self.since: list[float] = [0.0] * self.buckets  # when the oldest queued URL came
         self.busy: set[int] = set()
         self.pauses: dict[str, float] = {}  # host -> monotonic time it may be asked again
@@ -150,13 +206,14 @@ class ShardDispatcher:
     def bucket_of(self, url: str) -> int:
         return zlib.crc32((host_of(url) or "").encode("utf-8", "surrogatepass")) % self.buckets
 
-    async def fetch_checked(self, url: str) -> Checked:
-        """Like :meth:`.fetch.Fetcher.fetch_checked`, on a Ray worker."""
-        future: asyncio.Future[Checked] = self.loop.create_future()
-        bucket = self.bucket_of(url)
+    async def fetch_settled(self, candidate: Candidate, image_id: str) -> Outcome:
+        """Fetched and checked on a Ray worker, settled here: the URL's outcome
+        (:class:`FetchFailure` when it gave no usable image)."""
+        future: asyncio.Future[Outcome] = self.loop.create_future()
+        bucket = self.bucket_of(candidate.url)
         if not self.queues[bucket]:
             self.since[bucket] = time.monotonic()
-        self.queues[bucket].append((url, future))
+        self.queues[bucket].append(Pending(candidate, image_id, future))
         self._wake(0.0)
         return await future
 
@@ -185,22 +242,28 @@ class ShardDispatcher:
         if waiting and len(self.running) < self.slots:
             self._wake(GATHER)
 
-    def _send(self, bucket: int, jobs: list[tuple[str, asyncio.Future[Checked]]]) -> None:
+    def _send(self, bucket: int, jobs: list[Pending]) -> None:
         now = time.monotonic()
-        urls = [url for url, _future in jobs]
-        hosts = {host_of(url) or "" for url in urls}
+        hosts = {host_of(job.candidate.url) or "" for job in jobs}
         pauses = {h: self.pauses[h] - now for h in hosts if self.pauses.get(h, 0.0) > now}
+        contexts: dict[str, list[tuple[str, object]]] = {}
+        for job in jobs:
+            if job.image_id not in contexts:
+                contexts[job.image_id] = self.context(job.image_id)
+        sent: list[Job] = [
+            (job.candidate.url, job.image_id, job.candidate.variant_type,
+             job.candidate.origin_url, contexts[job.image_id])
+            for job in jobs
+        ]  # fmt: skip
         worker = min(range(len(self.workers)), key=self.load.__getitem__)
-        ref = self.workers[worker].fetch_shard.remote(urls, pauses)
+        ref = self.workers[worker].fetch_shard.remote(sent, pauses)
         self.load[worker] += 1
         self.busy.add(bucket)
         self.shards += 1
         task = asyncio.ensure_future(self._collect(bucket, worker, ref, jobs))
         self.running[task] = ref
 
-    async def _collect(
-        self, bucket: int, worker: int, ref: Any, jobs: list[tuple[str, asyncio.Future[Checked]]]
-    ) -> None:
+    async def _collect(self, bucket: int, worker: int, ref: Any, jobs: list[Pending]) -> None:
         try:
             try:
                 shard: ShardResult = await ref
@@ -210,26 +273,60 @@ class ShardDispatcher:
                 log.warning("shard of %d URLs lost: %s", len(jobs), one_line(exc, 300))
                 self.lost_shards += 1
                 lost = FetchFailure(WORKER_LOST, one_line(exc, 120), retryable=True)
-                for _url, future in jobs:
-                    if not future.done():
-                        future.set_exception(lost)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(lost)
                 return
             now = time.monotonic()
             for host, wait in shard.pauses.items():
                 self.pauses[host] = max(self.pauses.get(host, 0.0), now + wait)
-            for (_url, future), result in zip(jobs, shard.results, strict=True):
-                if future.done():  # its unit was cancelled: drop the body
-                    if isinstance(result, Checked) and result.body.temp is not None:
-                        result.body.temp.unlink(missing_ok=True)
-                elif isinstance(result, (FetchFailure, OSError)):
-                    future.set_exception(result)
+            settled = await asyncio.to_thread(self._settle_shard, jobs, shard)
+            for job, outcome in zip(jobs, settled, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
                 else:
-                    future.set_result(result)
+                    job.future.set_result(outcome)
         finally:
+            for job in jobs:  # the collector was cancelled (a stop): nobody waits for these
+                if not job.future.done():
+                    job.future.cancel()
             self.load[worker] -= 1
             self.busy.discard(bucket)
             self.running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._wake(0.0)
+
+    def _settle_shard(self, jobs: list[Pending], shard: ShardResult) -> list[Outcome | Exception]:
+        """In a thread, one hop per shard: each checked body settled as the local path does
+        (its worker's sidecar renamed into place); leftovers of the others removed."""
+        settled: list[Outcome | Exception] = []
+        for job, result, side in zip(jobs, shard.results, shard.sidecars, strict=True):
+            if isinstance(result, Exception):
+                settled.append(result)
+                continue
+            temp = result.body.temp
+            sidecar = Path(side) if side else None
+            placed = False
+            try:
+                if job.future.done():  # its unit was cancelled: drop the body
+                    settled.append(FetchFailure(WORKER_LOST, "cancelled"))
+                    continue
+                if temp is not None and sidecar is not None:
+                    self.store.sidecars[temp] = sidecar
+                outcome = settle(self.store, result, job.candidate, job.image_id)
+                placed = not outcome.duplicate
+                settled.append(outcome)
+            except Exception as exc:  # an OSError stops the run; any other is a bug, raised
+                settled.append(exc)
+            finally:
+                if temp is not None:
+                    self.store.sidecars.pop(temp, None)
+                    if not placed:
+                        temp.unlink(missing_ok=True)
+                if sidecar is not None and not placed:
+                    sidecar.unlink(missing_ok=True)
+        return settled
 
     async def close(self) -> None:
         """Stop what still runs (Ctrl-C, an error): cancel the tasks, wait for the collectors."""
@@ -246,8 +343,8 @@ class ShardDispatcher:
             with suppress(Exception):
                 self.ray.kill(worker, no_restart=True)
         for queue in self.queues:
-            for _url, future in queue:
-                future.cancel()
+            for job in queue:
+                job.future.cancel()
             queue.clear()
 
 
@@ -256,11 +353,14 @@ class RayDownloader(Downloader):
 
     def __init__(self, settings: Settings, workers: int) -> None:
         super().__init__(settings)
+        self.store: RayStore = RayStore(
+            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.ledger.context
+        )
         self.workers = workers
         self.dispatcher: ShardDispatcher
 
     async def run(self) -> None:
-        self.dispatcher = ShardDispatcher(self.opts, self.out, workers=self.workers)
+        self.dispatcher = ShardDispatcher(self, workers=self.workers)
         try:
             await super().run()
         finally:
@@ -278,17 +378,12 @@ class RayDownloader(Downloader):
     async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
         """The worker fetches and checks; the driver settles (same outcome as local)."""
         self.writer.pending(candidate.url, image_id, candidate.variant_type)
-        checked: Checked | None = None
         try:
-            checked = await self.dispatcher.fetch_checked(candidate.url)
-            return await asyncio.to_thread(settle, self.store, checked, candidate, image_id)
+            return await self.dispatcher.fetch_settled(candidate, image_id)
         except FetchFailure as exc:
             return failed_outcome(candidate, image_id, exc)
         except OSError as exc:  # the shared folder's disk (here or on a worker): stop
             raise self.stop(exc) from exc
-        finally:
-            if checked is not None and checked.body.temp is not None:
-                checked.body.temp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -133,6 +133,25 @@ def _one_line_value(value: object) -> str:
     return " ".join(str(value).split()) if value not in (None, 0) else ""
 
 
+def sidecar_text(
+    checked: Checked, candidate: Candidate, image_id: str, context: list[tuple[str, object]]
+) -> str:
+    """The ``.txt`` next to a stored image: where it came from, one ``key: value`` a line."""
+    return "".join(
+        f"{key}: {_one_line_value(value)}\n"
+        for key, value in (
+            ("url", candidate.url),
+            ("origin_url", candidate.origin_url),
+            ("image_id", image_id),
+            ("variant_type", candidate.variant_type),
+            ("width", checked.width),
+            ("height", checked.height),
+            ("final_url", checked.body.final_url),
+            *context,
+        )
+    )
+
+
 class Store:
     """Puts checked bodies under their final names, one file per content (driver side).
 
@@ -203,19 +222,6 @@ class Store:
         final = self.out / name
         if final.parent != self.out:  # cannot happen with safe names; never write outside
             raise FetchFailure("unsafe file name", name)
-        sidecar = "".join(
-            f"{key}: {_one_line_value(value)}\n"
-            for key, value in (
-                ("url", candidate.url),
-                ("origin_url", candidate.origin_url),
-                ("image_id", image_id),
-                ("variant_type", candidate.variant_type),
-                ("width", checked.width),
-                ("height", checked.height),
-                ("final_url", body.final_url),
-                *self.context(image_id),
-            )
-        )
         # The image goes through a temporary file and one rename, so it is whole
         # under its final name. The sidecar is written in place, before the image:
         # until the rename it is a sidecar without its image, which the next run's
@@ -230,7 +236,7 @@ class Store:
             if own_temp:
                 temp.write_bytes(body.buffer)
             side_written = True
-            side.write_text(sidecar, encoding="utf-8")
+            self.write_sidecar(side, checked, candidate, image_id)
             os.replace(temp, final)
             placed = True
         finally:
@@ -241,4 +247,12 @@ class Store:
                     temp.unlink(missing_ok=True)
         return Stored(
             recorded_path(final, self.db_dir), checked.width, checked.height, checked.mime
+        )
+
+    def write_sidecar(
+        self, side: Path, checked: Checked, candidate: Candidate, image_id: str
+    ) -> None:
+        """The sidecar under its final name (a Ray driver renames a worker's one into place)."""
+        side.write_text(
+            sidecar_text(checked, candidate, image_id, self.context(image_id)), encoding="utf-8"
         )
