@@ -451,9 +451,9 @@ def test_fast_piqe_gives_pyiqa_numbers_bit_for_bit(photos):
             assert torch.equal(fast(image), piqe(image)[0])
 
 
-def test_musiq_bfloat16_is_checked_against_float32_on_the_first_batch():
-    """bfloat16 MUSIQ is used only while the first batch's scores stay within 0.05 of
-    float32; that batch keeps its float32 scores; a net whose scores move more stays
+def test_musiq_bfloat16_is_checked_against_float32_on_the_first_image():
+    """bfloat16 MUSIQ is used only while the first image's score stays within 0.05 of
+    float32; that image keeps its float32 score; a net whose scores move more stays
     in float32."""
     import copy
 
@@ -481,6 +481,55 @@ def test_musiq_bfloat16_is_checked_against_float32_on_the_first_batch():
         first = float(guarded(patches))
         assert guarded.bf16 is False and guarded.difference > metrics.BF16_TOLERANCE
         assert float(guarded(patches)) == first  # float32 from then on
+
+        # a batch: the first image is the float32 one, the rest as chosen
+        other = torch.from_numpy(np.asarray(_photo(96, 64, 2)).copy()).permute(2, 0, 1) / 255
+        pair = torch.cat([patches, metrics.musiq_patches(other.float(), opts)[None]])
+        exact_other = float(reference(other.float()[None]))
+        batched = metrics.MusiqForward(copy.deepcopy(reference.net), low_precision=True)
+        both = batched(pair).reshape(-1)
+        assert float(both[0]) == pytest.approx(exact, abs=1e-5)
+        assert float(both[1]) == pytest.approx(exact_other, abs=metrics.BF16_TOLERANCE)
+        assert batched.bf16 is True
+
+
+def test_musiq_a_thread_scoring_during_the_bfloat16_check_obeys_it():
+    """While one thread checks bfloat16, another scores (bfloat16) meanwhile; if the check
+    chooses float32, that thread's scores are float32's, not its bfloat16 guess."""
+    import copy
+    import threading
+
+    import pyiqa
+    import torch
+
+    from yandex_reverse.quality import metrics
+
+    reference = pyiqa.create_metric("musiq", device="cpu", pretrained=False)
+    opts = dict(reference.net.data_preprocess_opts)
+    image = torch.from_numpy(np.asarray(_photo(96, 64, 1)).copy()).permute(2, 0, 1).float() / 255
+    patches = metrics.musiq_patches(image, opts)[None]
+    loud = copy.deepcopy(reference.net)  # bfloat16 visibly off
+    with torch.inference_mode():
+        loud.head.weight.mul_(1000)
+        loud.head.bias.mul_(1000)
+        exact = float(metrics.MusiqForward(copy.deepcopy(loud), low_precision=False)(patches))
+    checked = metrics.MusiqForward(loud, low_precision=True)
+    got: list[float] = []
+
+    def score() -> None:
+        with torch.inference_mode():
+            got.append(float(checked(patches)))
+
+    checked._deciding.acquire()  # as if another thread were checking
+    worker = threading.Thread(target=score)
+    worker.start()
+    worker.join(timeout=0.5)
+    assert worker.is_alive()  # its bfloat16 guess waits for the decision
+    checked.bf16 = False
+    checked._deciding.release()
+    worker.join(timeout=60)
+    assert got == [pytest.approx(exact, abs=1e-3)]
+    assert checked.bf16 is False
 
 
 def test_thresholds_that_leave_a_category_empty_say_so_and_suggest_better(photos, workdir):

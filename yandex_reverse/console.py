@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-if TYPE_CHECKING:
     T = TypeVar("T")
 
 

@@ -32,6 +32,7 @@ from .report import (
     assign_categories,
     empty_category_hint,
     open_db,
+    preload_plotting,
     upsert,
     write_reports,
 )
@@ -361,6 +362,7 @@ def score_images(
 ) -> None:
     """Score in this process (decode threads, model batches), commit after every batch."""
     scorer = Scorer(opts.settings())
+    preload_plotting()  # the histogram's import, alongside the scoring
     with console.progress(_("Scoring"), total=len(tasks)) as advance:
         for rows in scorer.iter_rows(tasks):
             upsert(conn, rows)

@@ -305,10 +305,12 @@ class MusiqForward:
 
     bfloat16 (autocast: the convolutions, linear layers and attention; the residual
     stream, the norms, the final norm and the head stay float32) is ~2x faster on a
-    CPU with AMX. It is checked, not assumed: the first batch is scored both ways; if
-    any score differs by more than :data:`BF16_TOLERANCE` (0.05, half of the 0.1 the
-    issue allows) the run stays in float32. The first batch's float32 scores are the
-    ones kept.
+    CPU with AMX. It is checked, not assumed: the first image of the first batch is
+    scored both ways; if the scores differ by more than :data:`BF16_TOLERANCE` (0.05,
+    half of the 0.1 the issue allows) the run stays in float32. That image keeps its
+    float32 score. The check costs one float32 image, not a batch scored twice, and
+    the other worker threads do not wait for it: they score in bfloat16 meanwhile and
+    score again in float32 only if the check chose float32.
     """
 
     def __init__(self, net: Any, *, low_precision: bool) -> None:
@@ -322,27 +324,41 @@ class MusiqForward:
 
     def __call__(self, patches: Any) -> Any:
         if self.bf16 is None:
-            with self._deciding:
-                if self.bf16 is None:
-                    return self._decide(patches)
+            if self._deciding.acquire(blocking=False):
+                try:
+                    if self.bf16 is None:
+                        return self._decide(patches)
+                finally:
+                    self._deciding.release()
+            else:  # another thread is checking: bfloat16 meanwhile, kept if it is chosen
+                low = self._run(patches, bf16=True)
+                with self._deciding:
+                    pass
+                if self.bf16:
+                    return low
         return self._run(patches, bf16=bool(self.bf16))
 
     def _decide(self, patches: Any) -> Any:
-        """Score this batch both ways; keep float32's scores; choose for the rest."""
-        exact = self._run(patches, bf16=False)
-        self.difference = float((self._run(patches, bf16=True) - exact).abs().max())
-        self.bf16 = self.difference <= BF16_TOLERANCE
-        log.info("MUSIQ bfloat16 vs float32 on the first batch: %.5f", self.difference)
+        """Score the first image both ways and choose; it keeps its float32 score, the
+        rest of the batch is scored as chosen."""
+        import torch
+
+        exact = self._run(patches[:1], bf16=False)
+        self.difference = float((self._run(patches[:1], bf16=True) - exact).abs().max())
+        chosen = self.difference <= BF16_TOLERANCE
+        log.info("MUSIQ bfloat16 vs float32 on the first image: %.5f", self.difference)
         console.console.print(
-            _("MUSIQ: bfloat16 (first batch within {difference:.4f} of float32)").format(
+            _("MUSIQ: bfloat16 (first image within {difference:.4f} of float32)").format(
                 difference=self.difference
             )
-            if self.bf16
+            if chosen
             else _("MUSIQ: float32 (bfloat16 differed by {difference:.3f})").format(
                 difference=self.difference
             )
         )
-        return exact
+        rest = self._run(patches[1:], bf16=chosen) if len(patches) > 1 else None
+        self.bf16 = chosen  # set last: a waiting thread reads it once the lock is free
+        return exact if rest is None else torch.cat([exact, rest])
 
     def _run(self, patches: Any, *, bf16: bool) -> Any:
         import torch
