@@ -600,6 +600,21 @@ def test_create_metrics_wires_the_fast_path_of_each_metric():
         ["musiq", "piqe"], torch.device("cpu"), None, pretrained=False
     )
     assert isinstance(musiq.fast, metrics.MusiqForward) and musiq.is_musiq
-    # bfloat16 still to be decided on the first batch where it pays, else float32
+    # bfloat16 still to be decided on the first image where it pays, else float32
     assert musiq.fast.bf16 is (None if metrics.bf16_pays(torch.device("cpu")) else False)
     assert isinstance(piqe.fast, metrics.FastPiqe) and not piqe.is_musiq
+
+
+def test_the_cpu_batch_is_one_image_for_musiq_and_two_for_the_others():
+    """On the CPU MUSIQ runs one image per call (measured faster per image than
+    two); the other metrics keep two; --batch-size still decides when given."""
+    from yandex_reverse.quality.scorer import Scorer, ScoreSettings
+
+    def batch(models: tuple[str, ...], size: int | None = None) -> int:
+        settings = ScoreSettings(models, device="cpu", pretrained=False, batch_size=size)
+        return Scorer(settings).runner.batch_size
+
+    assert batch(("musiq",)) == 1
+    assert batch(("piqe",)) == 2
+    assert batch(("musiq", "piqe")) == 1
+    assert batch(("musiq",), 4) == 4

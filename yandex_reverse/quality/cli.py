@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         help=_(
-            "images per model call (default 16 on a GPU, 2 on the CPU); halved on out-of-memory"
+            "images per model call (default 16 on a GPU; on the CPU 1 for MUSIQ, 2 for the others); "
+            "halved on out-of-memory"
         ),
     )
     parser.add_argument(
