@@ -276,12 +276,13 @@ def test_cli_prints_its_base_url_and_serves():
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        base = proc.stdout.readline().strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/images/", base)
-        status, _, body = http(base)
-        assert status == 200 and 'aria-label="Поиск по картинке"' in body.decode()
-        assert json.loads(http(base.removesuffix("images/") + "__control")[2])["pages"] == 1
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with proc:  # closes both pipes when the server is gone
+        try:
+            base = proc.stdout.readline().strip()
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+/images/", base)
+            status, _, body = http(base)
+            assert status == 200 and 'aria-label="Поиск по картинке"' in body.decode()
+            assert json.loads(http(base.removesuffix("images/") + "__control")[2])["pages"] == 1
+        finally:
+            proc.terminate()
+            proc.wait(10)
