@@ -8,10 +8,12 @@ to end (both pay the ~3 s import of torch and pyiqa). Each side runs in a fresh 
 other's thread settings. Metrics: piqe (no weights) and
 MUSIQ's architecture with random weights (``pretrained=False``: the real
 compute). MUSIQ takes ~1 s per image on 2 CPU threads (pyiqa's loop), so it uses fewer images
-(``--musiq-images``). Both sides pay the same fixed start (~3 s of imports), so
-fewer images pull the ratio towards 1: the figures are a floor.
+(``--musiq-images``, 48: ~25 s for the peer). Both sides pay the same fixed start
+(~2.5 s of torch and pyiqa imports, ~1 s of it torch._dynamo, which torchvision.ops
+imports), so fewer images pull the ratio towards 1: the figures are a floor. At
+24 images that start was a fifth of ours, more than a run of real size ever sees.
 
-    .venv/bin/python bench/bench_quality.py [--images 300] [--musiq-images 24]
+    .venv/bin/python bench/bench_quality.py [--images 300] [--musiq-images 48]
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def ours(name: str, folder: Path, count: int, pretrained: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--musiq-images", type=int, default=24)
+    parser.add_argument("--musiq-images", type=int, default=48)
     parser.add_argument("--only", choices=("piqe", "musiq"))
     args = parser.parse_args()
     root = work_dir("quality")
