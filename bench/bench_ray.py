@@ -47,12 +47,27 @@ RATE = re.compile(r"rate\s*│\s*([\d,.]+) files/s")
 RAY_LOG = re.compile(r"ray: (started|shut down) in ([\d.]+) s")
 
 
+def ray_seconds(log_file: Path) -> dict[str, float]:
+    """``{"started": X, "shut down": Y}`` from a step's log (empty for the local executor)."""
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return {what: float(seconds) for what, seconds in RAY_LOG.findall(text)}
+
+
 def ray_times(log_file: Path) -> str:
-    """``start X s, stop Y s`` from a step's log (empty for the local executor)."""
-    found = dict(RAY_LOG.findall(log_file.read_text(errors="replace"))) if log_file.exists() else {}
+    """``; Ray start X s, stop Y s`` from a step's log (empty for the local executor)."""
+    found = ray_seconds(log_file)
     if not found:
         return ""
     return f"; Ray start {found.get('started', '?')} s, stop {found.get('shut down', '?')} s"
+
+
+def report_fixed(step: str, seconds: float, peer: float, log_file: Path) -> None:
+    """The fixed cost of each executor (whole time - files / rate after start), its own
+    figure: paid once per run, so the whole-run ratio at N files depends on N."""
+    found = ray_seconds(log_file)
+    report("ray", f"{step} fixed cost per run (start, stop, first files)", "s", seconds,
+           "--executor local", peer, ray_start_s=found.get("started"),
+           ray_stop_s=found.get("shut down"))  # fmt: skip
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
@@ -83,6 +98,7 @@ def bench_download(work: Path) -> None:
         text=True,
     )
     results: dict[str, tuple[float, float, int, str]] = {}
+    ray_log_file = work / "out_ray" / "download.log"
     try:
         assert server.stdout is not None
         proxy = server.stdout.readline().strip()
@@ -101,6 +117,9 @@ def bench_download(work: Path) -> None:
             match = RATE.search(stdout)
             rate = float(match.group(1).replace(",", "")) if match else 0.0
             results[executor] = (elapsed, rate, files, ray_times(log_file))
+            if executor == "ray":  # the next run removes the folder
+                shutil.copy(log_file, work / "download_ray.log")
+                ray_log_file = work / "download_ray.log"
     finally:
         server.terminate()
         server.wait(10)
@@ -123,6 +142,8 @@ def bench_download(work: Path) -> None:
         ("step 5 images per second, after start", ray_rate, local_rate),
     ):
         report("ray", metric, "img/s", ours, "--executor local", peer, aim=AIM)
+    report_fixed("step 5", fixed(ray_s, ray_n, ray_rate), fixed(local_s, local_n, local_rate),
+                 ray_log_file)  # fmt: skip
     if ray_n != N or local_n != N:
         raise SystemExit(f"files: local {local_n}, ray {ray_n}, expected {N}")
 
@@ -171,6 +192,8 @@ def bench_quality(work: Path) -> None:
            M / times["ray"], "--executor local", M / times["local"], aim=AIM)  # fmt: skip
     report("ray", "step 7.3 piqe images per second, after start", "img/s",
            steady["ray"], "--executor local", steady["local"], aim=AIM)  # fmt: skip
+    report_fixed("step 7.3", fixed(times["ray"], M, steady["ray"]),
+                 fixed(times["local"], M, steady["local"]), work / "quality_ray.log")  # fmt: skip
 
 
 def scoring_rate(report_db: Path) -> float:

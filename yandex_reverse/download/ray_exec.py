@@ -55,7 +55,7 @@ from .run import Downloader, Settings, failed_outcome, settle
 from .store import Store, remove_temp_files, sidecar_text, temp_path
 
 SHARD = 64  # URLs sent to a worker at once
-SHARDS_PER_WORKER = 4  # shards (of different host buckets) a worker runs at once
+SHARDS_PER_WORKER = 8  # shards (of different host buckets) a worker runs at once
 GATHER = 0.05  # seconds a partly filled bucket waits for more URLs before it is sent
 TASK_RETRIES = 3  # a shard whose worker died is run again this many times
 WORKER_LOST = N_("worker lost")  # the reason of a shard lost TASK_RETRIES + 1 times
@@ -372,8 +372,9 @@ class RayDownloader(Downloader):
                 log.info("removed %d temporary file(s) of lost or cancelled shards", removed)
 
     def pool_size(self) -> int:
-        """``--concurrency`` is per worker: keep every worker's requests busy."""
-        return max(4 * self.s.concurrency, 64) * self.workers
+        """``--concurrency`` is per worker: keep every worker's requests busy (a unit
+        waits in its bucket's queue and its shard's round trip, so more are in flight)."""
+        return max(8 * self.s.concurrency, 128) * self.workers
 
     async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
         """The worker fetches and checks; the driver settles (same outcome as local)."""
