@@ -475,6 +475,65 @@ def test_threaded_gives_every_result_and_raises_a_thread_s_error() -> None:
         list(_threaded(boom, list(range(20)), 3))
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_forked_gives_every_result_in_place_and_redoes_a_failed_child_s_share() -> None:
+    from yandex_reverse.dedup.find import _forked
+
+    items = list(range(23))
+    got = dict(_forked(lambda n: [n, [n * n], [(n, str(n))]], items, 3))
+    assert got == {n: [n, [n * n], [(n, str(n))]] for n in items}
+    assert dict(_forked(lambda n: -n, [1, 2], 1)) == {0: -1, 1: -2}
+
+    parent = os.getpid()
+
+    def child_dies(n: int) -> int:
+        if os.getpid() != parent and n == 4:
+            os._exit(3)  # a child killed mid-way: its share is done again here
+        return n + 1
+
+    assert dict(_forked(child_dies, items, 2)) == {i: n + 1 for i, n in enumerate(items)}
+
+    def boom(n: int) -> int:
+        if n == 6:
+            raise OSError("disk gone")
+        return n
+
+    with pytest.raises(OSError, match="disk gone"):  # raised where it happens here
+        dict(_forked(boom, items, 2))
+
+
+def test_exact_groups_on_two_processes_equal_one(tmp_path: Path) -> None:
+    """Enough tied files that the comparing is shared with a forked process: the
+    same groups, in the same order, and the same unreadable files, as on one."""
+    from yandex_reverse.dedup import find
+
+    root = tmp_path / "many"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for n in range(300):
+        size = 5000 + n % 40  # 40 sizes: every file shares its size
+        body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        (root / f"f{n:03d}.jpg").write_bytes(body)
+        if n % 3 == 0:
+            (root / f"c{n:03d}.jpg").write_bytes(body)
+        if n % 7 == 0:  # the same first block, another rest
+            (root / f"h{n:03d}.jpg").write_bytes(body[:4096] + bytes(size - 4096))
+    unreadable = root / "f001.jpg"
+    unreadable.chmod(0)
+    try:
+        answers = []
+        for workers in (1, 2, 3):
+            found = find.scan(root, recursive=True, exclude=())
+            groups = find.exact_groups(found, workers)
+            answers.append(([[e.rel for e in g] for g in groups], sorted(found.unreadable)))
+    finally:
+        unreadable.chmod(0o644)
+    assert len(answers[0][0]) == 100
+    assert answers[0] == answers[1] == answers[2]
+    if os.geteuid() != 0:  # root reads it anyway
+        assert [rel for rel, _reason in answers[0][1]] == ["f001.jpg"]
+
+
 def test_report_text_is_what_json_writes(tmp_path: Path) -> None:
     """The report's groups are written without json; the text must be json's own."""
     from yandex_reverse.dedup import cli, find
