@@ -183,9 +183,31 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         yield _cluster(ray, address)
     finally:
         stopping = time.monotonic()
+        if not address:
+            _stop_autoscaler_monitor(ray)
         with suppress(Exception), _stderr_to_log():
             ray.shutdown()
         log.info("ray: shut down in %.1f s", time.monotonic() - stopping)
+
+
+def _stop_autoscaler_monitor(ray: Any) -> None:
+    """Kill an embedded Ray's autoscaler monitor before ``ray.shutdown``.
+
+    ``ray.shutdown`` stops Ray's processes one after another, each with SIGTERM
+    and up to 1 s to exit; the autoscaler monitor (nothing to scale on one
+    machine, no state of the step's) always takes the whole second, then gets
+    SIGKILL: 1.0 of the 1.3 s shutdown measured. Killed here, it is already gone
+    when Ray comes to it. Ray's internals: where they differ, nothing happens.
+    """
+    with suppress(Exception):
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = getattr(ray_worker, "_global_node", None)
+        infos = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
+        for info in infos:
+            info.process.kill()
+            info.process.wait(1)
 
 
 def _has_token() -> bool:

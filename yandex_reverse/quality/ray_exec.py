@@ -18,6 +18,7 @@ crash loses at most the batches not yet committed (a re-run scores only those).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -108,12 +109,14 @@ def ray_session(
 
     Yields the scan's tasks and the cluster; Ray stops when the block ends.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="scan") as pool:
+    with ThreadPoolExecutor(2, thread_name_prefix="scan") as pool:
         listing = pool.submit(scan, opts)
+        # ray.data's imports (0.5 s on a quiet machine) while ray.init waits for its
+        # processes, not after it.
+        imported = pool.submit(importlib.import_module, "ray.data")
         try:
             with raycluster.session(opts.ray_address) as cluster:
-                import ray.data  # noqa: F401  (seconds of imports: while the scan runs)
-
+                imported.result()
                 raycluster.quiet_loggers()
                 yield listing.result(), cluster
         finally:
