@@ -18,6 +18,7 @@ work of N photos without the browser's start, which is paid once per run.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,17 @@ class CpuSampler:
         return dict(out)
 
 
+def server_cpu(server: ServerThread) -> float:
+    """CPU seconds of the imitation's thread (it runs in this process): part of the bench
+    machine's load, not of the crawler's."""
+    tid = server._thread.native_id
+    try:
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(
     server: ServerThread, tabs: int, photos: int, end: str, args: argparse.Namespace
 ) -> tuple[float, float]:
@@ -126,10 +138,12 @@ def run(
         text=True,
     )
     cpu = CpuSampler(proc.pid)
+    served_before = server_cpu(server)
     while proc.poll() is None:
         cpu.sample()
         time.sleep(0.2)
     elapsed = time.perf_counter() - start
+    cpu.seen[-1] = ("server", server_cpu(server) - served_before)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"crawl failed:\n{stdout}\n{stderr}")
@@ -161,7 +175,8 @@ def main() -> int:
                 print(
                     f"end {end}, --max-tabs {tabs}: CPU s/photo "
                     + ", ".join(f"{k} {v:.2f}" for k, v in per_photo.items())
-                    + f"; total {sum(per_photo.values()):.2f}",
+                    + f"; crawler total "
+                    f"{sum(v for k, v in per_photo.items() if k != 'server'):.2f}",
                     flush=True,
                 )
                 whole = 2 * photos / t2 * 60

@@ -42,3 +42,47 @@ def test_the_switch_keeps_playwrights_own_headless_blink_settings() -> None:
     assert found == {HEADLESS_BLINK}
     assert NO_IMAGES.startswith(f"--blink-settings={HEADLESS_BLINK},")
     assert NO_IMAGES.endswith(",imagesEnabled=false")
+
+
+def test_every_look_calls_an_element_visible_as_playwright_does() -> None:
+    """The start page's look, the first-visible look and the click target share one test."""
+    from playwright.sync_api import sync_playwright
+
+    from yandex_reverse.browser import BrowserNotFound, find_browser
+    from yandex_reverse.crawl.job import _CLICK_TARGET_JS, _FIRST_VISIBLE_JS, _START_JS
+
+    try:
+        executable = find_browser(headless=True)
+    except BrowserNotFound:
+        pytest.skip("no Chromium (make browser)")
+    cases = {
+        "shown": "",
+        "hidden": "visibility:hidden",
+        "collapsed": "visibility:collapse",
+        "none": "display:none",
+        "empty": "width:0;height:0;padding:0;border:0",
+    }
+    buttons = "".join(
+        f'<button class="c" id="{k}" style="{v}">cam</button>' for k, v in cases.items()
+    )
+    # inside a box whose content is skipped: it has a box, yet is not shown
+    buttons += (
+        '<div style="content-visibility:hidden"><button class="c" id="skipped">cam</button></div>'
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(executable) if executable else None)
+        try:
+            page = browser.new_page()
+            page.set_content(f"<html><body>{buttons}</body></html>")
+            for key in [*cases, "skipped"]:
+                selector = f"#{key}"
+                expected = page.locator(selector).is_visible()
+                start = page.evaluate(_START_JS, ["#nothing", selector])
+                assert start == {"captcha": False, "camera": expected}, key
+                assert (page.locator(selector).evaluate_all(_FIRST_VISIBLE_JS) == 0) is expected
+                index, _clear = page.locator(selector).evaluate_all(_CLICK_TARGET_JS)
+                assert (index == 0) is expected, key
+            assert page.locator("#shown").is_visible()
+            assert not page.locator("#skipped").is_visible()
+        finally:
+            browser.close()

@@ -19,6 +19,7 @@ from PIL import Image
 from tests.conftest import REPO, run_script
 from yandex_reverse import serp
 from yandex_reverse.browser import BrowserNotFound, find_browser
+from yandex_reverse.crawl.progress import PROGRESS_FILE, read_progress
 from yandex_reverse.fake_yandex.results import image_key
 from yandex_reverse.fake_yandex.site import FakeYandex, ServerThread
 
@@ -77,7 +78,8 @@ def crawl(workdir: Path, server: ServerThread, *args: str, timeout: float = 90):
 
 
 def progress(workdir: Path) -> dict:
-    return json.loads((workdir / "XHR" / ".progress.json").read_text(encoding="utf-8"))["images"]
+    """Every query's record, the journal of a run under way included (read only)."""
+    return read_progress(workdir / "XHR" / PROGRESS_FILE)[0]
 
 
 def start_crawl_until_a_photo_is_done(
@@ -101,8 +103,7 @@ def start_crawl_until_a_photo_is_done(
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        path = workdir / "XHR" / ".progress.json"
-        if path.exists() and any(r["status"] == "done" for r in progress(workdir).values()):
+        if any(r["status"] == "done" for r in progress(workdir).values()):
             return proc
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)

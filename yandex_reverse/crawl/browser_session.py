@@ -137,8 +137,9 @@ class BrowserSession:
 
 class Tab:
     """One worker's page, kept from one search to the next: no new page (and renderer
-    process) per search. A search that fails or meets a captcha drops it; the next
-    search then gets a fresh one."""
+    process) per search, and no blank page between two (the next search's start page
+    replaces the last results page; the job follows the traffic only from then on). A
+    search that fails or meets a captcha drops it; the next search then gets a fresh one."""
 
     def __init__(self, session: BrowserSession) -> None:
         self.session = session
@@ -149,13 +150,6 @@ class Tab:
         if self._page is None or self._page.is_closed():
             self._page, self._close = await self.session.new_page()
         return self._page
-
-    async def clear(self) -> None:
-        """Leave the last search's document (its scripts may still start requests)."""
-        try:
-            await self._page.goto("about:blank")
-        except Exception:
-            await self.drop()
 
     async def drop(self) -> None:
         """Close the page (giving up after a few seconds: the browser closes it at the end)."""

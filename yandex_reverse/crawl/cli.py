@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             len(queries),
         ).format(n=len(queries), where=esc(where), todo=len(todo), skipped=skipped)
     )
-    outcomes = asyncio.run(crawler.run(todo)) if todo else []
+    try:
+        outcomes = asyncio.run(crawler.run(todo)) if todo else []
+    finally:
+        crawler.progress.close()  # the run's journal folded into .progress.json
     count = {s: sum(o.status == s for o in outcomes) for s in STATUS_LABELS}
     ends = {
         e: sum(o.end == e for o in outcomes if o.status == "done")

@@ -94,19 +94,19 @@ _CLICK_TARGET_JS = (
   return [i, !!hit && (hit === e || e.contains(hit))];
 }"""
 )
-# The start page at a glance: a captcha on it? a camera button shown? (null: a selector
-# this look cannot read; the caller then asks Playwright)
-_START_JS = """([captcha, camera]) => {
+# The start page at a glance: a captcha on it? a camera button shown (visible as Playwright
+# says it, as every other look)? (null: a selector this look cannot read; the caller then
+# asks Playwright)
+_START_JS = (
+    """([captcha, camera]) => {
   const out = {captcha: null, camera: null};
   try { out.captcha = !!document.querySelector(captcha); } catch (e) {}
-  try {
-    out.camera = [...document.querySelectorAll(camera)].some(e => {
-      const r = e.getBoundingClientRect();
-      return r.width > 0 && r.height > 0 && getComputedStyle(e).visibility === 'visible';
-    });
-  } catch (e) {}
+  try { out.camera = [...document.querySelectorAll(camera)].some("""
+    + _VISIBLE_JS
+    + """); } catch (e) {}
   return out;
 }"""
+)
 
 
 class QueryJob:
@@ -146,6 +146,7 @@ class QueryJob:
         self.document_coming = False  # a navigation started, its document not read yet
         self.documents: set[int] = set()  # the pages read from a loaded document's data-state
         self.nudge = asyncio.Event()  # a navigation or an upload reply: look at the page again
+        self.attached = False  # following the page's traffic (from the start page on)
 
     # ---------------------------------------------- recognising traffic
 
@@ -408,11 +409,21 @@ class QueryJob:
         with contextlib.suppress(Exception):
             page.remove_listener("framenavigated", self.on_navigated)
 
-    async def run(self, page: Any) -> str:
-        """Search, open each tab asked for, save everything; return how the results ended."""
+    def attach(self, page: Any) -> None:
+        """Follow the page's traffic from now on (once)."""
+        if self.attached:
+            return
+        self.attached = True
         for event, handler in self.listeners().items():
             page.on(event, handler)
         page.on("framenavigated", self.on_navigated)
+
+    async def run(self, page: Any) -> str:
+        """Search, open each tab asked for, save everything; return how the results ended.
+
+        The page may still show the last search's results: its traffic is followed only
+        once the start page has replaced that document (``open_start``), so an answer
+        the old page asked for is never taken for this search's."""
         if self.query.url is not None:
             await self.open_url_search(page)
         else:
@@ -440,7 +451,10 @@ class QueryJob:
 
     async def open_start(self, page: Any) -> None:
         self.stage = "open start page"
-        await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
+        response = await page.goto(self.crawler.base_url, wait_until="domcontentloaded")
+        self.attach(page)  # the last search's document is gone now
+        if response is not None:
+            self.on_response(response)  # (its captcha header: the listener came after it)
         self.crawler.gate.connected = True
         if await self.look_at_start(page):
             return  # a camera button: the search page, not "under construction"

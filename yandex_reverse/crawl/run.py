@@ -134,9 +134,7 @@ class Crawler:
             )
         finally:
             job.detach(page)
-            if keep:
-                await tab.clear()
-            else:
+            if not keep:
                 await tab.drop()  # after a failure or a captcha, the next search gets a new page
         self.gate.ok()
         results = len(set().union(*job.pages.values())) if job.pages else 0
