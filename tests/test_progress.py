@@ -76,3 +76,23 @@ def test_a_finished_photo_is_skipped_only_while_it_is_the_same_file(tmp_path: Pa
     assert Progress(path).done(Query("cat.jpg", path=photo))
     photo.write_bytes(b"\xff\xd8 another photo")
     assert not Progress(path).done(Query("cat.jpg", path=photo))
+
+
+def test_a_kill_between_the_fold_and_the_journal_removal_replays_harmlessly(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / PROGRESS_FILE
+    progress = Progress(path)
+    progress.record("a.jpg", status="failed")
+    progress.record("a.jpg", status="done", pages=3)
+    progress.record("b.jpg", status="captcha")
+    journal = journal_of(path).read_bytes()
+    progress.close()  # folded in and removed...
+    journal_of(path).write_bytes(journal)  # ...but killed before the removal: it is back
+    folded = json.loads(path.read_text(encoding="utf-8"))["images"]
+    images, had_journal = read_progress(path)
+    assert had_journal and images == folded
+    again = Progress(path)  # the re-run folds it in once more
+    assert not journal_of(path).exists()
+    assert again.images == folded
+    assert {n: r["status"] for n, r in folded.items()} == {"a.jpg": "done", "b.jpg": "captcha"}
