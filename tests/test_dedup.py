@@ -636,3 +636,69 @@ def test_log_lines_written_without_logging_are_the_lines_logging_writes(tmp_path
     assert re.sub(stamp, "", texts["quick"], flags=re.M) == re.sub(
         stamp, "", texts["real"], flags=re.M
     )
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+def test_exact_mode_s_scan_sees_what_the_full_scan_sees(tmp_path: Path, recursive: bool) -> None:
+    """Exact mode's scan (``shared_sizes``: its own walk, entries only for files
+    whose size another file has) against the full scan on a tree with every
+    odd case: the same files counted, the same hard links, symlinks, notes and
+    unreadable files, the same entries in the same order for every shared
+    size, and the same groups."""
+    from yandex_reverse.dedup import find
+    from yandex_reverse.fsutil import OUTPUT_MARKER
+
+    root = tmp_path / "photos"
+    for sub in ("b", "a/z", "a/y", "sorted", ".hidden", "marked", "_duplicates", "x.jpg"):
+        (root / sub).mkdir(parents=True)
+    (root / "marked" / OUTPUT_MARKER).write_text("", encoding="utf-8")
+    rng = np.random.default_rng(9)
+    bodies = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (9000, 9000, 5000, 77)]
+    places = ["b/2.jpg", "a/z/1.JPG", "a/y/3.png", "10.jpg", "9.jpeg", "a/0.webp", "b/1.jpg"]
+    for n, rel in enumerate(places):
+        (root / rel).write_bytes(bodies[n % len(bodies)])
+    (root / "a" / "z" / "copy.jpg").write_bytes(bodies[0])
+    (root / "unique.jpg").write_bytes(bytes(12345))
+    for rel in ("zero.jpg", "a/zero.jpg", "notes.txt", ".dot.jpg", ".hidden/in.jpg"):
+        (root / rel).write_bytes(bodies[0] if rel.endswith("in.jpg") else b"")
+    for rel in ("sorted/s.jpg", "marked/m.jpg", "_duplicates/d.jpg", "x.jpg/inside.jpg"):
+        (root / rel).write_bytes(bodies[0])
+    os.link(root / "b" / "2.jpg", root / "a" / "link.jpg")  # before its file in walk order
+    os.link(root / "unique.jpg", root / "b" / "unique_link.jpg")
+    os.symlink(root / "unique.jpg", root / "b" / "to_unique.jpg")
+    os.symlink(root / "10.jpg", root / "a" / "to_shared.jpg")
+    os.symlink(tmp_path, root / "a" / "folder_link.jpg")
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(bodies[0])
+    os.symlink(outside, root / "0.jpg")
+    answers = []
+    for shared in (False, True):
+        found = find.scan(
+            root, recursive=recursive, exclude=[root / "_duplicates"], shared_sizes=shared
+        )
+        answers.append(found)
+    full, lean = answers
+    real_links = [rel for rel, _ in full.hard_links if not (root / rel).is_symlink()]
+    sizes = [e.size for e in full.entries] + [(root / rel).stat().st_size for rel in real_links]
+    want = [e for e in full.entries if sizes.count(e.size) > 1]
+    assert [(e.rel, e.name, e.size, e.mtime_ns) for e in lean.entries] == [
+        (e.rel, e.name, e.size, e.mtime_ns) for e in want
+    ]
+    assert [e.order for e in lean.entries] == sorted(e.order for e in lean.entries)
+    assert lean.files == full.files == len(full.entries)
+    assert (lean.hard_links, lean.unreadable, lean.notes) == (
+        full.hard_links,
+        full.unreadable,
+        full.notes,
+    )
+    assert [[e.rel for e in g] for g in find.exact_groups(lean, 2)] == [
+        [e.rel for e in g] for g in find.exact_groups(full, 1)
+    ]
+    if recursive:  # the cases are there
+        assert full.hard_links[:2] == [
+            ("b/2.jpg", "a/link.jpg"),
+            ("b/unique_link.jpg", "unique.jpg"),
+        ]
+        assert ("b/to_unique.jpg", "unique.jpg") in full.hard_links
+        assert ("a/to_shared.jpg", "10.jpg") in full.hard_links
+        assert len(full.notes) == 2 and len(want) > 6

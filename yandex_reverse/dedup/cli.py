@@ -223,7 +223,10 @@ def _run(args: argparse.Namespace, root: Path, mode: str) -> int:
     log.info("folder=%s mode=%s args=%s", root, mode, vars(args))
 
     started = time.time()
-    found = find.scan(root, recursive=args.recursive, exclude=[quarantine])
+    # Exact mode needs entries only for files whose size another file has.
+    found = find.scan(
+        root, recursive=args.recursive, exclude=[quarantine], shared_sizes=mode == "exact"
+    )
     workers = max(1, args.max_workers)
     exact: list[list[find.Entry]] = []
     if mode in ("exact", "both"):
@@ -265,7 +268,7 @@ def _run(args: argparse.Namespace, root: Path, mode: str) -> int:
         },
         "dry_run": args.dry_run,
         "started": _iso(started),
-        "files": len(found.entries),
+        "files": found.files,
         "hashing": {"hashed": found.hashed, "from_cache": found.cached},
         "groups": groups,  # written by _report_text, straight from the groups
         "unreadable": [{"path": p, "reason": r} for p, r in found.unreadable],
@@ -294,7 +297,7 @@ def _run(args: argparse.Namespace, root: Path, mode: str) -> int:
             atomic_write_text(report_path, _report_text(report) + "\n")
     would_free = sum(m.entry.size for m in removals)
     rows: list[tuple[str, Any]] = [
-        (_("files scanned"), len(found.entries)),
+        (_("files scanned"), found.files),
         (_("hard links/symlinks (counted once)"), len(found.hard_links)),
         (_("unreadable"), len(found.unreadable)),
         (_("groups"), len(groups)),
