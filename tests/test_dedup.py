@@ -638,14 +638,18 @@ def test_log_lines_written_without_logging_are_the_lines_logging_writes(tmp_path
     )
 
 
-@pytest.mark.parametrize("recursive", [True, False])
-def test_exact_mode_s_scan_sees_what_the_full_scan_sees(tmp_path: Path, recursive: bool) -> None:
+@pytest.mark.parametrize(("recursive", "workers"), [(True, 1), (True, 2), (True, 3), (False, 2)])
+def test_exact_mode_s_scan_sees_what_the_full_scan_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recursive: bool, workers: int
+) -> None:
     """Exact mode's scan (``shared_sizes``: its own walk, entries only for files
-    whose size another file has) against the full scan on a tree with every
-    odd case: the same files counted, the same hard links, symlinks, notes and
-    unreadable files, the same entries in the same order for every shared
-    size, and the same groups."""
+    whose size another file has, the lstat calls shared with forked processes)
+    against the full scan on a tree with every odd case: the same files
+    counted, the same hard links, symlinks, notes and unreadable files, the
+    same entries in the same order for every shared size, and the same groups."""
     from yandex_reverse.dedup import find
+
+    monkeypatch.setattr(find, "_FORK_STATS", 1)  # fork even for these few files
     from yandex_reverse.fsutil import OUTPUT_MARKER
 
     root = tmp_path / "photos"
@@ -674,7 +678,11 @@ def test_exact_mode_s_scan_sees_what_the_full_scan_sees(tmp_path: Path, recursiv
     answers = []
     for shared in (False, True):
         found = find.scan(
-            root, recursive=recursive, exclude=[root / "_duplicates"], shared_sizes=shared
+            root,
+            recursive=recursive,
+            exclude=[root / "_duplicates"],
+            shared_sizes=shared,
+            workers=workers,
         )
         answers.append(found)
     full, lean = answers

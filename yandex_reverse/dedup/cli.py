@@ -223,11 +223,15 @@ def _run(args: argparse.Namespace, root: Path, mode: str) -> int:
     log.info("folder=%s mode=%s args=%s", root, mode, vars(args))
 
     started = time.time()
+    workers = max(1, args.max_workers)
     # Exact mode needs entries only for files whose size another file has.
     found = find.scan(
-        root, recursive=args.recursive, exclude=[quarantine], shared_sizes=mode == "exact"
+        root,
+        recursive=args.recursive,
+        exclude=[quarantine],
+        shared_sizes=mode == "exact",
+        workers=workers,
     )
-    workers = max(1, args.max_workers)
     exact: list[list[find.Entry]] = []
     if mode in ("exact", "both"):
         exact = find.exact_groups(found, workers)

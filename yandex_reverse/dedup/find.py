@@ -14,7 +14,7 @@ import gc
 import os
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,18 +33,18 @@ KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
 
 
 @contextmanager
-def ticking(label: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+def ticking(label: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """A progress bar updated at most ten times a second: per-file redraws cost
-    more than hashing a cached file."""
+    more than hashing a cached file. ``tick()`` counts one, ``tick(n)`` n."""
     if not progress_shown():  # no bar: not even a clock read per file
-        yield lambda: None
+        yield lambda n=1: None
         return
     with progress(label, total) as advance:
         pending, last = 0, time.monotonic()
 
-        def tick() -> None:
+        def tick(n: int = 1) -> None:
             nonlocal pending, last
-            pending += 1
+            pending += n
             now = time.monotonic()
             if now - last >= 0.1:
                 advance(pending)
@@ -163,7 +163,12 @@ class Scan:
 
 @without_gc
 def scan(
-    root: Path, *, recursive: bool, exclude: Iterable[Path], shared_sizes: bool = False
+    root: Path,
+    *,
+    recursive: bool,
+    exclude: Iterable[Path],
+    shared_sizes: bool = False,
+    workers: int = 1,
 ) -> Scan:
     """Every image under ``root`` with its size and mtime; one file reached by two
     names (hard link, symlink) is counted once.
@@ -194,7 +199,9 @@ def scan(
 
     with ticking(_("Scanning")) as advance:
         if shared_sizes:
-            known = _scan_shared(result, root, recursive, exclude, skip_dir, links, advance)
+            known = _scan_shared(
+                result, root, recursive, exclude, skip_dir, links, advance, workers
+            )
         else:
             walk = iter_image_entries(root, recursive=recursive, exclude=exclude, skip_dir=skip_dir)
             known = _scan_all(result, walk, links, prefix, advance)
@@ -245,13 +252,6 @@ def _scan_all(
     return lambda st: inodes.get((st.st_dev, st.st_ino))
 
 
-# Folders listed through a descriptor, files stat'ed relative to it (Unix):
-# the kernel resolves one name per file, not the whole path again.
-_BY_FD = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
 def _scan_shared(
     result: Scan,
     root: Path,
@@ -259,33 +259,121 @@ def _scan_shared(
     exclude: Iterable[Path],
     skip_dir: Callable[[Path], bool],
     links: list[tuple[str, str]],
-    advance: Callable[[], None],
+    advance: Callable[..., None],
+    workers: int,
 ) -> Callable[[os.stat_result], str | None]:
     """:func:`_scan_all` for exact mode: an :class:`Entry` only for a file whose
     size another file has; ``result.files`` counts them all.
 
     The same files as :func:`imageinfo.iter_image_entries` (the tests hold the
-    two to it), walked more cheaply: a folder's listing is not sorted (its
-    files are, among those that share a size, after the walk), no
-    ``os.DirEntry`` or stat result is kept (on 20,000 files, keeping them
-    cost more than all the ``lstat`` calls), and each file gets a small
-    tuple until its size turns out to be shared. Hard links, which have
-    their file's size, are found among those. Unreadable files, symlinks and
+    two to it), walked more cheaply. First the listings alone
+    (:func:`_list_images`: names, no ``os.DirEntry`` kept, no sorting), then
+    one ``lstat`` per file into plain lists of ints (:func:`_lstat_files`),
+    shared with a forked process when there are many (the ``lstat`` calls
+    are most of the scan); no stat result is kept (keeping 20,000 cost more
+    than the calls). Sizes are counted, and only the files of a shared size
+    are sorted into walk order and made entries; hard links, which have
+    their file's size, are found among them. Unreadable files, symlinks and
     entries come out in the order of the sorted walk, as in :func:`_scan_all`.
     """
     excluded = {Path(p).resolve() for p in exclude}
     if Path(root).resolve() in excluded:
-        result.files = 0
         return lambda st: None
-    extensions = IMAGE_EXTENSIONS
+    folders, owner, names, symlinks = _list_images(root, recursive, excluded, skip_dir)
+    count = len(names)
+    spans = [(count * k // workers, count * (k + 1) // workers) for k in range(workers)]
+    if count < _FORK_STATS or not hasattr(os, "fork"):
+        spans = [(0, count)]
+    parent = os.getpid()
+
+    def stat_span(span: tuple[int, int]) -> tuple:
+        # A forked child draws no progress: the bar's lock may have been held at the fork.
+        tick = advance if os.getpid() == parent else lambda n=1: None
+        return _lstat_files(folders, owner, names, tick, span)
+
+    done = dict(_forked(stat_span, spans, len(spans)))
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    devices: list[int] = []
+    inodes_of: list[int] = []
+    bad: list[tuple[int, str]] = []  # (file number, reason)
+    for k in range(len(spans)):
+        got_sizes, got_mtimes, got_devices, got_inodes, got_bad = done[k]
+        offset = len(sizes)
+        if k:
+            advance(len(got_sizes))  # a child's files
+        sizes += got_sizes
+        mtimes += got_mtimes
+        devices += got_devices
+        inodes_of += got_inodes
+        bad += [(offset + i, why) for i, why in got_bad]
+    counts = Counter(sizes)
+    counts.pop(-1, None)  # a file that could not be stat'ed
+    order = sorted([(owner[i], names[i], i) for i, size in enumerate(sizes) if counts[size] > 1])
+
+    def rel_of(i: int) -> str:
+        return folders[owner[i]][1] + names[i]
+
+    result.unreadable.extend(
+        (rel_of(i), why) for _o, _n, i, why in sorted((owner[i], names[i], i, w) for i, w in bad)
+    )
+    for n, name in sorted(symlinks):
+        links.append((folders[n][1] + name, folders[n][0] + name))
+    inodes: dict[tuple[int, int], str] = {}
+    entries = result.entries
+    for n, name, i in order:  # walk order: (folder number, name)
+        path, rel = folders[n]
+        rel += name
+        inode = (devices[i], inodes_of[i])
+        if inode in inodes:  # a hard link of a file before it
+            result.hard_links.append((rel, inodes[inode]))
+            continue
+        inodes[inode] = rel
+        entries.append(Entry(path + name, rel, sizes[i], mtimes[i], len(entries)))
+    result.files = count - len(bad) - len(result.hard_links)
+    alone: dict[int, int] = {}  # size -> its one file; made for the first symlink
+
+    def known(st: os.stat_result) -> str | None:
+        if counts[st.st_size] > 1:
+            return inodes.get((st.st_dev, st.st_ino))
+        if not alone:
+            alone.update((size, i) for i, size in enumerate(sizes) if counts[size] == 1)
+        i = alone.get(st.st_size, -1)
+        if i < 0 or (devices[i], inodes_of[i]) != (st.st_dev, st.st_ino):
+            return None
+        return rel_of(i)
+
+    return known
+
+
+# Fewer files than this are stat'ed here alone: a fork and the results' way
+# back (about 2 ms) cost more than half their lstat calls.
+_FORK_STATS = 4096
+# Folders listed through a descriptor, files stat'ed relative to it (Unix):
+# the kernel resolves one name per file, not the whole path again.
+_BY_FD = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _list_images(
+    root: Path, recursive: bool, excluded: set[Path], skip_dir: Callable[[Path], bool]
+) -> tuple[list[tuple[str, str]], list[int], list[str], list[tuple[int, str]]]:
+    """The image files under ``root`` as :func:`imageinfo.iter_image_entries`
+    finds them (hidden names skipped, folders depth first in name order,
+    symlinked folders not followed), from the listings alone (the file type
+    the listing gives: no system call per file).
+
+    Returns the folders (path and relative path, each ending in a separator),
+    each file's folder number and name (in listing order), and the symlinks
+    (folder number, name). A folder that cannot be listed is left out.
+    """
     sep = os.sep
-    folders: list[tuple[str, str]] = []  # (path, relative path), each ending in a separator
-    # size -> (folder number, name, mtime_ns, device, inode, size) of the first file that size
-    first: dict[int, tuple[int, str, int, int, int, int]] = {}
-    shared: dict[int, list[tuple[int, str, int, int, int, int]]] = {}  # size -> all, when 2+
-    bad: list[tuple[int, str, str]] = []  # (folder number, name, reason)
+    extensions = IMAGE_EXTENSIONS
+    folders: list[tuple[str, str]] = []
+    owner: list[int] = []
+    names: list[str] = []
     symlinks: list[tuple[int, str]] = []
-    count = 0
     top = os.fspath(root)
     stack = [(top if top.endswith(sep) else top + sep, "")]
     while stack:
@@ -295,7 +383,7 @@ def _scan_shared(
         subdirs: list[str] = []
         fd = None
         try:
-            if _BY_FD:
+            if _BY_FD:  # a subfolder replaced by a symlink since its parent's listing: not followed
                 fd = os.open(folder, _DIR_FLAGS | (_NO_FOLLOW if number else 0))
             listing = os.scandir(folder if fd is None else fd)
         except OSError:
@@ -312,30 +400,14 @@ def _scan_shared(
                         if item.is_dir(follow_symlinks=False):
                             if recursive:
                                 subdirs.append(name)
-                            continue
-                        if not (name[name.rfind(".") :].lower() in extensions and item.is_file()):
-                            continue
-                        if item.is_symlink():
-                            symlinks.append((number, name))
-                            continue
+                        elif name[name.rfind(".") :].lower() in extensions and item.is_file():
+                            if item.is_symlink():
+                                symlinks.append((number, name))
+                            else:
+                                owner.append(number)
+                                names.append(name)
                     except OSError:
                         continue
-                    try:  # item.path: the name alone when listed through fd
-                        st = os.stat(item.path, dir_fd=fd, follow_symlinks=False)
-                    except OSError as exc:
-                        bad.append((number, name, _cannot_stat(exc)))
-                        continue
-                    size = st.st_size
-                    record = (number, name, st.st_mtime_ns, st.st_dev, st.st_ino, size)
-                    known = first.setdefault(size, record)
-                    if known is not record:
-                        group = shared.get(size)
-                        if group is None:
-                            shared[size] = [known, record]
-                        else:
-                            group.append(record)
-                    count += 1
-                    advance()
         finally:
             if fd is not None:
                 os.close(fd)
@@ -344,33 +416,63 @@ def _scan_shared(
             sub = Path(folder + name)
             if sub.resolve() not in excluded and not skip_dir(sub):
                 todo.append((f"{folder}{name}{sep}", f"{rel}{name}/"))
-        stack.extend(reversed(todo))  # depth first, in name order, as iter_image_entries
-    result.unreadable.extend((folders[n][1] + name, why) for n, name, why in sorted(bad))
-    for n, name in sorted(symlinks):
-        links.append((folders[n][1] + name, folders[n][0] + name))
-    inodes: dict[tuple[int, int], str] = {}
-    entries = result.entries
-    tied = [record for group in shared.values() for record in group]
-    tied.sort()  # in walk order: (folder number, name)
-    for n, name, mtime_ns, dev, ino, size in tied:
-        path, rel = folders[n]
-        rel += name
-        if (dev, ino) in inodes:  # a hard link of a file before it
-            result.hard_links.append((rel, inodes[dev, ino]))
-            continue
-        inodes[dev, ino] = rel
-        entries.append(Entry(path + name, rel, size, mtime_ns, len(entries)))
-    result.files = count - len(result.hard_links)
+        stack.extend(reversed(todo))  # depth first, in name order
+    return folders, owner, names, symlinks
 
-    def known(st: os.stat_result) -> str | None:
-        if st.st_size in shared:
-            return inodes.get((st.st_dev, st.st_ino))
-        record = first.get(st.st_size)
-        if record is None or record[3:5] != (st.st_dev, st.st_ino):
-            return None
-        return folders[record[0]][1] + record[1]
 
-    return known
+def _lstat_files(
+    folders: list[tuple[str, str]],
+    owner: list[int],
+    names: list[str],
+    advance: Callable[..., None],
+    span: tuple[int, int],
+) -> tuple[list[int], list[int], list[int], list[int], list[tuple[int, str]]]:
+    """Size, mtime_ns, device and inode of files ``span[0]`` to ``span[1]``
+    (``lstat``: a file replaced by a symlink is not followed), as plain lists
+    (a forked child sends them back with marshal); a file that cannot be
+    stat'ed has size -1 and its reason in the last list (numbered from
+    ``span[0]``). A folder with a few files or more is opened once and its
+    files stat'ed relative to it."""
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    devices: list[int] = []
+    inodes: list[int] = []
+    bad: list[tuple[int, str]] = []
+    stat = os.stat
+    last, fd, base = -1, None, ""
+    start, stop = span
+    try:
+        for i in range(start, stop):
+            number = owner[i]
+            if number != last:
+                if fd is not None:
+                    os.close(fd)
+                    fd = None
+                last, base = number, folders[number][0]
+                if _BY_FD and stop - i >= 8 and owner[i + 7] == number:
+                    try:
+                        fd = os.open(base, _DIR_FLAGS | (_NO_FOLLOW if number else 0))
+                        base = ""
+                    except OSError:
+                        pass
+            try:
+                st = stat(base + names[i], dir_fd=fd, follow_symlinks=False)
+            except OSError as exc:
+                sizes.append(-1)
+                mtimes.append(0)
+                devices.append(0)
+                inodes.append(0)
+                bad.append((i - start, _cannot_stat(exc)))
+                continue
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+            devices.append(st.st_dev)
+            inodes.append(st.st_ino)
+            advance()
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return sizes, mtimes, devices, inodes, bad
 
 
 # ----------------------------------------------------------------- keeping
