@@ -672,6 +672,9 @@ def test_exact_mode_s_scan_sees_what_the_full_scan_sees(
     os.symlink(root / "unique.jpg", root / "b" / "to_unique.jpg")
     os.symlink(root / "10.jpg", root / "a" / "to_shared.jpg")
     os.symlink(tmp_path, root / "a" / "folder_link.jpg")
+    os.symlink(tmp_path / "gone.jpg", root / "b" / "dangling.jpg")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "a" / "pipe.jpg")
     outside = tmp_path / "outside.jpg"
     outside.write_bytes(bodies[0])
     os.symlink(outside, root / "0.jpg")

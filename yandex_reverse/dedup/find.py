@@ -14,10 +14,12 @@ import gc
 import os
 import re
 import time
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_ISLNK, S_ISREG
 
 from ..console import progress, progress_shown
 from ..fsutil import is_pipeline_output
@@ -266,20 +268,21 @@ def _scan_shared(
     size another file has; ``result.files`` counts them all.
 
     The same files as :func:`imageinfo.iter_image_entries` (the tests hold the
-    two to it), walked more cheaply. First the listings alone
+    two to it), found more cheaply. First the listings alone
     (:func:`_list_images`: names, no ``os.DirEntry`` kept, no sorting), then
-    one ``lstat`` per file into plain lists of ints (:func:`_lstat_files`),
-    shared with a forked process when there are many (the ``lstat`` calls
-    are most of the scan); no stat result is kept (keeping 20,000 cost more
-    than the calls). Sizes are counted, and only the files of a shared size
-    are sorted into walk order and made entries; hard links, which have
-    their file's size, are found among them. Unreadable files, symlinks and
-    entries come out in the order of the sorted walk, as in :func:`_scan_all`.
+    one ``lstat`` per name into plain lists of ints (:func:`_lstat_files`;
+    its file type tells a file from a symlink), shared with forked
+    processes when there are many (the ``lstat`` calls are most of the
+    scan); no stat result is kept (keeping 20,000 cost more than the calls).
+    Sizes are counted, and only the files of a shared size are sorted into
+    walk order and made entries; hard links, which have their file's size,
+    are found among them. Unreadable files, symlinks and entries come out in
+    the order of the sorted walk, as in :func:`_scan_all`.
     """
     excluded = {Path(p).resolve() for p in exclude}
     if Path(root).resolve() in excluded:
         return lambda st: None
-    folders, owner, names, symlinks = _list_images(root, recursive, excluded, skip_dir)
+    folders, names = _list_images(root, recursive, excluded, skip_dir)
     count = len(names)
     spans = [(count * k // workers, count * (k + 1) // workers) for k in range(workers)]
     if count < _FORK_STATS or not hasattr(os, "fork"):
@@ -289,40 +292,47 @@ def _scan_shared(
     def stat_span(span: tuple[int, int]) -> tuple:
         # A forked child draws no progress: the bar's lock may have been held at the fork.
         tick = advance if os.getpid() == parent else lambda n=1: None
-        return _lstat_files(folders, owner, names, tick, span)
+        return _lstat_files(folders, names, tick, span)
 
     done = dict(_forked(stat_span, spans, len(spans)))
     sizes: list[int] = []
     mtimes: list[int] = []
     devices: list[int] = []
     inodes_of: list[int] = []
-    bad: list[tuple[int, str]] = []  # (file number, reason)
-    for k in range(len(spans)):
-        got_sizes, got_mtimes, got_devices, got_inodes, got_bad = done[k]
-        offset = len(sizes)
+    marks: list[tuple[int, str | None]] = []  # (file number, why unreadable; None: a symlink)
+    for k, (start, _stop) in enumerate(spans):
+        got_sizes, got_mtimes, got_devices, got_inodes, got_marks = done[k]
         if k:
-            advance(len(got_sizes))  # a child's files
+            advance(len(got_sizes) - got_sizes.count(-1))  # a child's files
         sizes += got_sizes
         mtimes += got_mtimes
         devices += got_devices
         inodes_of += got_inodes
-        bad += [(offset + i, why) for i, why in got_bad]
+        marks += [(start + i, why) for i, why in got_marks]
     counts = Counter(sizes)
-    counts.pop(-1, None)  # a file that could not be stat'ed
-    order = sorted([(owner[i], names[i], i) for i, size in enumerate(sizes) if counts[size] > 1])
+    counts.pop(-1, None)  # not a file, or not stat'ed
+    starts = [folder[2] for folder in folders]
 
     def rel_of(i: int) -> str:
-        return folders[owner[i]][1] + names[i]
+        return folders[bisect_right(starts, i) - 1][1] + names[i]
 
-    result.unreadable.extend(
-        (rel_of(i), why) for _o, _n, i, why in sorted((owner[i], names[i], i, w) for i, w in bad)
+    for i, why in sorted(marks, key=lambda mark: _walk_key(folders, starts, names, mark[0])):
+        if why is None:
+            links.append((rel_of(i), folders[bisect_right(starts, i) - 1][0] + names[i]))
+        else:
+            result.unreadable.append((rel_of(i), why))
+    order = sorted(
+        [
+            (k, names[i], i)
+            for k, (_path, _rel, start, stop) in enumerate(folders)
+            for i in range(start, stop)
+            if counts[sizes[i]] > 1
+        ]
     )
-    for n, name in sorted(symlinks):
-        links.append((folders[n][1] + name, folders[n][0] + name))
     inodes: dict[tuple[int, int], str] = {}
     entries = result.entries
-    for n, name, i in order:  # walk order: (folder number, name)
-        path, rel = folders[n]
+    for k, name, i in order:  # walk order: (folder number, name)
+        path, rel, _start, _stop = folders[k]
         rel += name
         inode = (devices[i], inodes_of[i])
         if inode in inodes:  # a hard link of a file before it
@@ -330,7 +340,7 @@ def _scan_shared(
             continue
         inodes[inode] = rel
         entries.append(Entry(path + name, rel, sizes[i], mtimes[i], len(entries)))
-    result.files = count - len(bad) - len(result.hard_links)
+    result.files = count - sizes.count(-1) - len(result.hard_links)
     alone: dict[int, int] = {}  # size -> its one file; made for the first symlink
 
     def known(st: os.stat_result) -> str | None:
@@ -346,6 +356,12 @@ def _scan_shared(
     return known
 
 
+def _walk_key(
+    folders: list[tuple[str, str, int, int]], starts: list[int], names: list[str], i: int
+) -> tuple[int, str]:
+    return bisect_right(starts, i) - 1, names[i]
+
+
 # Fewer files than this are stat'ed here alone: a fork and the results' way
 # back (about 2 ms) cost more than half their lstat calls.
 _FORK_STATS = 4096
@@ -358,33 +374,31 @@ _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 def _list_images(
     root: Path, recursive: bool, excluded: set[Path], skip_dir: Callable[[Path], bool]
-) -> tuple[list[tuple[str, str]], list[int], list[str], list[tuple[int, str]]]:
-    """The image files under ``root`` as :func:`imageinfo.iter_image_entries`
-    finds them (hidden names skipped, folders depth first in name order,
-    symlinked folders not followed), from the listings alone (the file type
-    the listing gives: no system call per file).
+) -> tuple[list[tuple[str, str, int, int]], list[str]]:
+    """The names that may be image files under ``root``, as
+    :func:`imageinfo.iter_image_entries` walks (hidden names skipped, folders
+    depth first in name order, symlinked folders not followed), from the
+    listings alone: the file type a listing gives tells a folder, and the
+    ``lstat`` that follows tells a file from a symlink (or anything else).
 
-    Returns the folders (path and relative path, each ending in a separator),
-    each file's folder number and name (in listing order), and the symlinks
-    (folder number, name). A folder that cannot be listed is left out.
+    Returns the folders (path and relative path, each ending in a separator,
+    and the range of ``names`` that are theirs), and the names, each
+    folder's in listing order. A folder that cannot be listed is left out.
     """
     sep = os.sep
     extensions = IMAGE_EXTENSIONS
-    folders: list[tuple[str, str]] = []
-    owner: list[int] = []
+    folders: list[tuple[str, str, int, int]] = []
     names: list[str] = []
-    symlinks: list[tuple[int, str]] = []
     top = os.fspath(root)
     stack = [(top if top.endswith(sep) else top + sep, "")]
     while stack:
         folder, rel = stack.pop()
-        number = len(folders)
-        folders.append((folder, rel))
+        start = len(names)
         subdirs: list[str] = []
         fd = None
         try:
             if _BY_FD:  # a subfolder replaced by a symlink since its parent's listing: not followed
-                fd = os.open(folder, _DIR_FLAGS | (_NO_FOLLOW if number else 0))
+                fd = os.open(folder, _DIR_FLAGS | (_NO_FOLLOW if folders else 0))
             listing = os.scandir(folder if fd is None else fd)
         except OSError:
             if fd is not None:
@@ -400,79 +414,87 @@ def _list_images(
                         if item.is_dir(follow_symlinks=False):
                             if recursive:
                                 subdirs.append(name)
-                        elif name[name.rfind(".") :].lower() in extensions and item.is_file():
-                            if item.is_symlink():
-                                symlinks.append((number, name))
-                            else:
-                                owner.append(number)
-                                names.append(name)
+                        elif name[name.rfind(".") :].lower() in extensions:
+                            names.append(name)
                     except OSError:
                         continue
         finally:
             if fd is not None:
                 os.close(fd)
+        folders.append((folder, rel, start, len(names)))
         todo = []
         for name in sorted(subdirs):
             sub = Path(folder + name)
             if sub.resolve() not in excluded and not skip_dir(sub):
                 todo.append((f"{folder}{name}{sep}", f"{rel}{name}/"))
         stack.extend(reversed(todo))  # depth first, in name order
-    return folders, owner, names, symlinks
+    return folders, names
 
 
 def _lstat_files(
-    folders: list[tuple[str, str]],
-    owner: list[int],
+    folders: list[tuple[str, str, int, int]],
     names: list[str],
     advance: Callable[..., None],
     span: tuple[int, int],
-) -> tuple[list[int], list[int], list[int], list[int], list[tuple[int, str]]]:
-    """Size, mtime_ns, device and inode of files ``span[0]`` to ``span[1]``
-    (``lstat``: a file replaced by a symlink is not followed), as plain lists
-    (a forked child sends them back with marshal); a file that cannot be
-    stat'ed has size -1 and its reason in the last list (numbered from
-    ``span[0]``). A folder with a few files or more is opened once and its
-    files stat'ed relative to it."""
+) -> tuple[list[int], list[int], list[int], list[int], list[tuple[int, str | None]]]:
+    """Size, mtime_ns, device and inode of names ``span[0]`` to ``span[1]``
+    (``lstat``: a symlink is not followed), as plain lists (a forked child
+    sends them back with marshal). A name that is not a regular file has
+    size -1, and so has one that cannot be stat'ed; the last list holds,
+    numbered from ``span[0]``, the reason of each of those, or None for a
+    symlink to a regular file (what ``os.DirEntry.is_file`` lets through).
+    Other kinds of file (folders, fifos, dangling links) are left out, as
+    the walk leaves them. A folder with a few files or more is opened once
+    and its files stat'ed relative to it."""
     sizes: list[int] = []
     mtimes: list[int] = []
     devices: list[int] = []
     inodes: list[int] = []
-    bad: list[tuple[int, str]] = []
+    marks: list[tuple[int, str | None]] = []
     stat = os.stat
-    last, fd, base = -1, None, ""
-    start, stop = span
-    try:
-        for i in range(start, stop):
-            number = owner[i]
-            if number != last:
-                if fd is not None:
-                    os.close(fd)
-                    fd = None
-                last, base = number, folders[number][0]
-                if _BY_FD and stop - i >= 8 and owner[i + 7] == number:
-                    try:
-                        fd = os.open(base, _DIR_FLAGS | (_NO_FOLLOW if number else 0))
-                        base = ""
-                    except OSError:
-                        pass
+    lo, hi = span
+    for number, (path, _rel, start, stop) in enumerate(folders):
+        first, last = max(start, lo), min(stop, hi)
+        if first >= last:
+            continue
+        fd, base = None, path
+        if _BY_FD and last - first >= 8:
             try:
-                st = stat(base + names[i], dir_fd=fd, follow_symlinks=False)
-            except OSError as exc:
-                sizes.append(-1)
-                mtimes.append(0)
-                devices.append(0)
-                inodes.append(0)
-                bad.append((i - start, _cannot_stat(exc)))
-                continue
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-            devices.append(st.st_dev)
-            inodes.append(st.st_ino)
-            advance()
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sizes, mtimes, devices, inodes, bad
+                fd = os.open(path, _DIR_FLAGS | (_NO_FOLLOW if number else 0))
+                base = ""
+            except OSError:
+                pass
+        try:
+            for i in range(first, last):
+                try:
+                    st = stat(base + names[i], dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    st = None
+                    marks.append((i - lo, _cannot_stat(exc)))
+                if st is None or not S_ISREG(st.st_mode):
+                    if st is not None and S_ISLNK(st.st_mode) and _reaches_file(path + names[i]):
+                        marks.append((i - lo, None))
+                    sizes.append(-1)
+                    mtimes.append(0)
+                    devices.append(0)
+                    inodes.append(0)
+                    continue
+                sizes.append(st.st_size)
+                mtimes.append(st.st_mtime_ns)
+                devices.append(st.st_dev)
+                inodes.append(st.st_ino)
+                advance()
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return sizes, mtimes, devices, inodes, marks
+
+
+def _reaches_file(path: str) -> bool:
+    try:
+        return S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------- keeping
