@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -662,6 +663,8 @@ def test_exact_mode_s_scan_sees_what_the_full_scan_sees(
     for n, rel in enumerate(places):
         (root / rel).write_bytes(bodies[n % len(bodies)])
     (root / "a" / "z" / "copy.jpg").write_bytes(bodies[0])
+    with contextlib.suppress(OSError, OverflowError):  # a date after 2262: past 64-bit ns
+        os.utime(root / "a" / "z" / "copy.jpg", ns=(0, (1 << 63) + 10**9 * 86_400))
     (root / "unique.jpg").write_bytes(bytes(12345))
     for rel in ("zero.jpg", "a/zero.jpg", "notes.txt", ".dot.jpg", ".hidden/in.jpg"):
         (root / rel).write_bytes(bodies[0] if rel.endswith("in.jpg") else b"")

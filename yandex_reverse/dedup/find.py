@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import time
+from array import array
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -295,20 +296,20 @@ def _scan_shared(
         return _lstat_files(folders, names, tick, span)
 
     done = dict(_forked(stat_span, spans, len(spans)))
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    devices: list[int] = []
-    inodes_of: list[int] = []
+    sizes, mtimes, devices, inodes_of = array("q"), array("q"), array("Q"), array("Q")
     marks: list[tuple[int, str | None]] = []  # (file number, why unreadable; None: a symlink)
+    late: dict[int, int] = {}  # file number -> an mtime_ns past 64 bits
     for k, (start, _stop) in enumerate(spans):
-        got_sizes, got_mtimes, got_devices, got_inodes, got_marks = done[k]
+        got_sizes, got_mtimes, got_devices, got_inodes, got_marks, got_late = done[k]
+        before = len(sizes)
+        sizes.frombytes(got_sizes)
+        mtimes.frombytes(got_mtimes)
+        devices.frombytes(got_devices)
+        inodes_of.frombytes(got_inodes)
         if k:
-            advance(len(got_sizes) - got_sizes.count(-1))  # a child's files
-        sizes += got_sizes
-        mtimes += got_mtimes
-        devices += got_devices
-        inodes_of += got_inodes
+            advance(len(sizes) - before - sizes[before:].count(-1))  # a child's files
         marks += [(start + i, why) for i, why in got_marks]
+        late.update((start + i, value) for i, value in got_late)
     counts = Counter(sizes)
     counts.pop(-1, None)  # not a file, or not stat'ed
     starts = [folder[2] for folder in folders]
@@ -339,7 +340,8 @@ def _scan_shared(
             result.hard_links.append((rel, inodes[inode]))
             continue
         inodes[inode] = rel
-        entries.append(Entry(path + name, rel, sizes[i], mtimes[i], len(entries)))
+        mtime_ns = late.get(i, mtimes[i]) if late else mtimes[i]
+        entries.append(Entry(path + name, rel, sizes[i], mtime_ns, len(entries)))
     result.files = count - sizes.count(-1) - len(result.hard_links)
     alone: dict[int, int] = {}  # size -> its one file; made for the first symlink
 
@@ -436,21 +438,21 @@ def _lstat_files(
     names: list[str],
     advance: Callable[..., None],
     span: tuple[int, int],
-) -> tuple[list[int], list[int], list[int], list[int], list[tuple[int, str | None]]]:
+) -> tuple[bytes, bytes, bytes, bytes, list[tuple[int, str | None]], list[tuple[int, int]]]:
     """Size, mtime_ns, device and inode of names ``span[0]`` to ``span[1]``
-    (``lstat``: a symlink is not followed), as plain lists (a forked child
-    sends them back with marshal). A name that is not a regular file has
-    size -1, and so has one that cannot be stat'ed; the last list holds,
-    numbered from ``span[0]``, the reason of each of those, or None for a
-    symlink to a regular file (what ``os.DirEntry.is_file`` lets through).
-    Other kinds of file (folders, fifos, dangling links) are left out, as
-    the walk leaves them. A folder with a few files or more is opened once
-    and its files stat'ed relative to it."""
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    devices: list[int] = []
-    inodes: list[int] = []
+    (``lstat``: a symlink is not followed), as the bytes of four 64-bit
+    arrays (no int object kept per file, and a forked child sends them back
+    as they are). A name that is not a regular file has size -1, and so has
+    one that cannot be stat'ed; the fifth list holds, numbered from
+    ``span[0]``, the reason of each of those, or None for a symlink to a
+    regular file (what ``os.DirEntry.is_file`` lets through). Other kinds of
+    file (folders, fifos, dangling links) are left out, as the walk leaves
+    them. The last list: mtimes past 64 bits (after 2262), numbered alike.
+    A folder with a few files or more is opened once and its files stat'ed
+    relative to it."""
+    sizes, mtimes, devices, inodes = array("q"), array("q"), array("Q"), array("Q")
     marks: list[tuple[int, str | None]] = []
+    late: list[tuple[int, int]] = []
     stat = os.stat
     lo, hi = span
     for number, (path, _rel, start, stop) in enumerate(folders):
@@ -479,15 +481,22 @@ def _lstat_files(
                     devices.append(0)
                     inodes.append(0)
                     continue
+                mtime_ns = st.st_mtime_ns
+                if not -_INT64 <= mtime_ns < _INT64:
+                    late.append((i - lo, mtime_ns))
+                    mtime_ns = 0
                 sizes.append(st.st_size)
-                mtimes.append(st.st_mtime_ns)
+                mtimes.append(mtime_ns)
                 devices.append(st.st_dev)
                 inodes.append(st.st_ino)
                 advance()
         finally:
             if fd is not None:
                 os.close(fd)
-    return sizes, mtimes, devices, inodes, marks
+    return sizes.tobytes(), mtimes.tobytes(), devices.tobytes(), inodes.tobytes(), marks, late
+
+
+_INT64 = 1 << 63
 
 
 def _reaches_file(path: str) -> bool:
