@@ -13,19 +13,23 @@ decodes in exact mode, so the pixels do not matter) and 2,000 byte copies,
 spread over 40 folders. jdupes comes from Debian (``make bench`` installs it
 when missing and running as root); without it the peer rows say so.
 
-    .venv/bin/python bench/bench_dedup.py [--exact-only]
+    .venv/bin/python bench/bench_dedup.py [--exact-only [--rounds N]]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from statistics import median
+from typing import TypeVar
 
 import numpy as np
 
@@ -36,6 +40,7 @@ SCRIPT = REPO / "6_duplicate_finder.py"
 DISTINCT, COPIES, REENCODES, RESIZES = 1500, 200, 150, 150
 THRESHOLD = 10  # the seed's example; imagededup's default
 SPEC = f"v1-{DISTINCT}-{COPIES}-{REENCODES}-{RESIZES}"
+T = TypeVar("T")
 
 
 def _grain() -> np.ndarray:
@@ -291,14 +296,26 @@ def exact_rows(images: Path, want: set[frozenset[str]], label: str, rounds: int)
     warm(images)
     n = sum(1 for _ in images.rglob("*.jpg"))
     peer = have_jdupes()
-    runs = [(ours(images, "exact"), jdupes(images) if peer else None) for _ in range(rounds)]
+    runs, cpu_ours, cpu_peer = [], [], []
+    for _ in range(rounds):
+        mine, cpu = with_cpu(lambda: ours(images, "exact"))
+        cpu_ours.append(cpu)
+        theirs = None
+        if peer:
+            theirs, cpu = with_cpu(lambda: jdupes(images))
+            cpu_peer.append(cpu)
+        runs.append((mine, theirs))
     t_ours, g_ours = min(r[0] for r in runs)
-    print(f"exact, {label} (best of {rounds}, alternating):")
+    print(f"exact, {label} (best of {rounds}, alternating; load {os.getloadavg()[0]:.1f}):")
     print("  " + agree("ours", g_ours, want))
     if peer:
         t_peer, g_peer = min(r[1] for r in runs if r[1])
         print(
-            f"  ours {t_ours:.2f} s ({n / t_ours:.0f} files/s); jdupes {t_peer:.2f} s ({n / t_peer:.0f} files/s)"
+            f"  ours {t_ours:.3f} s ({n / t_ours:.0f} files/s); jdupes {t_peer:.3f} s ({n / t_peer:.0f} files/s)"
+        )
+        print(
+            f"  CPU, median of {rounds} (all processes): ours {median(cpu_ours):.3f} s, "
+            f"jdupes {median(cpu_peer):.3f} s"
         )
         print("  " + agree("jdupes", g_peer, want))
         report(
@@ -309,6 +326,8 @@ def exact_rows(images: Path, want: set[frozenset[str]], label: str, rounds: int)
             "jdupes -r",
             n / t_peer,
             aim=1.0,
+            cpu_s=median(cpu_ours),
+            peer_cpu_s=median(cpu_peer),
         )
     else:
         print(f"  ours {t_ours:.2f} s ({n / t_ours:.0f} files/s)")
@@ -322,6 +341,15 @@ def exact_rows(images: Path, want: set[frozenset[str]], label: str, rounds: int)
             aim=1.0,
             skipped="jdupes is not installed (make bench installs it as root: apt-get install jdupes)",
         )
+
+
+def with_cpu(run: Callable[[], T]) -> tuple[T, float]:
+    """``run()`` and the CPU seconds (user + system) of the processes it ran and
+    waited for: on a shared machine, a steadier figure than the wall clock."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    value = run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return value, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def jdupes(images: Path) -> tuple[float, set[frozenset[str]]]:
@@ -365,10 +393,12 @@ def bench_index() -> None:
 
 
 def exact_only(root: Path, images: Path, truth: dict[str, int]) -> int:
-    """``bench_dedup.py --exact-only``: the two exact rows alone (a minute, not ten)."""
-    exact_rows(images, truth_groups(truth, ("copy",)), f"{len(truth):,} JPEGs", 5)
+    """``bench_dedup.py --exact-only [--rounds N]``: the two exact rows alone (a
+    minute, not ten); N rounds each (default 5 and 3)."""
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 0
+    exact_rows(images, truth_groups(truth, ("copy",)), f"{len(truth):,} JPEGs", rounds or 5)
     many = build_many(root)
-    exact_rows(root / "many", many, "20,000 files", 3)
+    exact_rows(root / "many", many, "20,000 files", rounds or 3)
     return 0
 
 
@@ -425,8 +455,9 @@ def main() -> int:
     t_core = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        found = find.scan(images, recursive=True, exclude=[])
-        groups = find.exact_groups(found, os.cpu_count() or 1)
+        workers = os.cpu_count() or 1  # what the script does in exact mode
+        found = find.scan(images, recursive=True, exclude=[], shared_sizes=True, workers=workers)
+        groups = find.exact_groups(found, workers)
         t_core = min(t_core, time.perf_counter() - start)
     assert {frozenset(e.rel for e in g) for g in groups} == g_ours
     print(f"  ours without interpreter start: {t_core:.3f} s ({n / t_core:.0f} img/s)")
