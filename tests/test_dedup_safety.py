@@ -257,3 +257,40 @@ def test_step6_speaks_russian_under_a_russian_locale(workdir: Path, folder: Path
     assert "Пробный запуск: ничего не перемещено и не удалено." in done.stdout
     assert "Группы дубликатов (первые 2 из 2):" in done.stdout
     assert "просмотрено файлов" in done.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="names are UTF-16 there")
+def test_a_file_name_that_is_not_utf8_is_moved_reported_and_put_back(
+    workdir: Path, folder: Path
+) -> None:
+    """A name with a byte that is not UTF-8 (the OS gives it as a lone
+    surrogate): the report and journal are still written (valid JSON, the
+    byte escaped) and the undo puts the very file back."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    odd = os.fsdecode(b"copy-\xff.jpg")
+    try:
+        shutil.copy(folder / "c.jpg", folder / odd)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+
+    def step(*args: str) -> None:  # the name is printed as its bytes: not text
+        done = subprocess.run(
+            [sys.executable, str(REPO / SCRIPT), *args, "--max-workers", "2"],
+            cwd=workdir,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NO_COLOR": "1"},
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+
+    step(str(folder), "--mode", "exact", "--yes", "--report", "r.json")
+    report = json.loads((workdir / "r.json").read_text(encoding="utf-8"))  # valid UTF-8
+    moved = {Path(m["source"]).name for m in report["moves"]}
+    assert odd in moved and not (folder / odd).exists()
+    step("--undo", str(workdir / "r.json"))
+    assert (folder / odd).read_bytes() == (folder / "c.jpg").read_bytes()

@@ -298,7 +298,7 @@ def _run(args: argparse.Namespace, root: Path, mode: str) -> int:
         report["counts"] = counts
         if report_path is not None:
             # No indent (``python -m json.tool REPORT`` shows it indented).
-            atomic_write_text(report_path, _report_text(report) + "\n")
+            atomic_write_text(report_path, _utf8_safe(_report_text(report) + "\n"))
     would_free = sum(m.entry.size for m in removals)
     rows: list[tuple[str, Any]] = [
         (_("files scanned"), found.files),
@@ -426,6 +426,23 @@ def _report_text(report: dict[str, Any]) -> str:
         for key, value in report.items()
     ]
     return "{" + ", ".join(fields) + "}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8_safe(text: str) -> str:
+    """JSON ``text`` with each lone surrogate written as a ``\\uXXXX`` escape.
+
+    A file name that is not UTF-8 comes from the OS with its odd bytes as
+    lone surrogates, which UTF-8 cannot encode: the report (or journal) could
+    not be written. Escaped, it is valid JSON, and ``json.loads`` gives back
+    the same name, which the OS maps back to the same bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
 
 
 def _json_text(value: Any, quote: Callable[[str], str]) -> str:
@@ -840,7 +857,7 @@ class Journal:
     def _write(self, record: dict[str, Any]) -> None:
         import json
 
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.write(_utf8_safe(json.dumps(record, ensure_ascii=False)) + "\n")
         self.handle.flush()
 
     def move(self, entry: find.Entry) -> dict[str, Any]:
