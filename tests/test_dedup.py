@@ -720,3 +720,31 @@ def test_exact_mode_s_scan_sees_what_the_full_scan_sees(
         assert ("b/to_unique.jpg", "unique.jpg") in full.hard_links
         assert ("a/to_shared.jpg", "10.jpg") in full.hard_links
         assert len(full.notes) == 2 and len(want) > 6
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_exact_mode_s_scan_redoes_a_failed_child_s_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's forked lstat share fails in the child: done here, same scan."""
+    from yandex_reverse.dedup import find
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for n in range(40):
+        (root / f"{n:02d}.jpg").write_bytes(bytes(1000 + n % 7))
+    monkeypatch.setattr(find, "_FORK_STATS", 1)
+    want = find.scan(root, recursive=True, exclude=(), shared_sizes=True, workers=1)
+    here, real = os.getpid(), find._lstat_files
+
+    def failing_in_a_child(*args):
+        if os.getpid() != here:
+            raise OSError("disk gone")
+        return real(*args)
+
+    monkeypatch.setattr(find, "_lstat_files", failing_in_a_child)
+    got = find.scan(root, recursive=True, exclude=(), shared_sizes=True, workers=3)
+    assert [(e.rel, e.size, e.mtime_ns) for e in got.entries] == [
+        (e.rel, e.size, e.mtime_ns) for e in want.entries
+    ]
+    assert got.files == want.files == 40 and len(got.entries) == 40

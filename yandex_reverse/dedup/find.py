@@ -291,8 +291,10 @@ def _scan_shared(
     parent = os.getpid()
 
     def stat_span(span: tuple[int, int]) -> tuple:
-        # A forked child draws no progress: the bar's lock may have been held at the fork.
-        tick = advance if os.getpid() == parent else lambda n=1: None
+        # Only the first span (always done here) ticks: a forked child draws no
+        # progress (the bar's lock may have been held at the fork), and the other
+        # spans are counted when they come back, whoever did them.
+        tick = advance if span == spans[0] and os.getpid() == parent else lambda n=1: None
         return _lstat_files(folders, names, tick, span)
 
     done = dict(_forked(stat_span, spans, len(spans)))
