@@ -271,7 +271,7 @@ def _scan_shared(
     The same files as :func:`imageinfo.iter_image_entries` (the tests hold the
     two to it), found more cheaply. First the listings alone
     (:func:`_list_images`: names, no ``os.DirEntry`` kept, no sorting), then
-    one ``lstat`` per name into plain lists of ints (:func:`_lstat_files`;
+    one ``lstat`` per name into 64-bit arrays (:func:`_lstat_files`;
     its file type tells a file from a symlink), shared with forked
     processes when there are many (the ``lstat`` calls are most of the
     scan); no stat result is kept (keeping 20,000 cost more than the calls).
@@ -577,10 +577,14 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
             buffer = buffers[get_ident()] = bytearray(rest)
         for group in groups:
             same, errors = hashing.identical_files([e.name for e in group], group[0].size, buffer)
-            bad = [
-                (i, _("unreadable: {reason}").format(reason=str(exc.strerror or exc)))
-                for i, exc in errors
-            ]
+            bad = (
+                [
+                    (i, _("unreadable: {reason}").format(reason=str(exc.strerror or exc)))
+                    for i, exc in errors
+                ]
+                if errors
+                else []
+            )
             out.append((same, bad))
         return out
 
@@ -603,8 +607,10 @@ def exact_groups(found: Scan, workers: int) -> list[list[Entry]]:
     with ticking(_("Comparing files"), parts) as advance:
         for number, part in results:
             for group, (same, bad) in zip(chunks[number], part, strict=True):
-                done.extend([group[i] for i in indices] for indices in same)
-                found.unreadable.extend((group[i].rel, reason) for i, reason in bad)
+                if same:  # most groups of a size are files that differ
+                    done.extend([group[i] for i in indices] for indices in same)
+                if bad:
+                    found.unreadable.extend((group[i].rel, reason) for i, reason in bad)
             advance()
     done.sort(key=lambda g: g[0].order)  # the same groups, in the same order, whatever the threads
     for number, group in enumerate(done):
