@@ -232,73 +232,115 @@ def _list(value: Any) -> list[Any]:
     return value if type(value) is list else []
 
 
+# A value a result does not hold is NULL in its rows: a NaN, which SQLite binds as
+# NULL. The sqlite3 module binds a float as it is but "adapts" a None first (a key tuple
+# built, a dict looked up, two attribute lookups), and most of a result's values are
+# absent: binding the Nones took about 40 % of the hand-over's binding. No other value
+# of a row is a float (numbers become ints), and every NULL is this object (``is NULL``).
+NULL: Any = float("nan")
+
 # Results repeat values across and within pages (a title in every result of a
 # site, the URL of the original as origUrl, img_href and preview, widths and
 # heights, numbers sent as strings): each distinct string is normalised once
 # per process. The functions cached are pure; a cache is emptied when full.
 _CACHE_MAX = 1 << 16
 _MISS: Any = object()
-_url_cache: dict[str, str | None] = {}
-_plain_cache: dict[str, str | None] = {}
-_int_cache: dict[str, int | None] = {}
+_url_cache: dict[str, str] = {}
+_plain_cache: dict[str, str] = {}
+_int_cache: dict[str, int] = {}
+# A URL normalize_url returns as it is, checked faster than by SIMPLE_URL (no IGNORECASE,
+# ASCII classes: what this matches SIMPLE_URL matches); anything else goes to normalize_url.
+_fast_url = re.compile(r"https?://[a-zA-Z0-9.-]+(?::[0-9]{1,5})?(?:[/?#]\S*)?").fullmatch
 
 
-def _url(value: Any) -> str | None:
-    """:func:`normalize_url`, once per distinct string."""
+def _null(value: Any) -> Any:
+    return NULL if value is None else value
+
+
+def _normal_url(value: str) -> str:
+    """:func:`normalize_url` of a string, NULL where it refuses it."""
+    if _fast_url(value):
+        return value
+    if value[:2] == "//" and _fast_url("https:" + value):  # protocol-relative (every thumb)
+        return "https:" + value  # no space in it: normalize_url's strip() changes nothing
+    return _null(normalize_url(value))
+
+
+def _url(value: Any) -> str:
+    """:func:`normalize_url` (NULL for None), once per distinct string."""
     if type(value) is not str:
-        return None  # normalize_url refuses every non-string
+        return NULL  # normalize_url refuses every non-string
     hit = _url_cache.get(value, _MISS)
     if hit is _MISS:
-        hit = value if _clean_url(value) else normalize_url(value)
+        hit = _normal_url(value)
         if len(_url_cache) >= _CACHE_MAX:
             _url_cache.clear()
         _url_cache[value] = hit
     return hit
 
 
-def _plain(value: Any) -> str | None:
-    """:func:`plain_text`, once per distinct string."""
+def _url_or_text(value: Any) -> str:
+    """The URL of ``value`` if it is one, else its text (NULL for None)."""
+    url = _url(value)
+    return _text(value) if url is NULL else url
+
+
+def _plain(value: Any) -> str:
+    """:func:`plain_text` (NULL for None), once per distinct string."""
     if type(value) is not str:
-        return None if value is None else plain_text(value)
+        return NULL if value is None else _null(plain_text(value))
     hit = _plain_cache.get(value, _MISS)
     if hit is _MISS:
-        hit = plain_text(value)
+        hit = _null(plain_text(value))
         if len(_plain_cache) >= _CACHE_MAX:
             _plain_cache.clear()
         _plain_cache[value] = hit
     return hit
 
 
-def _int(value: Any) -> int | None:
-    """:func:`to_int` with a plain int in range answered first and a string once per value."""
+def _int(value: Any) -> int:
+    """:func:`to_int` (NULL for None) with a plain int in range answered first and a
+    string once per value."""
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return value
     if value is None:
-        return None
+        return NULL
     if type(value) is not str:
-        return to_int(value)
+        return _null(to_int(value))
     hit = _int_cache.get(value, _MISS)
     if hit is _MISS:
-        hit = to_int(value)  # BadValue (beyond 64 bits) is raised every time, never cached
+        hit = _null(to_int(value))  # BadValue (beyond 64 bits) is raised every time, never cached
         if len(_int_cache) >= _CACHE_MAX:
             _int_cache.clear()
         _int_cache[value] = hit
     return hit
 
 
-def _text(value: Any) -> str | None:
-    """:func:`to_text` with the common cases (absent, a non-blank string) answered first."""
-    if value is None:
-        return None
-    return value if type(value) is str and value and not value.isspace() else to_text(value)
+def _text(value: Any) -> str:
+    """:func:`to_text` (NULL for None) with a string answered first."""
+    if type(value) is str:
+        return value if value and not value.isspace() else NULL
+    return NULL if value is None else _null(to_text(value))
 
 
-def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
+def _bool(value: Any) -> int:
+    """:func:`to_bool` (NULL for None) with True and False answered first."""
+    if value is True:
+        return 1
+    if value is False:
+        return 0
+    return _null(to_bool(value))
+
+
+def _variant_row(kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
+    """An ``image_variants`` row without its image id (NULL for what is absent), None
+    without a usable URL."""
     # The common cases (plain ints in range, absent fields) are answered
-    # inline: this runs four times per result, millions of times.
+    # inline: this runs four times per result, millions of times. The values
+    # that may raise BadValue are read in the same order as before.
     get = item.get
     url = _url(get("url"))
-    if url is None:
+    if url is NULL:
         return None
     width, height = get("w"), get("h")
     if width is None and height is None and "size" in item:
@@ -306,7 +348,7 @@ def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, .
         width, height = size.get("width"), size.get("height")
     origin = get("origin")
     if origin is None:
-        origin_url = origin_w = origin_h = None
+        origin_url = origin_w = origin_h = NULL
     else:
         origin = _dict(origin)
         origin_url = _url(origin.get("url"))
@@ -314,7 +356,6 @@ def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, .
     file_size = get("fileSizeInBytes")
     mixed = get("isMixedImage")
     return (
-        image_id,
         kind,
         url,
         width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
@@ -322,51 +363,48 @@ def _variant_row(image_id: str, kind: str, item: dict[str, Any]) -> tuple[Any, .
         file_size
         if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
         else _int(file_size),
-        None if mixed is None else to_bool(mixed),
+        NULL if mixed is None else _bool(mixed),
         origin_url,
         origin_w,
         origin_h,
     )
 
 
-def best_original(orig_url: str | None, img_href: str | None, variants: list[tuple]) -> str | None:
-    """origUrl, else viewerData.img_href, else the largest preview/dups by w*h."""
-    if orig_url:
+def best_original(orig_url: str, img_href: str, variants: list[tuple]) -> str:
+    """origUrl, else viewerData.img_href, else the largest preview/dups by w*h (NULL if none)."""
+    if orig_url is not NULL:
         return orig_url
-    if img_href:
+    if img_href is not NULL:
         return img_href
-    sized = [(v[3] or 0) * (v[4] or 0) for v in variants]
-    candidates = [
-        (area, index, v[2])
-        for index, (v, area) in enumerate(zip(variants, sized, strict=True))
-        if v[1] in ("preview", "dups")
-    ]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c[0], -c[1]))[2]
+    best, most = NULL, 0
+    for kind, url, width, height, *_rest in variants:
+        if kind == "preview" or kind == "dups":
+            area = (0 if width is NULL else width) * (0 if height is NULL else height)
+            if best is NULL or area > most:  # the first of the largest
+                best, most = url, area
+    return best
 
 
 def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One row per (kind, url) of an entity, later values filling in (as upserts would)."""
     merged: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for row in variants:
-        old = merged.get(row[1:3])
-        merged[row[1:3]] = (
+        old = merged.get(row[:2])
+        merged[row[:2]] = (
             row
             if old is None
-            else tuple(o if n is None else n for o, n in zip(old, row, strict=True))
+            else tuple(o if n is NULL else n for o, n in zip(old, row, strict=True))
         )
     return list(merged.values())
 
 
-def _in_range(value: Any) -> int | None:
-    return value if type(value) is int and _INT_MIN <= value <= _INT_MAX else _int(value)
-
-
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
-    """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL)."""
+    """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL,
+    without the image id), NULL for what it does not hold."""
     get = entity.get
-    image_id = _text(get("id")) or key
+    image_id = _text(get("id"))
+    if image_id is NULL:
+        image_id = key
     viewer = get("viewerData")
     if type(viewer) is not dict:
         viewer = {}
@@ -378,17 +416,22 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         items = viewer.get(kind)
         if type(items) is list:
             for item in items:
-                if type(item) is dict and (row := _variant_row(image_id, kind, item)):
+                if type(item) is dict and (row := _variant_row(kind, item)):
                     variants.append(row)
     thumb = viewer.get("thumb")
     if type(thumb) is dict:
-        if row := _variant_row(image_id, "thumb", thumb):
+        if row := _variant_row("thumb", thumb):
             variants.append(row)
     elif type(thumb) is list:
         for item in thumb:
-            if type(item) is dict and (row := _variant_row(image_id, "thumb", item)):
+            if type(item) is dict and (row := _variant_row("thumb", item)):
                 variants.append(row)
-    if len(variants) > 1 and len({(v[1], v[2]) for v in variants}) < len(variants):
+    # a (kind, url) twice needs a URL twice: the cheaper set first
+    if (
+        len(variants) > 1
+        and len({v[1] for v in variants}) < len(variants)
+        and len({v[:2] for v in variants}) < len(variants)
+    ):
         variants = _unique_variants(variants)
     orig_url = _url(get("origUrl"))
     img_href = _url(viewer.get("img_href"))
@@ -410,7 +453,7 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         _text(get("reqid")),
         _text(get("rimId")),
         pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos),
-        None if url is None else _url(url) or to_text(url),
+        NULL if url is None else _url_or_text(url),
         orig_url,
         _url(get("image")),
         _plain(get("alt")),
@@ -418,18 +461,18 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
         orig_w if type(orig_w) is int and _INT_MIN <= orig_w <= _INT_MAX else _int(orig_w),
         orig_h if type(orig_h) is int and _INT_MIN <= orig_h <= _INT_MAX else _int(orig_h),
-        _plain(title_raw),
+        NULL if title_raw is NULL else _plain(title_raw),
         _text(sget("domain")),
-        None if snippet_url is None else _url(snippet_url) or to_text(snippet_url),
+        NULL if snippet_url is None else _url_or_text(snippet_url),
         _int(get("freshnessCounter")),
-        None if gif is None else to_bool(gif),
-        None if ecom is None else to_bool(ecom),
-        None if censored is None else to_bool(censored),
+        NULL if gif is None else _bool(gif),
+        NULL if ecom is None else _bool(ecom),
+        NULL if censored is None else _bool(censored),
         _text(get("loading")),
         title_raw,
         _plain(sget("text")),
         img_href,
-        orig_url or img_href or best_original(None, None, variants),
+        best_original(orig_url, img_href, variants),
     )
     return image, variants
 
@@ -681,7 +724,7 @@ def _add_results(
             continue
         parsed.images.append(image)
         parsed.variants.append(variants)
-        position = image[5] if image[5] is not None else index
+        position = index if image[5] is NULL else image[5]
         parsed.links.append((query, image[0], page, position, relative))
 
 
@@ -732,11 +775,12 @@ HANDOVER = "handover"  # the name the chunk's database is attached under
 # rowids of its variants (vfrom..vto) and its position in the results; the
 # query link is made in SQL from it and its file's row.
 _H_IMAGES = ("file", "first", "vfrom", "vto", "position", *db.IMPORT_IMAGE_COLUMNS)
+_H_VARIANTS = db.IMPORT_VARIANT_COLUMNS[1:]  # the image id comes from its image row
 _H_FILES = ("file", "query", "page", "xhr_file")
 _H_SITES = ("file", *db.SITE_COLUMNS)
 _HANDOVER_TABLES = {
     "h_images": ", ".join(("file", "first", "new", *_H_IMAGES[2:])),
-    "h_variants": ", ".join(db.IMPORT_VARIANT_COLUMNS),
+    "h_variants": ", ".join(_H_VARIANTS),
     "h_files": "file INTEGER PRIMARY KEY, query, page, xhr_file",
     "h_sites": ", ".join(_H_SITES),
 }
@@ -748,7 +792,7 @@ def _h_insert(table: str, columns: tuple[str, ...]) -> str:
 
 
 _H_INSERT_IMAGE = _h_insert("h_images", _H_IMAGES)
-_H_INSERT_VARIANT = _h_insert("h_variants", db.IMPORT_VARIANT_COLUMNS)
+_H_INSERT_VARIANT = _h_insert("h_variants", _H_VARIANTS)
 _H_INSERT_FILE = _h_insert("h_files", _H_FILES)
 _H_INSERT_SITE = _h_insert("h_sites", _H_SITES)
 
@@ -779,7 +823,8 @@ def _bind(
     for image, rows, link in zip(parsed.images, parsed.variants, parsed.links, strict=True):
         img += 1
         image_id = image[0]
-        images.append((index, image_id not in seen, var + 1, var + len(rows), link[3], *image))
+        first = 0 if image_id in seen else 1  # an int: a bool is bound the slow way, as None
+        images.append((index, first, var + 1, var + len(rows), link[3], *image))
         var += len(rows)
         seen.add(image_id)
     if parsed.links:
@@ -887,7 +932,7 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
     h = HANDOVER
     icols = ", ".join(db.IMPORT_IMAGE_COLUMNS)
     vcols = ", ".join(db.IMPORT_VARIANT_COLUMNS)
-    vsel = ", ".join(f"v.{c}" for c in db.IMPORT_VARIANT_COLUMNS)
+    vsel = ", ".join(("i.id", *(f"v.{c}" for c in _H_VARIANTS)))
     lcols = ", ".join(db.LINK_COLUMNS)
     lsel = "f.query, i.id, f.page, i.position, f.xhr_file"
     scols = ", ".join(db.SITE_COLUMNS)
