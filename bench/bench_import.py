@@ -8,6 +8,7 @@ the end. Both run on the same files in the same run, into fresh databases.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -32,14 +33,14 @@ ABSOLUTE_AIM = 60_000.0
 RERUN_AIM = 40.0
 
 
-def build(xhr: Path) -> int:
-    if xhr.exists() and len(list(xhr.glob("*.json"))) == -(-ENTITIES // PER_PAGE):
-        return ENTITIES
+def build(xhr: Path, entities: int) -> int:
+    if xhr.exists() and len(list(xhr.glob("*.json"))) == -(-entities // PER_PAGE):
+        return entities
     shutil.rmtree(xhr, ignore_errors=True)
     made = 0
     page_no = 0
-    while made < ENTITIES:
-        n = min(PER_PAGE, ENTITIES - made)
+    while made < entities:
+        n = min(PER_PAGE, entities - made)
         query = f"photo{page_no // 20:04d}.jpg"
         batch = [
             entity(
@@ -122,10 +123,15 @@ def cpu_s() -> float:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--entities", type=int, default=ENTITIES, help=f"results to import (default {ENTITIES:,})"
+    )
+    entities = max(PER_PAGE, parser.parse_args().entities)
     work = work_dir("import")
-    xhr = work / "XHR"
-    print(f"building {ENTITIES:,} entities in {xhr} ...", flush=True)
-    total = build(xhr)
+    xhr = work / ("XHR" if entities == ENTITIES else f"XHR_{entities}")
+    print(f"building {entities:,} entities in {xhr} ...", flush=True)
+    total = build(xhr, entities)
     for name in ("ours.db", "naive.db"):
         for suffix in ("", "-wal", "-shm"):
             Path(str(work / name) + suffix).unlink(missing_ok=True)

@@ -938,7 +938,7 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
     scols = ", ".join(db.SITE_COLUMNS)
     variants_of = (
         f"SELECT {vsel} FROM {h}.h_images i JOIN {h}.h_variants v "
-        f"ON v.rowid BETWEEN i.vfrom AND i.vto WHERE {i_where} AND {{}} ORDER BY v.rowid"
+        f"ON v.rowid BETWEEN i.vfrom AND i.vto WHERE {i_where} AND {{}} ORDER BY i.rowid, v.rowid"
     )
     if bulk:
         to_new = f"INSERT INTO main.image_variants ({vcols}) " + variants_of.format("i.new")
