@@ -50,6 +50,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -257,22 +258,22 @@ def _null(value: Any) -> Any:
     return NULL if value is None else value
 
 
-def _normal_url(value: str) -> str:
-    """:func:`normalize_url` of a string, NULL where it refuses it."""
-    if _fast_url(value):
-        return value
-    if value[:2] == "//" and _fast_url("https:" + value):  # protocol-relative (every thumb)
-        return "https:" + value  # no space in it: normalize_url's strip() changes nothing
-    return _null(normalize_url(value))
-
-
 def _url(value: Any) -> str:
-    """:func:`normalize_url` (NULL for None), once per distinct string."""
+    """:func:`normalize_url` (NULL for None): a clean URL at once (a cache would cost as
+    much: most are seen once), any other string once per distinct string."""
     if type(value) is not str:
         return NULL  # normalize_url refuses every non-string
+    return value if _fast_url(value) else _unclean_url(value)
+
+
+def _unclean_url(value: str) -> str:
+    """:func:`normalize_url` of a string :data:`_fast_url` does not take, once per string."""
     hit = _url_cache.get(value, _MISS)
     if hit is _MISS:
-        hit = _normal_url(value)
+        if value[:2] == "//" and _fast_url("https:" + value):  # protocol-relative: every thumb
+            hit = "https:" + value  # no space in it: normalize_url's strip() changes nothing
+        else:
+            hit = _null(normalize_url(value))
         if len(_url_cache) >= _CACHE_MAX:
             _url_cache.clear()
         _url_cache[value] = hit
@@ -332,14 +333,21 @@ def _bool(value: Any) -> int:
     return _null(to_bool(value))
 
 
-def _variant_row(kind: str, item: dict[str, Any]) -> tuple[Any, ...] | None:
+def _variant_row(kind: str, item: dict[str, Any], raw: Any, known: str) -> tuple[Any, ...] | None:
     """An ``image_variants`` row without its image id (NULL for what is absent), None
-    without a usable URL."""
+    without a usable URL; ``known`` is the URL ``raw`` normalised (origUrl for a preview,
+    the image for a thumb: most often the item's own)."""
     # The common cases (plain ints in range, absent fields) are answered
     # inline: this runs four times per result, millions of times. The values
     # that may raise BadValue are read in the same order as before.
     get = item.get
-    url = _url(get("url"))
+    url = get("url")
+    if type(url) is not str:
+        return None
+    if url == raw:
+        url = known
+    elif not _fast_url(url):
+        url = _unclean_url(url)
     if url is NULL:
         return None
     width, height = get("w"), get("h")
@@ -385,6 +393,9 @@ def best_original(orig_url: str, img_href: str, variants: list[tuple]) -> str:
     return best
 
 
+_second = itemgetter(1)
+
+
 def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One row per (kind, url) of an entity, later values filling in (as upserts would)."""
     merged: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -401,43 +412,50 @@ def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
     """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL,
     without the image id), NULL for what it does not hold."""
+    # Absent fields, plain ints and clean URLs are answered inline; the values
+    # that may raise BadValue are read in the same order as before.
     get = entity.get
-    image_id = _text(get("id"))
-    if image_id is NULL:
-        image_id = key
+    image_id = get("id")
+    if not (type(image_id) is str and image_id and not image_id.isspace()):
+        image_id = _text(image_id)
+        if image_id is NULL:
+            image_id = key
     viewer = get("viewerData")
     if type(viewer) is not dict:
         viewer = {}
     snippet = get("snippet")
     if not (type(snippet) is dict and snippet):
         snippet = _dict(viewer.get("snippet"))
+    raw_orig, raw_image = get("origUrl"), get("image")
+    orig_url, image_url = _url(raw_orig), _url(raw_image)
     variants: list[tuple] = []
     for kind in ("preview", "dups"):
         items = viewer.get(kind)
         if type(items) is list:
             for item in items:
-                if type(item) is dict and (row := _variant_row(kind, item)):
+                if type(item) is dict and (row := _variant_row(kind, item, raw_orig, orig_url)):
                     variants.append(row)
     thumb = viewer.get("thumb")
     if type(thumb) is dict:
-        if row := _variant_row("thumb", thumb):
+        if row := _variant_row("thumb", thumb, raw_image, image_url):
             variants.append(row)
     elif type(thumb) is list:
         for item in thumb:
-            if type(item) is dict and (row := _variant_row("thumb", item)):
+            if type(item) is dict and (row := _variant_row("thumb", item, raw_image, image_url)):
                 variants.append(row)
     # a (kind, url) twice needs a URL twice: the cheaper set first
     if (
         len(variants) > 1
-        and len({v[1] for v in variants}) < len(variants)
+        and len(set(map(_second, variants))) < len(variants)
         and len({v[:2] for v in variants}) < len(variants)
     ):
         variants = _unique_variants(variants)
-    orig_url = _url(get("origUrl"))
-    img_href = _url(viewer.get("img_href"))
+    img_href = viewer.get("img_href")
+    img_href = orig_url if img_href == raw_orig and type(img_href) is str else _url(img_href)
     sget = snippet.get
     title_raw = _text(sget("title"))
-    url, snippet_url = get("url"), sget("url")
+    docid, documentid, reqid, rim_id = get("docid"), get("documentid"), get("reqid"), get("rimId")
+    url, snippet_url, domain = get("url"), sget("url"), sget("domain")
     pos, width, height, orig_w, orig_h = (
         get("pos"),
         get("width"),
@@ -445,34 +463,35 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         get("origWidth"),
         get("origHeight"),
     )
+    fresh, loading = get("freshnessCounter"), get("loading")
     gif, ecom, censored = get("gifLabel"), get("ecomShield"), get("censored")
     image = (
         image_id,
-        _text(get("docid")),
-        _text(get("documentid")),
-        _text(get("reqid")),
-        _text(get("rimId")),
+        NULL if docid is None else _text(docid),
+        NULL if documentid is None else _text(documentid),
+        NULL if reqid is None else _text(reqid),
+        NULL if rim_id is None else _text(rim_id),
         pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos),
         NULL if url is None else _url_or_text(url),
         orig_url,
-        _url(get("image")),
+        image_url,
         _plain(get("alt")),
         width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
         height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
         orig_w if type(orig_w) is int and _INT_MIN <= orig_w <= _INT_MAX else _int(orig_w),
         orig_h if type(orig_h) is int and _INT_MIN <= orig_h <= _INT_MAX else _int(orig_h),
         NULL if title_raw is NULL else _plain(title_raw),
-        _text(sget("domain")),
+        NULL if domain is None else _text(domain),
         NULL if snippet_url is None else _url_or_text(snippet_url),
-        _int(get("freshnessCounter")),
-        NULL if gif is None else _bool(gif),
-        NULL if ecom is None else _bool(ecom),
-        NULL if censored is None else _bool(censored),
-        _text(get("loading")),
+        fresh if type(fresh) is int and _INT_MIN <= fresh <= _INT_MAX else _int(fresh),
+        0 if gif is False else NULL if gif is None else _bool(gif),
+        0 if ecom is False else NULL if ecom is None else _bool(ecom),
+        0 if censored is False else NULL if censored is None else _bool(censored),
+        NULL if loading is None else _text(loading),
         title_raw,
         _plain(sget("text")),
         img_href,
-        best_original(orig_url, img_href, variants),
+        orig_url if orig_url is not NULL else best_original(orig_url, img_href, variants),
     )
     return image, variants
 
