@@ -746,12 +746,13 @@ def test_cached_normalisers_answer_as_the_plain_ones(monkeypatch: pytest.MonkeyP
 
 def test_a_url_sent_several_times_is_normalised_as_once() -> None:
     """origUrl, img_href, a preview's, a dup's and a thumb's URL the same value (as Yandex
-    sends them): every column holds what normalize_url makes of it, NULL-free rows hold no
-    None, and a variant without a usable URL is dropped."""
+    sends them): every column holds what normalize_url makes of it (SAME, the writer's
+    origUrl, where that is origUrl), rows hold no None, a variant without a usable URL is
+    dropped."""
     from yandex_reverse import xhr_import
     from yandex_reverse.urls import normalize_url
 
-    cols = db.IMPORT_IMAGE_COLUMNS
+    cols, SAME = db.IMPORT_IMAGE_COLUMNS, xhr_import.SAME
     odd = ["https://a.b/c", "//a.b/c", " https://a.b/c ", "//a.b/c d", "javascript:x", "", 7]
     odd += ["HTTP://A.B:80/x", "https://a.b/c\u00a0", "httpſ://a.b/", "//", None, "https://ü.b/"]
     for value in odd:
@@ -763,10 +764,12 @@ def test_a_url_sent_several_times_is_normalised_as_once() -> None:
         )
         url = normalize_url(value)
         expect = xhr_import.NULL if url is None else url
-        for name in ("origUrl", "image_url", "img_href", "best_url"):
-            assert got[cols.index(name)] is expect or got[cols.index(name)] == expect, name
+        assert got[cols.index("origUrl")] is expect or got[cols.index("origUrl")] == expect
+        assert got[cols.index("image_url")] is expect or got[cols.index("image_url")] == expect
+        for name in ("img_href", "best_url"):
+            assert got[cols.index(name)] is (xhr_import.NULL if url is None else SAME), name
         kinds = [(v[0], v[1]) for v in variants]
-        assert kinds == ([] if url is None else [("preview", url), ("dups", url), ("thumb", url)])
+        assert kinds == ([] if url is None else [("preview", SAME), ("dups", SAME), ("thumb", url)])
         assert None not in got and all(None not in v for v in variants)
 
 

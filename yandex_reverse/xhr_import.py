@@ -240,6 +240,10 @@ def _list(value: Any) -> list[Any]:
 # absent: binding the Nones took about 40 % of the hand-over's binding. No other value
 # of a row is a float (numbers become ints), and every NULL is this object (``is NULL``).
 NULL: Any = float("nan")
+# A URL equal to the result's origUrl (img_href, best_url, most often a preview's): the
+# int 0, which the writer's copy replaces by origUrl (no URL is an int). The three copies
+# of it were a quarter of the hand-over's bytes, bound, serialized, sent and read back.
+SAME = 0
 
 # Results repeat values across and within pages (a title in every result of a
 # site, the URL of the original as origUrl, img_href and preview, widths and
@@ -334,10 +338,13 @@ def _bool(value: Any) -> int:
     return _null(to_bool(value))
 
 
-def _variant_row(kind: str, item: dict[str, Any], raw: Any, known: str) -> tuple[Any, ...] | None:
+def _variant_row(
+    kind: str, item: dict[str, Any], raw: Any, known: str, orig: str
+) -> tuple[Any, ...] | None:
     """An ``image_variants`` row without its image id (NULL for what is absent), None
-    without a usable URL; ``known`` is the URL ``raw`` normalised (origUrl for a preview,
-    the image for a thumb: most often the item's own)."""
+    without a usable URL; ``known`` is what the URL ``raw`` gives (origUrl for a preview,
+    the image for a thumb: most often the item's own), and a URL equal to ``orig`` is
+    :data:`SAME`."""
     # The common cases (plain ints in range, absent fields) are answered
     # inline: this runs four times per result, millions of times. The values
     # that may raise BadValue are read in the same order as before.
@@ -347,8 +354,11 @@ def _variant_row(kind: str, item: dict[str, Any], raw: Any, known: str) -> tuple
         return None
     if url == raw:
         url = known
-    elif not _fast_url(url):
-        url = _unclean_url(url)
+    else:
+        if not _fast_url(url):
+            url = _unclean_url(url)
+        if url == orig:  # never when orig is NULL (a NaN equals nothing)
+            url = SAME
     if url is NULL:
         return None
     width, height = get("w"), get("h")
@@ -412,7 +422,8 @@ def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
     """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL,
-    without the image id), NULL for what it does not hold."""
+    without the image id), NULL for what it does not hold, :data:`SAME` for a URL (img_href,
+    best_url, a preview's or a dup's) equal to its origUrl."""
     # Absent fields, plain ints and clean URLs are answered inline; the values
     # that may raise BadValue are read in the same order as before.
     get = entity.get
@@ -429,20 +440,25 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         snippet = _dict(viewer.get("snippet"))
     raw_orig, raw_image = get("origUrl"), get("image")
     orig_url, image_url = _url(raw_orig), _url(raw_image)
+    same = NULL if orig_url is NULL else SAME
     variants: list[tuple] = []
     for kind in ("preview", "dups"):
         items = viewer.get(kind)
         if type(items) is list:
             for item in items:
-                if type(item) is dict and (row := _variant_row(kind, item, raw_orig, orig_url)):
+                if type(item) is dict and (
+                    row := _variant_row(kind, item, raw_orig, same, orig_url)
+                ):
                     variants.append(row)
     thumb = viewer.get("thumb")
     if type(thumb) is dict:
-        if row := _variant_row("thumb", thumb, raw_image, image_url):
+        if row := _variant_row("thumb", thumb, raw_image, image_url, NULL):
             variants.append(row)
     elif type(thumb) is list:
         for item in thumb:
-            if type(item) is dict and (row := _variant_row("thumb", item, raw_image, image_url)):
+            if type(item) is dict and (
+                row := _variant_row("thumb", item, raw_image, image_url, NULL)
+            ):
                 variants.append(row)
     # a (kind, url) twice needs a URL twice: the cheaper set first
     if (
@@ -452,7 +468,12 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
     ):
         variants = _unique_variants(variants)
     img_href = viewer.get("img_href")
-    img_href = orig_url if img_href == raw_orig and type(img_href) is str else _url(img_href)
+    if img_href == raw_orig and type(img_href) is str:
+        img_href = same
+    else:
+        img_href = _url(img_href)
+        if img_href == orig_url:
+            img_href = SAME
     sget = snippet.get
     title_raw = _text(sget("title"))
     docid, documentid, reqid, rim_id = get("docid"), get("documentid"), get("reqid"), get("rimId")
@@ -492,7 +513,7 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         title_raw,
         _plain(sget("text")),
         img_href,
-        orig_url if orig_url is not NULL else best_original(orig_url, img_href, variants),
+        same if orig_url is not NULL else best_original(orig_url, img_href, variants),
     )
     return image, variants
 
@@ -796,6 +817,7 @@ HANDOVER = "handover"  # the name the chunk's database is attached under
 # query link is made in SQL from it and its file's row.
 _H_IMAGES = ("file", "first", "vfrom", "vto", "position", *db.IMPORT_IMAGE_COLUMNS)
 _H_VARIANTS = db.IMPORT_VARIANT_COLUMNS[1:]  # the image id comes from its image row
+_SAME_AS_ORIG = ("img_href", "best_url")  # image columns that may hold SAME (and a variant's url)
 _H_FILES = ("file", "query", "page", "xhr_file")
 _H_SITES = ("file", *db.SITE_COLUMNS)
 _HANDOVER_TABLES = {
@@ -1003,8 +1025,22 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
     where, i_where = ("file = ?", "i.file = ?") if one_file else ("true", "true")
     h = HANDOVER
     icols = ", ".join(db.IMPORT_IMAGE_COLUMNS)
+    isel = ", ".join(
+        f"CASE WHEN {c} = {SAME} THEN origUrl ELSE {c} END" if c in _SAME_AS_ORIG else c
+        for c in db.IMPORT_IMAGE_COLUMNS
+    )
     vcols = ", ".join(db.IMPORT_VARIANT_COLUMNS)
-    vsel = ", ".join(("i.id", *(f"v.{c}" for c in _H_VARIANTS)))
+    vsel = ", ".join(
+        (
+            "i.id",
+            *(
+                f"CASE WHEN v.url = {SAME} THEN i.origUrl ELSE v.url END"
+                if c == "url"
+                else f"v.{c}"
+                for c in _H_VARIANTS
+            ),
+        )
+    )
     lcols = ", ".join(db.LINK_COLUMNS)
     lsel = "f.query, i.id, f.page, i.position, f.xhr_file"
     scols = ", ".join(db.SITE_COLUMNS)
@@ -1031,9 +1067,9 @@ def _copy_statements(bulk: bool, one_file: bool) -> list[str]:
     return [
         f"UPDATE {h}.h_images SET new = first AND NOT EXISTS "
         f"(SELECT 1 FROM main.images m WHERE m.id = {h}.h_images.id) WHERE {where}",
-        f"INSERT INTO main.images ({icols}) SELECT {icols} FROM {h}.h_images "
+        f"INSERT INTO main.images ({icols}) SELECT {isel} FROM {h}.h_images "
         f"WHERE {where} AND new ORDER BY rowid",
-        f"INSERT INTO main.images ({icols}) SELECT {icols} FROM {h}.h_images "
+        f"INSERT INTO main.images ({icols}) SELECT {isel} FROM {h}.h_images "
         f"WHERE {where} AND NOT new ORDER BY rowid" + db.IMAGE_UPDATE,
         to_new,
         to_known,
