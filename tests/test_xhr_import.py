@@ -922,3 +922,30 @@ def test_xhr_files_names_each_file_relative_to_the_folder(tmp_path: Path) -> Non
         assert [rel for _, rel in found] == ["a.json", "b.JSON", "sub/c.json", "sub/deep/d.json"]
         for path, rel in found:
             assert Path(path).relative_to(root).as_posix() == rel
+
+
+def test_the_first_import_gives_the_db_larger_pages_and_a_reader_keeps_them(
+    tmp_path: Path,
+) -> None:
+    """An empty DB gets 16 KiB pages before its bulk load (back in WAL mode); a DB another
+    connection is reading keeps its pages and is imported all the same; rows as ever."""
+    from yandex_reverse import xhr_import
+
+    xhr = tmp_path / "XHR"
+    write_xhr(xhr, "q.jpg", 1, [entity(f"e{i}", pos=i) for i in range(5)])
+    fresh, held = tmp_path / "fresh.db", tmp_path / "held.db"
+    xhr_import.import_folder(xhr, fresh, workers=1)
+    db.connect(held).close()
+    reader = sqlite3.connect(held)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM images").fetchone()  # a read transaction open
+    try:
+        xhr_import.import_folder(xhr, held, workers=1)
+    finally:
+        reader.close()
+    default = sqlite3.connect(":memory:").execute("PRAGMA page_size").fetchone()[0]
+    for path, size in ((fresh, xhr_import.BULK_PAGE_SIZE), (held, default)):
+        assert rows(path, "PRAGMA page_size") == [(size,)]
+        assert rows(path, "PRAGMA journal_mode") == [("wal",)]
+    assert _content(fresh) == _content(held)
+    assert rows(fresh, "SELECT count(*) FROM images") == [(5,)]
