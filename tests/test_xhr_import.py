@@ -949,3 +949,26 @@ def test_the_first_import_gives_the_db_larger_pages_and_a_reader_keeps_them(
         assert rows(path, "PRAGMA journal_mode") == [("wal",)]
     assert _content(fresh) == _content(held)
     assert rows(fresh, "SELECT count(*) FROM images") == [(5,)]
+
+
+def test_a_file_that_grows_while_it_is_read_is_read_to_its_end_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read is sized by the file opened; bytes added since are read on, up to the limit."""
+    from yandex_reverse import xhr_import
+
+    path = tmp_path / "a.json"
+    path.write_bytes(b"a" * 10)
+    fstat = os.fstat
+
+    def growing(fd: int) -> os.stat_result:
+        answer = fstat(fd)
+        with open(path, "ab") as handle:  # 20 bytes more after the size was taken
+            handle.write(b"b" * 20)
+        return answer
+
+    monkeypatch.setattr(os, "fstat", growing)
+    assert xhr_import.read_regular(str(path), os.stat(path)) == b"a" * 10 + b"b" * 20
+    monkeypatch.setattr(xhr_import, "MAX_FILE_BYTES", 40)
+    with pytest.raises(xhr_import.BadFile, match="larger than"):
+        xhr_import.read_regular(str(path), os.stat(path))  # 30 + 20 bytes: over 40
