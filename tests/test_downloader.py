@@ -789,3 +789,91 @@ def test_offline_says_so_at_once_and_hints_at_the_connection_and_proxy(workdir):
     assert said.count("network errors in a row") == 1
     assert f"the proxy {dead} answers" in said
     assert said.index("No answer from the network yet") < said.index("Download summary")
+
+
+# ------------------------------------------------------------------ address lookups
+
+
+def test_a_lost_dns_answer_is_asked_again_and_the_second_answer_is_checked(monkeypatch):
+    """The system resolver waits 5 s before it asks again; the fetcher asks again itself
+    and the answer it gets is checked like any other (a private address is refused)."""
+    import asyncio
+    import threading
+
+    from yarl import URL
+
+    from yandex_reverse.download import fetch
+
+    lost = threading.Event()  # the first query's answer: never, until the test ends
+    lock = threading.Lock()
+    calls: list[str] = []
+
+    def lookup(host: str, port: int) -> list[str] | None:
+        with lock:
+            calls.append(host)
+            first = calls.count(host) == 1
+        if first:
+            lost.wait(60)
+            return None
+        return ["10.1.2.3"] if host.startswith("lan") else []
+
+    monkeypatch.setattr(fetch, "_addresses", lookup)
+    monkeypatch.setattr(fetch, "LOOKUP_AGAIN", 0.01)
+    tag = uid()
+
+    async def verdicts() -> tuple[str | None, str | None]:
+        async with fetch.Fetcher(fetch.FetchOptions(), Path(".")) as fetcher:
+            lan = await fetcher.refusal(URL(f"http://lan-{tag}.example/a.jpg"))
+            public = await fetcher.refusal(URL(f"http://www-{tag}.example/a.jpg"))
+            return lan, public
+
+    try:
+        lan, public = asyncio.run(verdicts())
+        assert not lost.is_set()  # both answered while the first queries were still lost
+    finally:
+        lost.set()
+    assert lan == f"lan-{tag}.example resolves to 10.1.2.3 (private)"
+    assert public is None  # no such name here: passes, as before
+    assert calls.count(f"lan-{tag}.example") == 2
+
+
+def test_units_of_a_host_whose_lookup_hangs_hold_up_no_other_host(web, workdir, monkeypatch):
+    """More units of a host whose DNS does not answer than the pool has slots come first:
+    the other hosts' units are downloaded meanwhile (none of the waiting ones holds a
+    slot of the pool or a connection), then the waiting host's, all in one run."""
+    from yandex_reverse.console import run_main
+    from yandex_reverse.download import fetch, main
+
+    tag = uid()
+    slow_host = f"slow-{tag}.userapi.com"
+    slow = [
+        entity(f"{tag}s{i}", orig_url=image_url(f"{tag}s{i}", host=slow_host), previews=[], dups=[])
+        for i in range(70)  # more than the pool of units at work (64 at --concurrency 2)
+    ]
+    fast = [
+        entity(
+            f"{tag}f{i}", orig_url=image_url(f"{tag}f{i}", host=f"fast{i % 2}-{tag}.userapi.com"),
+            previews=[], dups=[],
+        )
+        for i in range(5)
+    ]  # fmt: skip
+    db_path = build_db(workdir, slow + fast)
+    seen_when_answered: list[int] = []
+
+    def lookup(host: str, port: int) -> list[str] | None:
+        if host == slow_host:  # answers once the other hosts' images are in (60 s at most)
+            deadline = time.monotonic() + 60
+            while hits(web, f"/{tag}f") < len(fast) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen_when_answered.append(hits(web, f"/{tag}f"))
+        return []
+
+    monkeypatch.setattr(fetch, "_addresses", lookup)
+    out = workdir / "yandex_images"
+    argv = ["--db", str(db_path), "--out", str(out), "--proxy", web.proxy_url]
+    assert run_main(main, [*argv, "--concurrency", "2"]) == 0
+    assert seen_when_answered and seen_when_answered[0] == len(fast)
+    rows = ledger(db_path)
+    assert len(rows) == len(slow) + len(fast)
+    assert {row["status"] for row in rows.values()} == {"done"}
+    assert len(images_on_disk(out)) == len(slow) + len(fast)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import queue
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -209,6 +211,110 @@ VERDICT_TTL = 300.0
 _VERDICTS: dict[str, tuple[float, str | None]] = {}
 
 
+RESOLVER_THREADS = 64  # lookups at once: a lost DNS answer holds its thread for 5 s
+
+
+class _Resolver:
+    """Daemon threads that look host names up, for the whole process.
+
+    Apart from the event loop's default executor, so a lookup that waits for a
+    slow or lossy DNS server never delays the checks of bodies already
+    received; daemon threads, so a lookup nobody waits for any more (one asked
+    again, see :func:`resolve`) never holds up the end of the process.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.size = threads
+        self.jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future, str, int]]
+        self.jobs = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = 0  # threads waiting for a job
+        self.queued = 0  # jobs not yet taken by a thread
+        self.lock = threading.Lock()
+
+    def lookup(self, host: str, port: int) -> asyncio.Future[list[str] | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str] | None] = loop.create_future()
+        with self.lock:
+            self.queued += 1
+            if self.queued > self.idle and len(self.threads) < self.size:
+                thread = threading.Thread(target=self._run, name="resolver", daemon=True)
+                self.threads.append(thread)
+                self.idle += 1
+                thread.start()
+        self.jobs.put((loop, future, host, port))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            loop, future, host, port = self.jobs.get()
+            with self.lock:
+                self.queued -= 1
+                self.idle -= 1
+            try:
+                answer = _addresses(host, port)
+            finally:
+                with self.lock:
+                    self.idle += 1
+            with suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_answer, future, answer)
+
+
+def _answer(future: asyncio.Future[list[str] | None], answer: list[str] | None) -> None:
+    if not future.done():
+        future.set_result(answer)
+
+
+_RESOLVER = _Resolver(RESOLVER_THREADS)
+
+
+# A lookup not answered after LOOKUP_AGAIN seconds is asked again alongside it (up to
+# LOOKUP_TRIES at once): the system resolver waits 5 s before it sends a lost query
+# again, and every URL of the host waits for the answer.
+LOOKUP_AGAIN = 1.0
+LOOKUP_TRIES = 3
+# getaddrinfo errors that are the DNS's answer (no such name, no address), not a failure
+_NO_SUCH_NAME = frozenset(
+    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)  # fmt: skip
+
+
+def _addresses(host: str, port: int) -> list[str] | None:
+    """In a resolver thread: the addresses ``host`` has here; [] when the DNS says it
+    has none; None when the lookup failed (no answer, a temporary error)."""
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return [] if exc.errno in _NO_SUCH_NAME else None
+    except (OSError, UnicodeError):
+        return None
+    return [str(info[4][0]) for info in infos]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to here ([] when none or no answer at all).
+
+    The first answer wins; a lookup still unanswered after :data:`LOOKUP_AGAIN`
+    seconds (or failed) is asked again, up to :data:`LOOKUP_TRIES` lookups.
+    """
+    tries = {_RESOLVER.lookup(host, port)}
+    started = 1
+    while tries:
+        more = started < LOOKUP_TRIES
+        done, tries = await asyncio.wait(
+            tries, timeout=LOOKUP_AGAIN if more else None, return_when=asyncio.FIRST_COMPLETED
+        )
+        for finished in done:
+            answer = finished.result()
+            if answer is not None:
+                return answer
+        if more:
+            tries.add(_RESOLVER.lookup(host, port))
+            started += 1
+    return []
+
+
 class Fetcher:
     """One HTTP session with global and per-host limits, pauses and retries.
 
@@ -269,6 +375,9 @@ class Fetcher:
         state = self._host(host)
         attempts = 0
         try:
+            # The host's address verdict before any slot is taken: a slow lookup then
+            # holds up this host's URLs only, not a connection slot the others need.
+            await self.known_verdict(url)
             while True:
                 wait = state.resume_at - time.monotonic()
                 if wait > MAX_HOST_WAIT:
@@ -332,6 +441,32 @@ class Fetcher:
             raise
         return checked
 
+    def prime(self, url: str) -> None:
+        """Start the address check of ``url``'s host now (without waiting for it), so
+        the lookup runs while the URL waits for its turn."""
+        if self.opts.allow_private:
+            return
+        with suppress(ValueError):
+            target = URL(url)
+            host = target.host or ""
+            remembered = _VERDICTS.get(host)
+            if remembered is not None and remembered[0] > time.monotonic():
+                return
+            if host not in self.verdicts:
+                self.verdicts[host] = asyncio.ensure_future(self._verdict(host, target.port))
+
+    async def known_verdict(self, url: str) -> None:
+        """Wait until the address check of ``url``'s host is done (its verdict is used
+        by :meth:`_get`); an unparsable URL is left to :meth:`_get` to refuse."""
+        if self.opts.allow_private:
+            return
+        try:
+            target = URL(url)
+        except ValueError:
+            return
+        if target.scheme in ("http", "https"):
+            await self.refusal(target)
+
     async def refusal(self, url: URL) -> str | None:
         """Why ``url`` must not be fetched: its host is, or resolves to, a loopback,
         private, link-local or reserved address (unless ``allow_private``).
@@ -356,16 +491,10 @@ class Fetcher:
     async def _verdict(self, host: str, port: int | None) -> str | None:
         verdict = host_refusal(host)
         if verdict is None and _ip_of(host.lower().rstrip(".")) is None:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port or 80, type=socket.SOCK_STREAM
-                )
-            except (OSError, UnicodeError):
-                infos = []
-            for info in infos:
-                kind = _not_public(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+            for address in await resolve(host, port or 80):
+                kind = _not_public(ipaddress.ip_address(address.split("%", 1)[0]))
                 if kind:
-                    verdict = f"{host} resolves to {info[4][0]} ({kind})"
+                    verdict = f"{host} resolves to {address} ({kind})"
                     break
         return verdict
 

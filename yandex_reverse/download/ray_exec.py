@@ -50,7 +50,7 @@ from ..i18n import N_, _
 from ..urls import host_of
 from .checks import FetchFailure
 from .fetch import Candidate, Checked, Fetcher, FetchOptions, HostState
-from .ledger import Outcome
+from .ledger import Outcome, Unit
 from .run import Downloader, Settings, failed_outcome, settle
 from .store import Store, remove_temp_files, sidecar_text, temp_path
 
@@ -375,6 +375,16 @@ class RayDownloader(Downloader):
         """``--concurrency`` is per worker: keep every worker's requests busy (a unit
         waits in its bucket's queue and its shard's round trip, so more are in flight)."""
         return max(8 * self.s.concurrency, 128) * self.workers
+
+    def park_size(self) -> int:
+        """No unit waits for an address check here: as many started as at work."""
+        return self.pool_size()
+
+    def prime(self, unit: Unit) -> None:
+        """Nothing: each worker checks its hosts' addresses (the driver looks nothing up)."""
+
+    async def host_checked(self, url: str) -> None:
+        """Nothing to wait for here: the worker checks the host before it fetches."""
 
     async def attempt(self, candidate: Candidate, image_id: str) -> Outcome:
         """The worker fetches and checks; the driver settles (same outcome as local)."""

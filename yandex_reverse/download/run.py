@@ -168,7 +168,8 @@ class Downloader:
         self.fetcher: Fetcher
         self.writer: LedgerWriter
         self.fatal: OSError | None = None  # the disk error that stops the run
-        self.slots: asyncio.Semaphore  # the bounded pool of tasks
+        self.slots: asyncio.Semaphore  # the bounded pool of units at work
+        self.admitted: asyncio.Semaphore  # units started: at work, or parked
         self.started = 0  # units started
         self.tasks: set[asyncio.Task[None]] = set()
         self.network_streak = 0  # network errors in a row, across all hosts
@@ -279,6 +280,7 @@ class Downloader:
     # ---- per unit
 
     async def handle(self, unit: Unit) -> None:
+        holding = False  # a slot of the pool (taken once the first URL's host is checked)
         try:
             got_file = False
             for candidate in unit.candidates:
@@ -292,6 +294,14 @@ class Downloader:
                     break  # transient: no worse fallback meanwhile, one retry per run
                 if status in ("failed", "skipped") and not retryable:
                     continue
+                if not holding:
+                    # Parked until its host's address check is done (a slow DNS answer),
+                    # holding no slot: the units of other hosts go on meanwhile.
+                    await self.host_checked(candidate.url)
+                    await self.slots.acquire()
+                    holding = True
+                    if self.fatal is not None:
+                        return
                 outcome = await self.fetch_shared(candidate, unit.image_id)
                 if outcome.status == "done":
                     got_file = True
@@ -303,6 +313,8 @@ class Downloader:
         except Stopped:
             return
         finally:
+            if holding:
+                self.slots.release()
             self._release(unit.snapshot)
             self._tick(1)
 
@@ -361,6 +373,21 @@ class Downloader:
         """Units in flight at once: enough to keep ``--concurrency`` requests busy."""
         return max(4 * self.s.concurrency, 64)
 
+    def park_size(self) -> int:
+        """Units started at once, those waiting for their host's address check included
+        (a unit that waits holds no body and no connection: a few KB)."""
+        return 8 * self.pool_size()
+
+    def prime(self, unit: Unit) -> None:
+        """The address check of the unit's first URL starts now (the lookup runs while
+        the unit waits for its turn)."""
+        if unit.candidates:
+            self.fetcher.prime(unit.candidates[0].url)
+
+    async def host_checked(self, url: str) -> None:
+        """Until the address check of ``url``'s host is done."""
+        await self.fetcher.known_verdict(url)
+
     def _check_and_settle(self, body: Body, candidate: Candidate, image_id: str) -> Outcome:
         """In a worker thread: one hop for both halves (a remote worker splits them)."""
         return settle(self.store, check_body(body, self.opts), candidate, image_id)
@@ -372,7 +399,8 @@ class Downloader:
         reader = WorkReader(s.db_path, s.what, s.retry_failed)
         self.writer = LedgerWriter(s.db_path, self._on_flushed)
         tasks = self.tasks
-        self.slots = asyncio.Semaphore(self.pool_size())  # bounded pool of tasks
+        self.slots = asyncio.Semaphore(self.pool_size())  # units at work
+        self.admitted = asyncio.Semaphore(self.park_size())  # units started (at work or parked)
         self.started = 0
         try:
             total = await asyncio.get_running_loop().run_in_executor(
@@ -423,15 +451,17 @@ class Downloader:
         if s.limit is None:
             self._tick(sum(counts.values()))
         tasks = self.tasks
+        for unit in units[: s.limit - self.started if s.limit is not None else None]:
+            self.prime(unit)
         for unit in units:
             if s.limit is not None and self.started >= s.limit:
                 break
-            await self.slots.acquire()
+            await self.admitted.acquire()
             unit.snapshot = snapshot
             self.live[snapshot] += 1
             task = asyncio.create_task(self.handle(unit))
             tasks.add(task)
-            task.add_done_callback(lambda t: (tasks.discard(t), self.slots.release()))
+            task.add_done_callback(lambda t: (tasks.discard(t), self.admitted.release()))
             self.started += 1
 
     def _count_before(self, counts: Counter[str]) -> None:
