@@ -877,3 +877,43 @@ def test_units_of_a_host_whose_lookup_hangs_hold_up_no_other_host(web, workdir, 
     assert len(rows) == len(slow) + len(fast)
     assert {row["status"] for row in rows.values()} == {"done"}
     assert len(images_on_disk(out)) == len(slow) + len(fast)
+
+
+def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled():
+    import asyncio
+    import threading
+
+    from yandex_reverse.download.fetch import Candidate
+    from yandex_reverse.download.run import Settler
+
+    first_taken, go_on = threading.Event(), threading.Event()
+    settled: list[str] = []
+
+    def work(body, candidate: Candidate, image_id: str) -> str:
+        if image_id == "a":
+            first_taken.set()
+            go_on.wait(60)
+        if image_id == "bad":
+            raise OSError(28, "No space left on device")
+        settled.append(image_id)
+        return f"outcome {image_id}"
+
+    async def scenario() -> list[object]:
+        settler = Settler(work)  # type: ignore[arg-type]
+        try:
+            futures = {"a": settler.submit(None, Candidate("u", "original"), "a")}  # type: ignore[arg-type]
+            await asyncio.to_thread(first_taken.wait, 60)
+            for name in ("b", "gone", "bad", "c"):  # queued while "a" is being settled
+                futures[name] = settler.submit(None, Candidate("u", "original"), name)  # type: ignore[arg-type]
+            futures["gone"].cancel()
+            go_on.set()
+            return await asyncio.gather(*futures.values(), return_exceptions=True)
+        finally:
+            go_on.set()
+            settler.close()
+
+    results = asyncio.run(scenario())
+    assert results[0] == "outcome a" and results[1] == "outcome b" and results[4] == "outcome c"
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert isinstance(results[3], OSError) and results[3].errno == 28
+    assert sorted(settled) == ["a", "b", "c"]  # the cancelled one never reached the store
