@@ -917,3 +917,22 @@ def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled()
     assert isinstance(results[2], asyncio.CancelledError)
     assert isinstance(results[3], OSError) and results[3].errno == 28
     assert sorted(settled) == ["a", "b", "c"]  # the cancelled one never reached the store
+
+
+def test_sidecar_lines_read_with_a_page_equal_those_asked_per_result(workdir):
+    from yandex_reverse.download.ledger import LedgerReader, page_contexts
+
+    tag = uid()
+    entities = [result(f"{tag}{i}", host=f"sun9-{i}.userapi.com") for i in range(6)]
+    write_xhr(workdir / "XHR", "zebra photo.jpg", 1, entities[:4])  # found by two photos
+    db_path = build_db(workdir, entities)
+    ids = {e["id"] for e in entities} | {f"{tag}missing"}
+    reader = LedgerReader(db_path)
+    conn = sqlite3.connect(db_path)
+    try:
+        assert page_contexts(conn, ids) == {i: reader.context(i) for i in ids}
+        both = reader.context(entities[0]["id"])[0]
+        assert both == ("query_photo", "query.jpg, zebra photo.jpg")
+    finally:
+        conn.close()
+        reader.close()

@@ -44,6 +44,9 @@ class Unit:
     candidates: list[Candidate]
     states: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     snapshot: int = 0
+    # The sidecar lines of its result (query photo, source page, title), read with the
+    # page: see :meth:`LedgerReader.context`; None when not read (then asked per file).
+    context: list[tuple[str, object]] | None = None
 
 
 @dataclass
@@ -265,7 +268,9 @@ class LedgerReader:
         return None
 
     def context(self, image_id: str) -> list[tuple[str, object]]:
-        """Where a result was found, for its sidecar: the query photo(s), source page, title."""
+        """Where a result was found, for its sidecar: the query photo(s), source page, title.
+
+        :func:`page_contexts` reads the same for a page of results at once."""
         queries = self.query(
             "SELECT group_concat(query, ', ') FROM "
             "(SELECT query FROM query_results WHERE image_id = ? ORDER BY query)",
@@ -360,6 +365,10 @@ class WorkReader:
                     units.append(unit)
                 else:
                     counts[verdict] += 1
+            if units:
+                contexts = page_contexts(conn, {u.image_id for u in units})
+                for unit in units:
+                    unit.context = contexts.get(unit.image_id)
             if counts and not units:
                 break  # let the caller count progress even on pages with no work
         return units, counts
@@ -435,6 +444,44 @@ class WorkReader:
             ):
                 states[url] = (status, retryable, updated_at or "")
         return states
+
+
+def page_contexts(
+    conn: sqlite3.Connection, image_ids: set[str]
+) -> dict[str, list[tuple[str, object]]]:
+    """:meth:`LedgerReader.context` of many results in two queries (per 500 ids).
+
+    The same lines: the query photos sorted and joined with ", " (None when
+    none), the first images row's source page and title (None when no row).
+    """
+    queries: dict[str, list[str]] = {}
+    pages: dict[str, tuple[object, object]] = {}
+    ordered = sorted(image_ids)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for image_id, query in conn.execute(
+            f"SELECT image_id, query FROM query_results WHERE image_id IN ({marks}) "
+            "AND query IS NOT NULL ORDER BY image_id, query",
+            chunk,
+        ):
+            queries.setdefault(str(image_id), []).append(str(query))
+        for image_id, page, title in conn.execute(
+            f"SELECT id, coalesce(snippet_url, url), title FROM images WHERE id IN ({marks}) "
+            "ORDER BY rowid",
+            chunk,
+        ):
+            pages.setdefault(str(image_id), (page, title))
+    contexts: dict[str, list[tuple[str, object]]] = {}
+    for image_id in ordered:
+        found = queries.get(image_id)
+        page, title = pages.get(image_id, (None, None))
+        contexts[image_id] = [
+            ("query_photo", ", ".join(found) if found else None),
+            ("source_page", page),
+            ("title", title),
+        ]
+    return contexts
 
 
 def original_candidates(

@@ -179,7 +179,7 @@ class ShardDispatcher:
     def __init__(self, downloader: RayDownloader, *, workers: int) -> None:
         opts, out = downloader.opts, downloader.out
         self.store = downloader.store
-        self.context = downloader.ledger.context
+        self.context = downloader.sidecar_context
         ray = raycluster.require_ray()
         self.ray = ray
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(FetchWorker)
@@ -354,7 +354,7 @@ class RayDownloader(Downloader):
     def __init__(self, settings: Settings, workers: int) -> None:
         super().__init__(settings)
         self.store: RayStore = RayStore(
-            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.ledger.context
+            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.sidecar_context
         )
         self.workers = workers
         self.dispatcher: ShardDispatcher

@@ -242,8 +242,10 @@ class Downloader:
         self.live: Counter[int] = Counter()  # page snapshot -> its units not yet done
         self.out = settings.out.resolve()
         self.ledger = LedgerReader(settings.db_path)
+        # image id -> (its sidecar lines read with its page, units of it started, not done)
+        self.contexts: dict[str, tuple[list[tuple[str, object]], int]] = {}
         self.store = Store(
-            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.ledger.context
+            self.out, self.ledger.db_dir, self.ledger.stored_with_sha, self.sidecar_context
         )
         self.advance: Callable[..., None] = lambda *a, **k: None
         self.run_started = now()
@@ -288,6 +290,24 @@ class Downloader:
             self.live[snapshot] = left
         else:
             del self.live[snapshot]
+
+    def sidecar_context(self, image_id: str) -> list[tuple[str, object]]:
+        """A result's sidecar lines: as read with its page, else from the DB (any thread)."""
+        known = self.contexts.get(image_id)
+        return known[0] if known is not None else self.ledger.context(image_id)
+
+    def _hold_context(self, unit: Unit) -> None:
+        if unit.context is not None:
+            held = self.contexts.get(unit.image_id)
+            self.contexts[unit.image_id] = (unit.context, held[1] + 1 if held else 1)
+
+    def _drop_context(self, unit: Unit) -> None:
+        held = self.contexts.get(unit.image_id)
+        if unit.context is not None and held is not None:
+            if held[1] > 1:
+                self.contexts[unit.image_id] = (held[0], held[1] - 1)
+            else:
+                del self.contexts[unit.image_id]
 
     def _record(self, outcome: Outcome) -> Outcome:
         self.unflushed[outcome.url] = outcome
@@ -400,6 +420,7 @@ class Downloader:
         finally:
             if holding:
                 self.slots.release()
+            self._drop_context(unit)
             self._release(unit.snapshot)
             self._tick(1)
 
@@ -546,6 +567,7 @@ class Downloader:
             await self.admitted.acquire()
             unit.snapshot = snapshot
             self.live[snapshot] += 1
+            self._hold_context(unit)
             task = asyncio.create_task(self.handle(unit))
             tasks.add(task)
             task.add_done_callback(lambda t: (tasks.discard(t), self.admitted.release()))
