@@ -879,12 +879,14 @@ def test_units_of_a_host_whose_lookup_hangs_hold_up_no_other_host(web, workdir, 
     assert len(images_on_disk(out)) == len(slow) + len(fast)
 
 
-def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled():
+def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled(monkeypatch):
     import asyncio
     import threading
 
     from yandex_reverse.download.fetch import Candidate
     from yandex_reverse.download.run import Settler
+
+    monkeypatch.setattr(Settler, "THREADS", 1)  # what comes while "a" is settled waits
 
     first_taken, go_on = threading.Event(), threading.Event()
     settled: list[str] = []

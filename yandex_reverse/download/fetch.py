@@ -11,6 +11,7 @@ with :meth:`Checked.spill`) back to the driver, which alone settles it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import queue
@@ -211,6 +212,13 @@ VERDICT_TTL = 300.0
 _VERDICTS: dict[str, tuple[float, str | None]] = {}
 
 
+@functools.lru_cache(maxsize=4096)
+def parsed(url: str) -> URL:
+    """``URL(url)``, remembered: a URL is parsed when its page is read (its host's
+    address check starts), when its unit waits for the check and when it is fetched."""
+    return URL(url)
+
+
 RESOLVER_THREADS = 64  # lookups at once: a lost DNS answer holds its thread for 5 s
 
 
@@ -329,6 +337,7 @@ class Fetcher:
         self.hosts: dict[str, HostState] = {}
         self.global_sem = asyncio.Semaphore(opts.concurrency)
         self.session: aiohttp.ClientSession | None = None
+        self.proxy: URL | None = None
         # host -> why it is refused (None: public), one check per host and run
         self.verdicts: dict[str, asyncio.Future[str | None]] = {}
         # Told after every attempt (the driver counts network errors in a row).
@@ -340,6 +349,7 @@ class Fetcher:
         # which re-arms a timer on every packet and can never fire before total.
         timeout = aiohttp.ClientTimeout(total=o.timeout, connect=min(10.0, o.timeout))
         connector = aiohttp.TCPConnector(limit=o.concurrency, limit_per_host=0, ttl_dns_cache=300)
+        self.proxy = URL(o.proxy) if o.proxy else None  # parsed once, not per request
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -447,7 +457,7 @@ class Fetcher:
         if self.opts.allow_private:
             return
         with suppress(ValueError):
-            target = URL(url)
+            target = parsed(url)
             host = target.host or ""
             remembered = _VERDICTS.get(host)
             if remembered is not None and remembered[0] > time.monotonic():
@@ -461,7 +471,7 @@ class Fetcher:
         if self.opts.allow_private:
             return
         try:
-            target = URL(url)
+            target = parsed(url)
         except ValueError:
             return
         if target.scheme in ("http", "https"):
@@ -504,7 +514,7 @@ class Fetcher:
         assert self.session is not None, "use the Fetcher as an async context manager"
         o = self.opts
         try:
-            target = URL(url)
+            target = parsed(url)
             for _hop in range(MAX_REDIRECTS + 1):
                 if target.scheme not in ("http", "https"):
                     raise FetchFailure("invalid URL", f"redirect to {target.scheme}:")
@@ -513,7 +523,9 @@ class Fetcher:
                     raise FetchFailure(
                         "refused: private address", f"{refused}; --allow-private fetches it"
                     )
-                async with self.session.get(target, proxy=o.proxy, allow_redirects=False) as resp:
+                async with self.session.get(
+                    target, proxy=self.proxy, allow_redirects=False
+                ) as resp:
                     location = resp.headers.get("Location")
                     if resp.status in REDIRECT_STATUS and location:
                         target = resp.url.join(URL(location))
