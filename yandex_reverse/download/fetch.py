@@ -212,7 +212,7 @@ VERDICT_TTL = 300.0
 _VERDICTS: dict[str, tuple[float, str | None]] = {}
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def parsed(url: str) -> URL:
     """``URL(url)``, remembered: a URL is parsed when its page is read (its host's
     address check starts), when its unit waits for the check and when it is fetched."""
@@ -464,6 +464,20 @@ class Fetcher:
                 return
             if host not in self.verdicts:
                 self.verdicts[host] = asyncio.ensure_future(self._verdict(host, target.port))
+
+    def checking(self, url: str) -> bool:
+        """Is the address check of ``url``'s host under way (started, not done)?"""
+        if self.opts.allow_private:
+            return False
+        try:
+            host = parsed(url).host or ""
+        except ValueError:
+            return False
+        remembered = _VERDICTS.get(host)
+        if remembered is not None and remembered[0] > time.monotonic():
+            return False
+        known = self.verdicts.get(host)
+        return known is not None and not known.done()
 
     async def known_verdict(self, url: str) -> None:
         """Wait until the address check of ``url``'s host is done (its verdict is used

@@ -383,6 +383,9 @@ class RayDownloader(Downloader):
     def prime(self, unit: Unit) -> None:
         """Nothing: each worker checks its hosts' addresses (the driver looks nothing up)."""
 
+    def checking(self, unit: Unit) -> bool:
+        return False
+
     async def host_checked(self, url: str) -> None:
         """Nothing to wait for here: the worker checks the host before it fetches."""
 

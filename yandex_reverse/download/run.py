@@ -388,8 +388,9 @@ class Downloader:
 
     # ---- per unit
 
-    async def handle(self, unit: Unit) -> None:
-        holding = False  # a slot of the pool (taken once the first URL's host is checked)
+    async def handle(self, unit: Unit, holding: bool = False) -> None:
+        """``holding``: the unit was started with a slot of the pool; else it takes one
+        once the host of the first URL it fetches is checked."""
         try:
             got_file = False
             for candidate in unit.candidates:
@@ -494,6 +495,10 @@ class Downloader:
         if unit.candidates:
             self.fetcher.prime(unit.candidates[0].url)
 
+    def checking(self, unit: Unit) -> bool:
+        """Is the address check of the unit's first URL still under way?"""
+        return bool(unit.candidates) and self.fetcher.checking(unit.candidates[0].url)
+
     async def host_checked(self, url: str) -> None:
         """Until the address check of ``url``'s host is done."""
         await self.fetcher.known_verdict(url)
@@ -569,10 +574,19 @@ class Downloader:
             if s.limit is not None and self.started >= s.limit:
                 break
             await self.admitted.acquire()
+            # A unit whose host is still being checked is parked (it takes its slot
+            # later); the others wait here for a slot, as many at work as the pool.
+            holding = not self.checking(unit)
+            if holding:
+                try:
+                    await self.slots.acquire()
+                except BaseException:
+                    self.admitted.release()
+                    raise
             unit.snapshot = snapshot
             self.live[snapshot] += 1
             self._hold_context(unit)
-            task = asyncio.create_task(self.handle(unit))
+            task = asyncio.create_task(self.handle(unit, holding))
             tasks.add(task)
             task.add_done_callback(lambda t: (tasks.discard(t), self.admitted.release()))
             self.started += 1
