@@ -94,6 +94,44 @@ _CLICK_TARGET_JS = (
   return [i, !!hit && (hit === e || e.contains(hit))];
 }"""
 )
+# Looks that Playwright's locators would make are made here with plain CSS, in the page's
+# own world: a locator makes Playwright put its injected script (330 KB) into the document,
+# in each world it is used from (about 8 ms of the renderer's time each, and as much again
+# in the browser, the driver and their pipes), on the start page and on the result page of
+# every photo. Each answers null for a selector plain CSS cannot read (Playwright's own
+# ``text=``, ``:has-text()``...): the caller then asks the locator, as before.
+# How many elements match.
+_COUNT_JS = (
+    "sel => { try { return document.querySelectorAll(sel).length; } catch (e) { return null; } }"
+)
+# Whether one is visible as Playwright says it.
+_SHOWN_JS = (
+    """sel => {
+  let els;
+  try { els = [...document.querySelectorAll(sel)]; } catch (e) { return null; }
+  return els.some("""
+    + _VISIBLE_JS
+    + """);
+}"""
+)
+# Whether one match of the first selector also matches the second (a locator's ``and_``).
+_BOTH_JS = """([sel, also]) => {
+  try { return [...document.querySelectorAll(sel)].some(e => e.matches(also)); }
+  catch (e) { return null; }
+}"""
+# _CLICK_TARGET_JS over a selector, with the point to click: [index or -1, clear, x, y].
+_CLICK_AT_JS = (
+    """sel => {
+  let els;
+  try { els = [...document.querySelectorAll(sel)]; } catch (e) { return null; }
+  const [i, clear] = ("""
+    + _CLICK_TARGET_JS
+    + """)(els);
+  if (!clear) return [i, false, 0, 0];
+  const r = els[i].getBoundingClientRect();
+  return [i, true, r.left + r.width / 2, r.top + r.height / 2];
+}"""
+)
 # The start page at a glance: a captcha on it? a camera button shown (visible as Playwright
 # says it, as every other look)? (null: a selector this look cannot read; the caller then
 # asks Playwright)
@@ -305,7 +343,7 @@ class QueryJob:
             return
         self.captcha_looked = now
         with contextlib.suppress(Exception):
-            if await page.locator(self.sel["captcha"]).count():
+            if await self.count(page, self.sel["captcha"]):
                 raise CaptchaHit(page.url)
 
     async def until(self, page: Any, effect: Any, what: str, *, act: Any = None) -> None:
@@ -338,7 +376,16 @@ class QueryJob:
                 )
             window = min(window * 2, 4.0)
 
+    async def count(self, page: Any, selector: str) -> int:
+        """How many elements match (plain CSS, see _COUNT_JS; raises while the page is
+        between two documents, as any look: the caller looks again)."""
+        n = await page.evaluate(_COUNT_JS, selector)
+        return int(n) if n is not None else await page.locator(selector).count()
+
     async def visible(self, page: Any, selector: str) -> bool:
+        shown = await page.evaluate(_SHOWN_JS, selector)
+        if shown is not None:
+            return bool(shown)
         return bool(await page.locator(selector).evaluate_all(_FIRST_VISIBLE_JS) >= 0)
 
     async def click(self, page: Any, selector: str, attempt: int) -> None:
@@ -348,7 +395,14 @@ class QueryJob:
         Playwright's waits (two frames for "stable", the overlay handlers); any later
         try is Playwright's full click (it accepts the cookie popup over the target)."""
         loc = page.locator(selector)
-        index, clear = await loc.evaluate_all(_CLICK_TARGET_JS)
+        at = None
+        if attempt == 0:
+            with contextlib.suppress(Exception):  # (navigating: the locator waits for it)
+                at = await page.evaluate(_CLICK_AT_JS, selector)
+        if at is not None and at[1]:  # the pointer click a forced locator click makes
+            await page.mouse.click(at[2], at[3])
+            return
+        index, clear = at[:2] if at is not None else await loc.evaluate_all(_CLICK_TARGET_JS)
         target = loc.nth(index) if index >= 0 else loc.first
         if attempt % 3 == 2:
             await target.dispatch_event("mousedown")
@@ -532,7 +586,10 @@ class QueryJob:
                 break
             if any(reply["status"] == 413 for reply in self.uploads):
                 raise TooLarge
-            if await page.locator(sel["upload_error"]).count():  # an icon: may have no size
+            shown = 0
+            with contextlib.suppress(Exception):  # (navigating: the URL is looked at again)
+                shown = await self.count(page, sel["upload_error"])
+            if shown:  # an icon: may have no size
                 error_at = error_at or time.monotonic()
                 if not self.uploads and time.monotonic() - error_at < 2.0:
                     await self.wait_nudge(0.1)  # the answer's status may reach us after the page
@@ -582,6 +639,9 @@ class QueryJob:
         async def opened() -> bool:
             if marker in page.url:
                 return True
+            both = await page.evaluate(_BOTH_JS, [tab_selector, active])
+            if both is not None:
+                return bool(both)
             return bool(await page.locator(tab_selector).and_(page.locator(active)).count())
 
         await self.until(page, opened, what, act=lambda n: self.click(page, tab_selector, n))
