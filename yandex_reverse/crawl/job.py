@@ -132,6 +132,18 @@ _CLICK_AT_JS = (
   return [i, true, r.left + r.width / 2, r.top + r.height / 2];
 }"""
 )
+# The upload's file input: the panel's own first (the page may hold others: feedback
+# forms...), else the first on the page; null when there is none or the selectors are
+# Playwright's own.
+_FILE_INPUT_JS = """([panel, input]) => {
+  try {
+    for (const p of document.querySelectorAll(panel)) {
+      const e = p.querySelector(input);
+      if (e) return e;
+    }
+    return document.querySelector(input);
+  } catch (e) { return null; }
+}"""
 # The start page at a glance: a captcha on it? a camera button shown (visible as Playwright
 # says it, as every other look)? (null: a selector this look cannot read; the caller then
 # asks Playwright)
@@ -570,11 +582,12 @@ class QueryJob:
 
         self.stage = "upload"
         self.uploading = True
-        # the panel's own file input first: the page may hold others (feedback forms...)
-        inputs = page.locator(sel["upload_panel"]).locator(sel["file_input"])
-        if not await inputs.count():
-            inputs = page.locator(sel["file_input"])
-        await inputs.first.set_input_files(self.upload)
+        if not await self.set_file(page):
+            # the panel's own file input first: the page may hold others (feedback forms...)
+            inputs = page.locator(sel["upload_panel"]).locator(sel["file_input"])
+            if not await inputs.count():
+                inputs = page.locator(sel["file_input"])
+            await inputs.first.set_input_files(self.upload)
         search = sel["search_path"]
         reply_at: float | None = None
         error_at = 0.0
@@ -620,6 +633,31 @@ class QueryJob:
         self.uploading = False
         await page.wait_for_load_state("domcontentloaded")
         await self.check_captcha(page)
+
+    async def set_file(self, page: Any) -> bool:
+        """Give the photo to the upload's file input as Playwright's ``set_input_files`` does
+        for a local Chromium (DOM.setFileInputFiles: the page gets its input and change
+        events), but through a CDP session of its own: no locator, so no injected script
+        (see _COUNT_JS). False when that cannot be done here (another browser, a selector
+        only Playwright reads, no input yet): the caller then uses the locator."""
+        try:
+            cdp = await page.context.new_cdp_session(page)
+        except Exception:
+            return False
+        try:
+            arg = json.dumps([self.sel["upload_panel"], self.sel["file_input"]])
+            found = await cdp.send("Runtime.evaluate", {"expression": f"({_FILE_INPUT_JS})({arg})"})
+            object_id = (found.get("result") or {}).get("objectId")
+            if not object_id:
+                return False
+            files = [str(Path(self.upload).resolve())]
+            await cdp.send("DOM.setFileInputFiles", {"objectId": object_id, "files": files})
+            return True
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await cdp.detach()
 
     async def wait_nudge(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
