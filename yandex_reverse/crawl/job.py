@@ -26,18 +26,20 @@ SNIPPET_CHARS = 5000  # as the original: the start of a bad body is kept
 DOM_CAPTCHA_EVERY = 0.5  # seconds between two looks for a captcha on the page in a polling loop
 UPLOAD_LOOK_EVERY = 0.2  # seconds between two looks at the page while the upload is answered
 IN_FLIGHT_LOOK_EVERY = 0.25  # load_all: seconds between two looks while a request is in flight
+STILL_AFTER = 0.5  # load_all: seconds without traffic before the looks step back up too
 
-# Scroll to the bottom (a step back every few looks, so scroll listeners fire
-# again): the window, and every scrollable box around the last result (a grid
+# Scroll to the bottom (a step back every few looks once the page is still, so scroll
+# listeners fire again; while it moves, each step back and down again is two more frames to
+# paint, and new content scrolls it anyway): the window, and every scrollable box around the last result (a grid
 # that scrolls in its own element); then say what the page offers: the error notice (with a
 # retry control in it: 'error-retry'; with an enabled "more" button: 'error-more'), a "more" button that
 # can be clicked, one that is disabled, or none. With ``click`` an enabled
 # button is clicked right here ('clicked'): one round trip instead of three. A
 # captcha on the page answers 'captcha' (no separate look for it).
-_LOOK_JS = """([more, err, tick, click, thumb, captcha, retry]) => {
+_LOOK_JS = """([more, err, tick, click, thumb, captcha, retry, still]) => {
   try { if (document.querySelector(captcha)) return 'captcha'; } catch (e) {}
   const h = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
-  const back = tick % 4 === 3;
+  const back = still && tick % 4 === 3;
   if (back) window.scrollBy(0, -Math.min(400, h)); else window.scrollTo(0, h);
   const items = document.querySelectorAll(thumb);
   for (let el = items.length ? items[items.length - 1].parentElement : null;
@@ -784,7 +786,8 @@ class QueryJob:
                 # re-enable the button) before it reaches us, a 404 too
                 wait = self.end_404 or dry or self.document_coming
                 click = script_click and not wait and not self.in_flight
-                args = [more, err, tick, click, thumb, captcha, self.sel["error_retry"]]
+                still = not self.in_flight and now - self.last_activity >= STILL_AFTER
+                args = [more, err, tick, click, thumb, captcha, self.sel["error_retry"], still]
                 look = await page.evaluate(_LOOK_JS, args)
             except Exception:
                 await self.check_captcha(page)
