@@ -125,6 +125,8 @@ def test_the_features_list_is_read_in_both_shapes_of_playwrights_source() -> Non
 
     array = 'x = 1;\n disabledFeatures = [\n  // see https://x/1\n  "A",\n  "B_2", // why\n].filter(Boolean);'
     assert features_in(array) == ("A", "B_2")
+    comments = 'disabledFeatures = [\n  // see [1]\n  "A",\n  /* [2] */ "B",\n];'
+    assert features_in(comments) == ("A", "B")
     lazy = "const disabledFeatures = (assistantMode) => [\n 'C',\n assistantMode ? 'D' : '',\n];"
     assert features_in(lazy) == ("C", "D")
     assert features_in("'--disable-features=E,F,G', '--other'") == ("E", "F", "G")

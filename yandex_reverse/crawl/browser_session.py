@@ -48,9 +48,10 @@ CLOSE_WAIT = 5.0  # seconds: closing a tab sent to a captcha mid-upload can hang
 def features_in(text: str) -> tuple[str, ...] | None:
     """The features a Playwright driver's source disables (its ``disabledFeatures`` list,
     or an older inline ``--disable-features=`` switch); None where neither is found."""
-    found = re.search(r"disabledFeatures\s*=\s*(?:\([^)]*\)\s*=>\s*)?\[(.*?)\]", text, re.S)
-    if found:
-        body = re.sub(r"//[^\n]*", "", found.group(1))
+    found = re.search(r"disabledFeatures\s*=\s*(?:\([^)]*\)\s*=>\s*)?\[", text)
+    if found:  # (comments out first: a "]" in one must not end the list)
+        rest = re.sub(r"/\*.*?\*/", "", text[found.end() : found.end() + 20000], flags=re.S)
+        body = re.sub(r"//[^\n]*", "", rest).split("]", 1)[0]
         names = re.findall(r"[\"'`]([A-Za-z0-9_]+)[\"'`]", body)
         return tuple(names) or None
     found = re.search(r"[\"'`]--disable-features=([A-Za-z0-9_,]+)[\"'`]", text)
