@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -28,6 +29,32 @@ TEMP_SUFFIX = ".part"
 LOCK_NAME = ".download.lock"
 DB_LOCK_SUFFIX = ".download.lock"  # .<db name>.download.lock next to the DB
 _SAFE = re.compile(r"[^A-Za-z0-9-]+")
+# Linux: a file with no name (O_TMPFILE) is written, then linked to its final
+# name through /proc/self/fd (linkat with AT_SYMLINK_FOLLOW, no privilege): one
+# name created, no temporary name, no rename. Elsewhere, or where the folder's
+# file system refuses it, a temporary file and a rename.
+_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
+_FD_DIR = "/proc/self/fd"
+_NO_TMPFILE = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
+)  # no O_TMPFILE in this kernel or file system; errors that say nothing of the disk
+_fd_dir: tuple[int, int] | None = None  # (pid, descriptor of /proc/self/fd) of this process
+_fd_dir_lock = threading.Lock()
+
+
+def fd_dir() -> int:
+    """This process's open /proc/self/fd (os.link given a folder descriptor calls linkat,
+    which follows the /proc link with AT_SYMLINK_FOLLOW; without one it calls link(2),
+    which does not). Opened again in a forked child, whose descriptors are its own."""
+    global _fd_dir
+    held = _fd_dir
+    pid = os.getpid()
+    if held is not None and held[0] == pid:
+        return held[1]
+    with _fd_dir_lock:
+        if _fd_dir is None or _fd_dir[0] != pid:
+            _fd_dir = (pid, os.open(_FD_DIR, os.O_RDONLY | os.O_DIRECTORY))
+        return _fd_dir[1]
 
 
 @dataclass(frozen=True)
@@ -174,6 +201,8 @@ class Store:
         self.context = context  # query photo, source page, title: extra sidecar lines
         self.claims: dict[str, concurrent.futures.Future[Stored | None]] = {}
         self.claims_lock = threading.Lock()
+        # Unnamed files while they work here; the first refusal turns them off for the run.
+        self.unnamed = bool(_O_TMPFILE) and os.path.isdir(_FD_DIR)
 
     def forget(self, shas: list[str]) -> None:
         with self.claims_lock:
@@ -213,7 +242,7 @@ class Store:
         return stored, duplicate
 
     def place(self, checked: Checked, candidate: Candidate, image_id: str) -> Stored:
-        """The name from the content, the sidecar, then the image, each renamed into place."""
+        """The name from the content, the sidecar, then the image, put in place in one step."""
         body = checked.body
         name = file_name(
             image_id, candidate.variant_type, checked.width, checked.height, candidate.url,
@@ -222,32 +251,82 @@ class Store:
         final = self.out / name
         if final.parent != self.out:  # cannot happen with safe names; never write outside
             raise FetchFailure("unsafe file name", name)
-        # The image goes through a temporary file and one rename, so it is whole
-        # under its final name. The sidecar is written in place, before the image:
-        # until the rename it is a sidecar without its image, which the next run's
-        # reconcile removes (a kill can leave no image without its sidecar).
+        # The image is whole before it gets its final name: written to a file with
+        # no name (O_TMPFILE) and linked to it, or to a temporary file and renamed.
+        # Either way one step, so it is whole under its final name. The sidecar is
+        # written in place, before the image: until that step it is a sidecar
+        # without its image, which the next run's reconcile removes (a kill can
+        # leave no image without its sidecar). A kill before the link leaves
+        # nothing of an unnamed file.
         temp = body.temp
         own_temp = temp is None
-        if temp is None:
-            temp = temp_path(self.out, candidate.url)
+        unnamed = None  # the descriptor of the unnamed file
         side = final.with_suffix(".txt")
         side_written = placed = False
         try:
             if own_temp:
-                temp.write_bytes(body.buffer)
+                unnamed = self.write_unnamed(body.buffer)
+                if unnamed is None:
+                    temp = temp_path(self.out, candidate.url)
+                    temp.write_bytes(body.buffer)
             side_written = True
             self.write_sidecar(side, checked, candidate, image_id)
-            os.replace(temp, final)
+            if unnamed is not None:
+                self.link_unnamed(unnamed, final, candidate.url)
+            else:
+                assert temp is not None
+                os.replace(temp, final)
             placed = True
         finally:
+            if unnamed is not None:
+                os.close(unnamed)
             if not placed:
                 if side_written:
                     side.unlink(missing_ok=True)
-                if own_temp:
+                if own_temp and temp is not None:
                     temp.unlink(missing_ok=True)
         return Stored(
             recorded_path(final, self.db_dir), checked.width, checked.height, checked.mime
         )
+
+    def write_unnamed(self, data: bytes | bytearray | memoryview) -> int | None:
+        """``data`` in a file of the output folder that has no name yet: its descriptor,
+        or None where such files are not supported (then a temporary file is used)."""
+        if not self.unnamed:
+            return None
+        try:
+            fd = os.open(self.out, _O_TMPFILE | os.O_WRONLY, 0o666)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            self.unnamed = False
+            return None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def link_unnamed(self, fd: int, final: Path, url: str) -> None:
+        """The unnamed file ``fd`` under ``final``; an existing file of that name is
+        replaced in one step, as the rename did."""
+        source, where = str(fd), fd_dir()
+        try:
+            os.link(source, final, src_dir_fd=where)
+            return
+        except FileExistsError:
+            pass
+        temp = temp_path(self.out, url)
+        temp.unlink(missing_ok=True)
+        os.link(source, temp, src_dir_fd=where)
+        try:
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
     def write_sidecar(
         self, side: Path, checked: Checked, candidate: Candidate, image_id: str
