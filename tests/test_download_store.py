@@ -21,7 +21,7 @@ from tests.conftest import REPO
 from yandex_reverse.download import store as store_mod
 from yandex_reverse.download.checks import FetchFailure
 from yandex_reverse.download.fetch import Body, Candidate, Checked
-from yandex_reverse.download.store import TEMP_PREFIX, Store, file_name
+from yandex_reverse.download.store import TEMP_PREFIX, Store, file_name, sidecar_text
 
 URL = "http://sun9-1.userapi.com/impg/a/a.jpg?size=64x48&type=album"
 
@@ -101,6 +101,8 @@ def test_an_unnamed_file_is_linked_into_place_with_no_temp_file_and_no_rename(
     assert final.read_bytes() == data
     assert listing(out) == sorted([final.name, final.with_suffix(".txt").name])
     assert seen_at_link == [[final.with_suffix(".txt").name]]
+    sidecar = sidecar_text(checked(data), Candidate(URL, "original"), "img1", [])
+    assert final.with_suffix(".txt").read_bytes() == sidecar.encode("utf-8")
     assert renames == [] and len(links) == 1 and links[0][0].isdigit()  # /proc/self/fd/N
     assert store.unnamed
     # the same permissions as a file written the usual way (umask applied)

@@ -35,6 +35,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9-]+")
 # file system refuses it, a temporary file and a rename.
 _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 _FD_DIR = "/proc/self/fd"
+_O_BINARY: int = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _NO_TMPFILE = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL, errno.ENOSYS}
 )  # no O_TMPFILE in this kernel or file system; errors that say nothing of the disk
@@ -91,6 +92,23 @@ def recorded_path(final: Path, db_dir: Path) -> str:
         return final.relative_to(db_dir).as_posix()
     except ValueError:
         return str(final)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_file(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """``data`` in ``path``, created or emptied: what ``Path.write_bytes`` does, in three
+    system calls (open, write, close) where a Python file object adds an fstat, an ioctl
+    (is it a terminal?) and an lseek or two."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _O_BINARY, 0o666)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def temp_path(out: Path, url: str, kind: str = "") -> Path:
@@ -268,7 +286,7 @@ class Store:
                 unnamed = self.write_unnamed(body.buffer)
                 if unnamed is None:
                     temp = temp_path(self.out, candidate.url)
-                    temp.write_bytes(body.buffer)
+                    write_file(temp, body.buffer)
             side_written = True
             self.write_sidecar(side, checked, candidate, image_id)
             if unnamed is not None:
@@ -302,9 +320,7 @@ class Store:
             self.unnamed = False
             return None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         except BaseException:
             os.close(fd)
             raise
@@ -332,6 +348,7 @@ class Store:
         self, side: Path, checked: Checked, candidate: Candidate, image_id: str
     ) -> None:
         """The sidecar under its final name (a Ray driver renames a worker's one into place)."""
-        side.write_text(
-            sidecar_text(checked, candidate, image_id, self.context(image_id)), encoding="utf-8"
-        )
+        text = sidecar_text(checked, candidate, image_id, self.context(image_id))
+        if os.linesep != "\n":  # as a text-mode write had it
+            text = text.replace("\n", os.linesep)
+        write_file(side, text.encode("utf-8"))
