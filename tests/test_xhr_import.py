@@ -782,9 +782,14 @@ _calls = [0]
 
 
 def _killing(self, chunk, index):
-    _write(self, chunk, index)  # the chunk attached and copied, its transaction still open
     _calls[0] += 1
-    if _calls[0] == int(os.environ["YR_TEST_KILL_AFTER"]):
+    last = _calls[0] == int(os.environ["YR_TEST_KILL_AFTER"])
+    if last and os.environ.get("YR_TEST_SPILL"):  # the copy overflows the page cache
+        self.conn.execute("PRAGMA cache_size = 10")  # and writes pages into the DB file
+    _write(self, chunk, index)  # the chunk attached and copied, its transaction still open
+    if last:
+        with open(os.environ["YR_TEST_MODE"], "w") as out:
+            out.write(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -823,7 +828,11 @@ def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
-    env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "YR_TEST_KILL_AFTER": str(kill_after)}
+    env = {
+        "PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
+        "YR_TEST_KILL_AFTER": str(kill_after),
+        "YR_TEST_MODE": str(tmp_path / "mode"),
+    }
 
     # 48 files, --batch-files 40: chunks of 20 files, the first transaction holds two.
     killed = run_script(
@@ -831,6 +840,8 @@ def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
     )
 
     assert killed.returncode == -signal.SIGKILL
+    # the bulk load writes with a rollback journal: the kill leaves it hot
+    assert (tmp_path / "mode").read_text() == "delete"
     database = workdir / "yandex_images.db"
     assert rows(database, "SELECT count(*) FROM xhr_files") == [(committed,)]
     links = committed // 2 * 13  # per query: 6 + 6 results, "shared" once
@@ -840,6 +851,124 @@ def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
     assert _content(database) == expected
     names = {r[0] for r in rows(database, "SELECT name FROM sqlite_master")}
     assert set(db.DEFERRED_INDEXES) <= names and db.PENDING_VARIANTS not in names
+    assert rows(database, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize(("kill_after", "committed"), [(2, 0), (3, 40)])
+def test_a_kill_out_of_wal_mode_with_pages_in_the_db_file_is_rolled_back(
+    workdir: Path, tmp_path: Path, kill_after: int, committed: int
+) -> None:
+    """The first import writes with a rollback journal. Killed once its transaction has
+    written pages into the DB file itself (a page cache too small for the batch): the next
+    connect rolls the hot journal back, gets WAL back, and a re-run gives the rows of one run."""
+    xhr = workdir / "XHR"
+    for query in range(24):
+        for page in range(1, 3):
+            results = [entity(f"q{query}p{page}e{i}", pos=i) for i in range(40)]
+            write_xhr(xhr, f"q{query:02d}.jpg", page, results)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "XHR").symlink_to(xhr)
+    assert import_xhr(reference, "--batch-files", "40").returncode == 0
+    expected = _content(reference / "yandex_images.db")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
+    env = {
+        "PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
+        "YR_TEST_KILL_AFTER": str(kill_after),
+        "YR_TEST_MODE": str(tmp_path / "mode"),
+        "YR_TEST_SPILL": "1",
+    }
+    database = workdir / "yandex_images.db"
+
+    killed = run_script(
+        "2_XHRtoDB.py", "--batch-files", "40", "--workers", "2", cwd=workdir, env=env
+    )
+
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "mode").read_text() == "delete"
+    journal = Path(f"{database}-journal")
+    assert journal.stat().st_size > 0  # hot: the DB file holds pages of the open batch
+    size_killed = database.stat().st_size
+    conn = db.connect(database)  # rolls the journal back, then WAL again
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        assert pages * conn.execute("PRAGMA page_size").fetchone()[0] < size_killed
+        assert conn.execute("SELECT count(*) FROM xhr_files").fetchone() == (committed,)
+        assert conn.execute("SELECT count(*) FROM query_results").fetchone() == (committed * 40,)
+    finally:
+        conn.close()
+    assert not journal.exists()
+    done = import_xhr(workdir, "--batch-files", "40")
+    assert done.returncode == 0, done.stderr
+    assert _content(database) == expected
+    assert rows(database, "PRAGMA journal_mode") == [("wal",)]
+    assert not journal.exists()
+
+
+def _consistent(database: Path) -> None:
+    """Opens whole and in WAL mode; each file of the ledger has all its links, no more."""
+    conn = db.connect(database)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        ledger = conn.execute("SELECT count(*) FROM xhr_files").fetchone()[0]
+        links = conn.execute("SELECT count(*) FROM query_results").fetchone()[0]
+        queries = conn.execute("SELECT count(DISTINCT query) FROM query_results").fetchone()[0]
+    finally:
+        conn.close()
+    assert links == ledger * 30 + queries  # 30 results a file, "shared" once a query
+
+
+@pytest.fixture(scope="module")
+def first_import(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
+    """400 files, their DB imported in one run, and how long that run took."""
+    root = tmp_path_factory.mktemp("first_import")
+    xhr = root / "XHR"
+    for query in range(100):
+        for page in range(1, 5):
+            results = [entity(f"q{query}p{page}e{i}", pos=i) for i in range(30)]
+            shared = entity("shared", pos=99, dups=[(f"https://d{query}.example/s.jpg", 10, 8)])
+            write_xhr(xhr, f"q{query:03d}.jpg", page, [*results, shared])
+    start = time.perf_counter()
+    assert import_xhr(root, "--batch-files", "4").returncode == 0
+    took = time.perf_counter() - start
+    return xhr, _content(root / "yandex_images.db"), took
+
+
+@pytest.mark.parametrize("at", [0.15, 0.4, 0.65, 0.85, 0.97])
+def test_a_first_import_killed_at_any_moment_loses_and_doubles_nothing(
+    workdir: Path, first_import: tuple[Path, dict, float], at: float
+) -> None:
+    """Killed at a moment spread over a first import (page-size change, bulk load with its
+    rollback journal, index builds, back to WAL): the DB opens whole, in WAL mode, every
+    ledger file with its links; the re-run gives the rows of one run."""
+    xhr, expected, took = first_import
+    (workdir / "XHR").symlink_to(xhr)
+    database = workdir / "yandex_images.db"
+
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "2_XHRtoDB.py"), "--batch-files", "4"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:  # (a slower run is killed earlier in its work: any moment will do)
+        proc.wait(timeout=at * took)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    if database.exists():
+        _consistent(database)
+    done = import_xhr(workdir, "--batch-files", "4")
+    assert done.returncode == 0, done.stderr
+    assert _content(database) == expected
+    _consistent(database)
+    assert not Path(f"{database}-journal").exists()
 
 
 def test_a_file_the_handover_database_refuses_fails_alone() -> None:

@@ -36,6 +36,7 @@ faster than None) and a URL equal to the result's origUrl is :data:`SAME`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import html
@@ -1280,21 +1281,34 @@ def default_workers() -> int:
 BULK_PAGE_SIZE = 16384
 
 
-def larger_pages(conn: sqlite3.Connection) -> bool:
-    """Give a DB without rows :data:`BULK_PAGE_SIZE` pages (VACUUM, out of WAL mode for a
-    moment: a kill leaves it whole, the next connect puts WAL back). Nothing changes where
-    another connection holds the DB; returns whether the pages are that size now."""
-    if conn.execute("PRAGMA page_size").fetchone()[0] == BULK_PAGE_SIZE:
-        return True
+def larger_pages(conn: sqlite3.Connection, *, stay_out_of_wal: bool = False) -> bool:
+    """Give a DB without rows :data:`BULK_PAGE_SIZE` pages (VACUUM, out of WAL mode: a kill
+    leaves it whole, the next connect puts WAL back). Nothing changes where another
+    connection holds the DB; returns whether the pages are that size now.
+
+    ``stay_out_of_wal``: the DB keeps its rollback journal until :func:`wal_again`. The bulk
+    load's transactions then write each new page once, into the DB file (a rollback journal
+    keeps only the old content of the few pages that existed before), instead of into the
+    WAL and again at each checkpoint: per 200,000 results 71,000 -> 35,000 ``pwrite``,
+    23,000 -> 4,700 ``pread``. A kill leaves a hot journal, which the next connection rolls
+    back before it reads (:func:`db.connect` then puts WAL back)."""
     try:
-        if conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0].lower() == "delete":
+        out = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0].lower() == "delete"
+        if out and conn.execute("PRAGMA page_size").fetchone()[0] != BULK_PAGE_SIZE:
             conn.execute(f"PRAGMA page_size = {BULK_PAGE_SIZE}")
             conn.execute("VACUUM")
     except sqlite3.OperationalError as exc:  # another connection reads it: keep its pages
-        log.info("page size left as it is: %s", exc)
-    finally:
-        conn.execute("PRAGMA journal_mode = WAL")
+        log.info("page size and WAL mode left as they are: %s", exc)
+        wal_again(conn)
+    else:
+        if not stay_out_of_wal:
+            wal_again(conn)
     return conn.execute("PRAGMA page_size").fetchone()[0] == BULK_PAGE_SIZE
+
+
+def wal_again(conn: sqlite3.Connection) -> None:
+    """WAL mode, as :func:`db.connect` gives it (outside a transaction; a no-op in WAL)."""
+    conn.execute("PRAGMA journal_mode = WAL")
 
 
 def import_url_queries(conn: sqlite3.Connection, xhr_dir: Path) -> int:
@@ -1386,7 +1400,7 @@ def _import(
         if workers is None:
             workers = default_workers() if len(jobs) >= PARALLEL_FROM else 1
         if bulk and jobs:
-            larger_pages(conn)
+            larger_pages(conn, stay_out_of_wal=True)
             db.start_bulk_load(conn)
             conn.execute("PRAGMA foreign_keys = OFF")  # every row's parent is in its batch
         writer = Writer(conn, stats, bulk=bulk and bool(jobs), batch_files=batch_files)
@@ -1401,6 +1415,9 @@ def _import(
             db.finish_bulk_load(conn)
         after = [count(conn, t) for t in _COUNTED] if jobs else before
     finally:
+        if not conn.in_transaction:  # the bulk load ran with a rollback journal: WAL again
+            with contextlib.suppress(sqlite3.Error):  # (else the next connect puts it back)
+                wal_again(conn)
         conn.close()
     stats.new_images, stats.new_variants, stats.new_links, stats.new_sites = (
         a - b for a, b in zip(after, before, strict=True)
