@@ -1005,6 +1005,18 @@ def test_a_file_the_handover_database_refuses_fails_alone() -> None:
     assert spans == [(1, 3), (4, 6)]
     assert conn.execute("SELECT count(*) FROM h_variants").fetchone() == (6,)
 
+    # the next chunk of this process starts from an empty hand-over database
+    alone = xhr_import.ParsedFile("d.json", 1, 1, "w")
+    image, variants = xhr_import.entity_rows("d1", entity("d1"))
+    alone.images, alone.variants = [image], [variants]
+    alone.links = [("q", "d1", 1, 0, alone.relative)]
+    again = xhr_import.pack([alone])
+    assert alone.error is None and again.rows is not None
+    conn.deserialize(again.rows)
+    assert conn.execute("SELECT file, first, id FROM h_images").fetchall() == [(0, 1, "d1")]
+    assert conn.execute("SELECT count(*) FROM h_variants").fetchone() == (3,)
+    assert conn.execute("SELECT file, query FROM h_files").fetchall() == [(0, "q")]
+
 
 def test_chunks_make_whole_batches() -> None:
     from yandex_reverse.xhr_import import PARSE_CHUNK, chunk_size
