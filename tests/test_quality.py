@@ -451,6 +451,41 @@ def test_fast_piqe_gives_pyiqa_numbers_bit_for_bit(photos):
             assert torch.equal(fast(image), piqe(image)[0])
 
 
+def test_piqe_block_stats_equal_pyiqa_block_stage():
+    """block_stats (double, two-pass, from a view of the image) gives pyiqa's block
+    variance, sigma, beta and impaired flags bit for bit, on image-like and noisy
+    input, with rows and columns past the last whole block."""
+    import torch
+    from pyiqa.archs.piqe_arch import noise_criterion, notice_dist_criterion
+
+    from yandex_reverse.quality.metrics import FastPiqe, block_stats
+
+    fast = FastPiqe.create()
+    gen = torch.Generator().manual_seed(5)
+    smooth = torch.linspace(0, 255, 200 * 150).reshape(1, 1, 200, 150).round()
+    smooth[..., 100:, :] = torch.randint(0, 256, (100, 150), generator=gen).float()
+    smooth[..., 40:90, 30:100] = 128  # a flat patch: impaired edges, zero variances
+    noisy = torch.randint(0, 256, (2, 1, 100, 67), generator=gen).float()
+    flags = []
+    for img in (smooth, noisy):
+        norm = fast._normalize(img)
+        b = norm.shape[0]
+        blocks = norm.unfold(2, 16, 16).unfold(3, 16, 16).contiguous().view(b, -1, 16, 16)
+        var = torch.var(blocks, dim=[2, 3], unbiased=True)
+        sigma, beta = noise_criterion(blocks, 15, var)
+        impaired = notice_dist_criterion(blocks, 6, 0.1, 16)
+        my_var, center, surround, my_impaired = block_stats(norm)
+        my_sigma = torch.sqrt(my_var)
+        csd = torch.nan_to_num(center / surround)
+        my_beta = torch.abs(my_sigma - csd) / torch.max(my_sigma, csd)
+        assert torch.equal(my_var, var) and torch.equal(my_sigma, sigma)
+        # 0/0 in a flat block gives NaN on both sides
+        assert torch.equal(my_beta.nan_to_num(-1.0), beta.nan_to_num(-1.0))
+        assert torch.equal(my_impaired, impaired)
+        flags.append(impaired)
+    assert bool(flags[0].any()) and not bool(flags[0].all())  # both kinds were compared
+
+
 def test_musiq_bfloat16_is_checked_against_float32_on_the_first_image():
     """bfloat16 MUSIQ is used only while the first image's score stays within 0.05 of
     float32; that image keeps its float32 score; a net whose scores move more stays

@@ -408,28 +408,28 @@ class FastPiqe:
 
     def __call__(self, img: Any) -> Any:
         import torch
-        from pyiqa.archs.piqe_arch import noise_criterion, notice_dist_criterion
         from pyiqa.matlab_utils import symm_pad
         from pyiqa.utils.color_util import to_y_channel
 
-        block_size, activity_threshold, impaired_threshold, window_size = 16, 0.1, 0.1, 6
+        block_size, activity_threshold = 16, 0.1
         if img.shape[1] == 3:
             img = to_y_channel(img, out_data_range=1, color_space="yiq")
         img = torch.round(
             255 * (img / torch.max(img.flatten(1), dim=-1)[0].reshape(img.shape[0], 1, 1, 1))
         )
-        bsz, _, height, width = img.shape
+        _, _, height, width = img.shape
         col_pad, row_pad = width % block_size, height % block_size  # sic: as pyiqa pads
         if col_pad or row_pad:
             img = symm_pad(img, (0, col_pad, 0, row_pad))
-        img_normalized = self._normalize(img)
-        blocks = img_normalized.unfold(2, block_size, block_size).unfold(3, block_size, block_size)
-        blocks = blocks.contiguous().view(bsz, -1, block_size, block_size)
-        block_var = torch.var(blocks, dim=[2, 3], unbiased=True)
+        block_var, center_std, surround_std, block_impaired = block_stats(
+            self._normalize(img), block_size
+        )
         active_blocks = block_var > activity_threshold
-        block_sigma, block_beta = noise_criterion(blocks, block_size - 1, block_var)
+        # pyiqa's noise_criterion from here on, the same float operations
+        block_sigma = torch.sqrt(block_var)
+        cen_sur_dev = torch.nan_to_num(center_std / surround_std)
+        block_beta = torch.abs(block_sigma - cen_sur_dev) / torch.max(block_sigma, cen_sur_dev)
         noise_mask = block_sigma > 2 * block_beta
-        block_impaired = notice_dist_criterion(blocks, window_size, impaired_threshold, block_size)
         whsa, wndc, wnc = active_blocks.float(), block_impaired.float(), noise_mask.float()
         dist_block_scores = whsa * wndc * (1 - block_var) + whsa * wnc * block_var
         nhsa = active_blocks.sum(dim=1)
@@ -462,3 +462,68 @@ class FastPiqe:
             for i, j, weight in self.taps:
                 acc.addcmul_(padded[:, :, top + i : top + i + r, j : j + w], weight)
         return out
+
+
+def block_stats(
+    norm: Any, block_size: int = 16, window: int = 6, impaired_threshold: float = 0.1
+) -> tuple[Any, Any, Any, Any]:
+    """pyiqa's block stage of PIQE on the normalised image ``norm`` (b, 1, H, W), per
+    block in raster order: the variance, the center and surround deviations of
+    ``cal_center_sur_dev`` and ``notice_dist_criterion``'s impaired flag, the same
+    floats as pyiqa's ``torch.var``/``torch.std``.
+
+    Those run a scalar Welford loop with a double accumulator over small strided
+    reductions (half of the score's time). Here the sums are vector ops in double
+    over a view of the image (no copy of the blocks), two-pass, each square root in
+    double before the cast to float as torch does; a double two-pass and Welford
+    round to the same float (100 bench images x 3,072 blocks: no value differs)."""
+    import torch
+
+    b, _, height, width = norm.shape
+    n_rows, n_cols = height // block_size, width // block_size
+    # as pyiqa's unfold: rows and columns past the last whole block are left out
+    view = norm[:, 0, : n_rows * block_size, : n_cols * block_size]
+    v = view.reshape(b, n_rows, block_size, n_cols, block_size)  # (b, row, y, col, x)
+    f64 = torch.float64
+    cols = v.sum(2, dtype=f64)  # (b, row, col, x): each block's column sums
+    count = block_size * block_size
+    mean = cols.sum(-1)[:, :, None, :, None].div_(count)
+    var = torch.sub(v, mean).square_().sum(2).sum(-1).div_(count - 1).float()
+    # center: columns 7 and 8; surround: every column but 7 and 9 (pyiqa's two cats
+    # drop column 7, then what was column 9)
+    c = block_size // 2 - 1
+    sur = [k for k in range(block_size) if k not in (c, c + 2)]
+    c_mean = (cols[..., c] + cols[..., c + 1])[:, :, None, :, None].div_(2 * block_size)
+    center = torch.sub(v[..., c : c + 2], c_mean).square_().sum((2, 4))
+    center = center.div_(2 * block_size - 1).sqrt_().float()
+    s_mean = cols[..., sur].sum(-1)[:, :, None, :, None].div_(len(sur) * block_size)
+    surround = torch.sub(v, s_mean).square_().sum(2)[..., sur].sum(-1)
+    surround = surround.div_(len(sur) * block_size - 1).sqrt_().float()
+    # the four edges (top, right, bottom, left), each in windows of `window` pixels
+    last = block_size - 1
+    edges = torch.stack(
+        (
+            v[:, :, 0],
+            v[:, :, :, :, last].transpose(2, 3),
+            v[:, :, last],
+            v[:, :, :, :, 0].transpose(2, 3),
+        ),
+        3,
+    ).double()  # (b, row, col, 4, block_size)
+    n = block_size - window + 1
+    s = edges[..., 0:n] + edges[..., 1 : n + 1]
+    for k in range(2, window):
+        s += edges[..., k : k + n]
+    m = s.div_(window)
+    acc = torch.sub(edges[..., 0:n], m).square_()
+    for k in range(1, window):
+        t = torch.sub(edges[..., k : k + n], m)
+        acc.addcmul_(t, t)
+    seg = acc.div_(window - 1).sqrt_().float()
+    impaired = (seg < impaired_threshold).flatten(3).any(3)
+    return (
+        var.reshape(b, -1),
+        center.reshape(b, -1),
+        surround.reshape(b, -1),
+        impaired.reshape(b, -1),
+    )
