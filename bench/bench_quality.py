@@ -1,6 +1,10 @@
 """Step 7.3 against pyiqa's own way: ``create_metric(name)`` then ``metric(path)`` per image.
 
-Same images (1024x768 JPEGs), same metric, same device (CPU here), one run.
+Same images (1024x768 JPEGs), same metric, same device (CPU here). The images are
+written and synced to disk first; then the two sides alternate (ours, peer, peer,
+ours: ``--rounds 2``) and each side's best run counts, so that neither is always
+the one that runs first or after the other's page cache writeback; each run's CPU
+seconds (its whole process tree) are printed beside its rate.
 Ours is the whole step run as a command (imports, scan, workers, batches, DB,
 reports; --dry-run so no files are copied), timed end to end; the peer is the
 plain loop in its own process with torch's default settings, also timed end
@@ -13,13 +17,14 @@ compute). MUSIQ takes ~1 s per image on 2 CPU threads (pyiqa's loop), so it uses
 imports), so fewer images pull the ratio towards 1: the figures are a floor. At
 24 images that start was a fifth of ours, more than a run of real size ever sees.
 
-    .venv/bin/python bench/bench_quality.py [--images 300] [--musiq-images 48]
+    .venv/bin/python bench/bench_quality.py [--images 300] [--musiq-images 48] [--only piqe] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -74,31 +79,40 @@ print(len(paths) / (time.perf_counter() - start))
 """
 
 
-def peer(name: str, paths: list[Path], pretrained: bool) -> float:
+def children_cpu() -> float:
+    """User + system CPU seconds of every child process waited for so far (a child's
+    own workers included once it has waited for them)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peer(name: str, paths: list[Path], pretrained: bool) -> tuple[float, float]:
     """pyiqa's own way in a fresh process with torch's defaults, timed like ours:
-    from the command line to its exit (imports included on both sides)."""
-    start = time.perf_counter()
+    from the command line to its exit (imports included on both sides).
+    Returns (images/s, CPU seconds)."""
+    cpu, start = children_cpu(), time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", PEER, name, "1" if pretrained else "0", *map(str, paths)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return len(paths) / (time.perf_counter() - start)
+    return len(paths) / (time.perf_counter() - start), children_cpu() - cpu
 
 
-def ours(name: str, folder: Path, count: int, pretrained: bool) -> float:
+def ours(name: str, folder: Path, count: int, pretrained: bool) -> tuple[float, float]:
     """The whole step as a user runs it, timed from the command line to its exit
-    (python, torch and pyiqa imports, scan, scoring, DB, reports all counted)."""
+    (python, torch and pyiqa imports, scan, scoring, DB, reports all counted).
+    Returns (images/s, CPU seconds)."""
     dest = folder.parent / f"{folder.name}_sorted_{name}"
     shutil.rmtree(dest, ignore_errors=True)
     env = {**os.environ, "YR_PYIQA_PRETRAINED": "1" if pretrained else "0"}
     script = Path(__file__).resolve().parents[1] / "7_3_separate_images_by_quality.py"
-    start = time.perf_counter()
+    cpu, start = children_cpu(), time.perf_counter()
     subprocess.run(
         [sys.executable, str(script), "--source", str(folder), "--dest", str(dest),
          "--model", name, "--device", "cpu", "--dry-run", "--log-file", str(dest / "bench.log")],
         check=True, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), children_cpu() - cpu
 
 
 def main() -> None:
@@ -106,6 +120,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--musiq-images", type=int, default=48)
     parser.add_argument("--only", choices=("piqe", "musiq"))
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="runs of each side, alternated ours, peer, peer, ours...; each side's best counts",
+    )  # fmt: skip
     args = parser.parse_args()
     root = work_dir("quality")
     all_paths = make_images(root / "images", max(args.images, args.musiq_images))
@@ -121,14 +139,23 @@ def main() -> None:
             for path in all_paths[:count]:
                 os.link(path, folder / path.name)
         paths = sorted(folder.glob("*.jpg"))
-        ours_rate = ours(name, folder, count, pretrained)
+        # the JPEGs just written (and their links) go to disk before any timing, so
+        # neither side pays the writeback of the other's input
+        os.sync()
+        runs: dict[str, list[tuple[float, float]]] = {"ours": [], "peer": []}
         skipped = None
-        try:
-            peer_rate: float | None = peer(name, paths, pretrained)
-        except subprocess.CalledProcessError as exc:  # one line in the table, not a crash
-            peer_rate = None
-            lines = (exc.stderr or "").strip().splitlines()
-            skipped = f"exit {exc.returncode}: {lines[-1] if lines else 'no output'}"
+        for round_ in range(args.rounds):  # ours, peer, peer, ours, ours, peer...
+            for who in ("ours", "peer") if round_ % 2 == 0 else ("peer", "ours"):
+                if who == "ours":
+                    runs["ours"].append(ours(name, folder, count, pretrained))
+                elif skipped is None:
+                    try:
+                        runs["peer"].append(peer(name, paths, pretrained))
+                    except subprocess.CalledProcessError as exc:  # one line, not a crash
+                        lines = (exc.stderr or "").strip().splitlines()
+                        skipped = f"exit {exc.returncode}: {lines[-1] if lines else 'no output'}"
+        ours_rate, ours_cpu = max(runs["ours"])
+        peer_rate, peer_cpu = max(runs["peer"]) if skipped is None else (None, None)
         print(
             f"{name}: {count} images, ours {ours_rate:.2f} img/s, "
             + (
@@ -137,6 +164,12 @@ def main() -> None:
                 else f"pyiqa loop failed: {skipped}"
             )
         )
+        for who, done in runs.items():
+            print(
+                f"  {who}: "
+                + ", ".join(f"{rate:.2f} img/s ({cpu:.1f} CPU-s)" for rate, cpu in done)
+                + f"; load {os.getloadavg()[0]:.1f}"
+            )
         report(
             "quality",
             f"{name} images/s ({count} x 1024x768, CPU)",
@@ -146,6 +179,9 @@ def main() -> None:
             peer_rate,
             aim=2.0,
             skipped=skipped,
+            ours_cpu_s=round(ours_cpu, 2),
+            peer_cpu_s=None if peer_cpu is None else round(peer_cpu, 2),
+            rounds=args.rounds,
         )
 
 
