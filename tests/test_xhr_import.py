@@ -808,6 +808,26 @@ def _content(path: Path) -> dict[str, list[tuple]]:
     }
 
 
+def _reference_and_kill_hook(
+    xhr: Path, tmp_path: Path, kill_after: int
+) -> tuple[dict[str, list[tuple]], dict[str, str]]:
+    """The rows of one clean run of ``xhr`` (--batch-files 40), and the environment that
+    makes step 2 kill itself (:data:`KILL_HOOK`) inside its ``kill_after``-th hand-over."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "XHR").symlink_to(xhr)
+    assert import_xhr(reference, "--batch-files", "40").returncode == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
+    env = {
+        "PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
+        "YR_TEST_KILL_AFTER": str(kill_after),
+        "YR_TEST_MODE": str(tmp_path / "mode"),
+    }
+    return _content(reference / "yandex_images.db"), env
+
+
 @pytest.mark.parametrize(("kill_after", "committed"), [(1, 0), (2, 0), (3, 40)])
 def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
     workdir: Path, tmp_path: Path, kill_after: int, committed: int
@@ -820,19 +840,7 @@ def test_a_kill_inside_the_handover_loses_and_doubles_nothing(
             results = [entity(f"q{query}p{page}e{i}", pos=i) for i in range(6)]
             shared = entity("shared", pos=9, dups=[(f"https://d{query}.example/s.jpg", 10, 8)])
             write_xhr(xhr, f"q{query:02d}.jpg", page, [*results, shared])
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    (reference / "XHR").symlink_to(xhr)
-    assert import_xhr(reference, "--batch-files", "40").returncode == 0
-    expected = _content(reference / "yandex_images.db")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
-    env = {
-        "PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
-        "YR_TEST_KILL_AFTER": str(kill_after),
-        "YR_TEST_MODE": str(tmp_path / "mode"),
-    }
+    expected, env = _reference_and_kill_hook(xhr, tmp_path, kill_after)
 
     # 48 files, --batch-files 40: chunks of 20 files, the first transaction holds two.
     killed = run_script(
@@ -866,20 +874,8 @@ def test_a_kill_out_of_wal_mode_with_pages_in_the_db_file_is_rolled_back(
         for page in range(1, 3):
             results = [entity(f"q{query}p{page}e{i}", pos=i) for i in range(40)]
             write_xhr(xhr, f"q{query:02d}.jpg", page, results)
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    (reference / "XHR").symlink_to(xhr)
-    assert import_xhr(reference, "--batch-files", "40").returncode == 0
-    expected = _content(reference / "yandex_images.db")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_HOOK, encoding="utf-8")
-    env = {
-        "PYTHONPATH": f"{hook}{os.pathsep}{REPO}",
-        "YR_TEST_KILL_AFTER": str(kill_after),
-        "YR_TEST_MODE": str(tmp_path / "mode"),
-        "YR_TEST_SPILL": "1",
-    }
+    expected, env = _reference_and_kill_hook(xhr, tmp_path, kill_after)
+    env["YR_TEST_SPILL"] = "1"
     database = workdir / "yandex_images.db"
 
     killed = run_script(

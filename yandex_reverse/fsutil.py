@@ -46,6 +46,14 @@ def temp_file(folder: Path, name: str) -> tuple[int, Path]:
             continue
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` to the descriptor ``fd`` (a short write, on a full pipe, a signal or
+    a nearly full disk, is followed by the rest)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` under a temporary name in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

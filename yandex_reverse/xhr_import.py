@@ -1311,17 +1311,17 @@ def default_workers() -> int:
 BULK_PAGE_SIZE = 16384
 
 
-def larger_pages(conn: sqlite3.Connection, *, stay_out_of_wal: bool = False) -> bool:
+def larger_pages(conn: sqlite3.Connection) -> bool:
     """Give a DB without rows :data:`BULK_PAGE_SIZE` pages (VACUUM, out of WAL mode: a kill
-    leaves it whole, the next connect puts WAL back). Nothing changes where another
-    connection holds the DB; returns whether the pages are that size now.
+    leaves it whole, the next connect puts WAL back), and keep it out of WAL mode, with a
+    rollback journal, until :func:`wal_again`. Nothing changes where another connection
+    holds the DB; returns whether the pages are that size now.
 
-    ``stay_out_of_wal``: the DB keeps its rollback journal until :func:`wal_again`. The bulk
-    load's transactions then write each new page once, into the DB file (a rollback journal
-    keeps only the old content of the few pages that existed before), instead of into the
-    WAL and again at each checkpoint: per 200,000 results 71,000 -> 35,000 ``pwrite``,
-    23,000 -> 4,700 ``pread``. A kill leaves a hot journal, which the next connection rolls
-    back before it reads (:func:`db.connect` then puts WAL back)."""
+    The bulk load's transactions then write each new page once, into the DB file (a
+    rollback journal keeps only the old content of the few pages that existed before),
+    instead of into the WAL and again at each checkpoint: per 200,000 results 71,000 ->
+    35,000 ``pwrite``, 23,000 -> 4,700 ``pread``. A kill leaves a hot journal, which the
+    next connection rolls back before it reads (:func:`db.connect` then puts WAL back)."""
     try:
         out = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0].lower() == "delete"
         if out and conn.execute("PRAGMA page_size").fetchone()[0] != BULK_PAGE_SIZE:
@@ -1330,9 +1330,6 @@ def larger_pages(conn: sqlite3.Connection, *, stay_out_of_wal: bool = False) -> 
     except sqlite3.OperationalError as exc:  # another connection reads it: keep its pages
         log.info("page size and WAL mode left as they are: %s", exc)
         wal_again(conn)
-    else:
-        if not stay_out_of_wal:
-            wal_again(conn)
     return conn.execute("PRAGMA page_size").fetchone()[0] == BULK_PAGE_SIZE
 
 
@@ -1430,7 +1427,7 @@ def _import(
         if workers is None:
             workers = default_workers() if len(jobs) >= PARALLEL_FROM else 1
         if bulk and jobs:
-            larger_pages(conn, stay_out_of_wal=True)
+            larger_pages(conn)
             db.start_bulk_load(conn)
             conn.execute("PRAGMA foreign_keys = OFF")  # every row's parent is in its batch
         writer = Writer(conn, stats, bulk=bulk and bool(jobs), batch_files=batch_files)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..console import log
 from ..db import now_iso
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, write_all
 from ..i18n import N_
 from .queries import Query
 
@@ -100,9 +100,7 @@ class Progress:
             if not self._ends_a_line():
                 os.write(self._fd, b"\n")  # after a line an interrupt cut short
         line = json.dumps([name, record], ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = line.encode("utf-8")
-        while data:  # (a short write only on a full disk or a signal: the rest follows)
-            data = data[os.write(self._fd, data) :]
+        write_all(self._fd, line.encode("utf-8"))
 
     def _ends_a_line(self) -> bool:
         """The journal is empty or ends with a whole line."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from stat import S_ISLNK, S_ISREG
 
 from ..console import progress, progress_shown
-from ..fsutil import is_pipeline_output
+from ..fsutil import is_pipeline_output, write_all
 from ..i18n import _
 from ..imageinfo import IMAGE_EXTENSIONS, ImageError, iter_image_entries, read_info
 from . import hashing
@@ -649,10 +649,7 @@ def _forked(work: Callable[[Any], Any], items: list, processes: int) -> Iterator
                 code = 1
                 try:
                     os.close(read_end)
-                    data = marshal.dumps([work(items[i]) for i in mine])
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(write_end, view) :]
+                    write_all(write_end, marshal.dumps([work(items[i]) for i in mine]))
                     code = 0
                 finally:
                     os._exit(code)

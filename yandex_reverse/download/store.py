@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import StepFailed
+from ..fsutil import write_all
 from ..i18n import _
 from .checks import FetchFailure
 
@@ -92,12 +93,6 @@ def recorded_path(final: Path, db_dir: Path) -> str:
         return final.relative_to(db_dir).as_posix()
     except ValueError:
         return str(final)
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def write_file(path: Path, data: bytes | bytearray | memoryview) -> None:
