@@ -34,8 +34,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 browser: $(STAMP)
 	$(PY) -m yandex_reverse.browser --install
 
+# Two test processes, each taking whole test files (module fixtures run once): on two
+# cores the suite waits on servers, browsers and Ray starts about half its time.
+# `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
 test: venv browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 lint: venv
 	$(BIN)/ruff check .

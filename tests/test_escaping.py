@@ -49,6 +49,10 @@ def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LANG", "C")
     monkeypatch.setenv("COLUMNS", "400")
+    # Consoles made by an earlier test in this process kept that test's width: new
+    # ones read COLUMNS (a long tmp path must not wrap where the test looks for it).
+    for lazy in (console.console, console.err_console):
+        monkeypatch.setattr(lazy, "_real", None)
     folder = tmp_path / HOSTILE_DIR
     folder.mkdir(parents=True)
     return folder
