@@ -752,7 +752,7 @@ def test_a_url_sent_several_times_is_normalised_as_once() -> None:
     from yandex_reverse import xhr_import
     from yandex_reverse.urls import normalize_url
 
-    cols, SAME = db.IMPORT_IMAGE_COLUMNS, xhr_import.SAME
+    cols, SAME = xhr_import.ROW_IMAGE_COLUMNS, xhr_import.SAME
     odd = ["https://a.b/c", "//a.b/c", " https://a.b/c ", "//a.b/c d", "javascript:x", "", 7]
     odd += ["HTTP://A.B:80/x", "https://a.b/c\u00a0", "httpſ://a.b/", "//", None, "https://ü.b/"]
     for value in odd:

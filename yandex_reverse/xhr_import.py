@@ -202,10 +202,31 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# The columns of an ``images`` row as :func:`entity_rows` makes it: those every result holds
+# first, then the fields only the original scripts read (reference §2, [L]), which a result
+# of today's site does not send. Without them a row ends after the first part
+# (:data:`SHORT_IMAGE` values): its hand-over binds 10 values fewer (NULL in SQLite).
+LEGACY_IMAGE_COLUMNS: tuple[str, ...] = (
+    "docid", "documentid", "reqid", "rimId", "url", "width", "height",
+    "ecom_shield", "censored", "loading_state",
+)  # fmt: skip
+ROW_IMAGE_COLUMNS: tuple[str, ...] = (
+    *(c for c in db.IMPORT_IMAGE_COLUMNS if c not in LEGACY_IMAGE_COLUMNS),
+    *LEGACY_IMAGE_COLUMNS,
+)
+SHORT_IMAGE = len(ROW_IMAGE_COLUMNS) - len(LEGACY_IMAGE_COLUMNS)
+_LEGACY_KEYS = frozenset(
+    {"docid", "documentid", "reqid", "rimId", "url", "width", "height"}
+    | {"ecomShield", "censored", "loading"}
+)  # the entity's keys of LEGACY_IMAGE_COLUMNS
+POS = ROW_IMAGE_COLUMNS.index("pos")
 # The columns of free text (titles, descriptions, domain text) in an ``images`` row and a
 # ``query_sites`` row: a lone surrogate there is mended (:func:`serp.mend_text`), elsewhere
 # (ids, URLs) it refuses the result.
-IMAGE_TEXT = frozenset({9, 14, 15, 21, 22, 23})  # alt, title, domain, loading, title_raw, text
+IMAGE_TEXT = frozenset(
+    ROW_IMAGE_COLUMNS.index(c)
+    for c in ("alt", "title", "domain", "loading_state", "title_raw", "snippet_text")
+)
 SITE_TEXT = frozenset({4, 5, 6, 7})  # title, title_raw, domain, description
 
 
@@ -342,10 +363,17 @@ def _bool(value: Any) -> int:
     return _null(to_bool(value))
 
 
+# A variant row: kind, url, width, height, file size, then isMixedImage and the origin's
+# url, width and height; without those four (most items send none) it ends after the
+# first SHORT_VARIANT values, and its hand-over binds 4 values fewer.
+SHORT_VARIANT = 5
+
+
 def _variant_row(
     kind: str, item: dict[str, Any], raw: Any, known: str, orig: str
 ) -> tuple[Any, ...] | None:
-    """An ``image_variants`` row without its image id (NULL for what is absent), None
+    """An ``image_variants`` row without its image id (NULL for what is absent; without the
+    last four columns when the item holds neither isMixedImage nor origin), None
     without a usable URL; ``known`` is what the URL ``raw`` gives (origUrl for a preview,
     the image for a thumb: most often the item's own), and a URL equal to ``orig`` is
     :data:`SAME`."""
@@ -367,9 +395,10 @@ def _variant_row(
         return None
     width, height = get("w"), get("h")
     if width is None and height is None and "size" in item:
-        size = _dict(item["size"])
-        width, height = size.get("width"), size.get("height")
-    origin = get("origin")
+        size = item["size"]
+        if type(size) is dict:
+            width, height = size.get("width"), size.get("height")
+    origin, mixed = get("origin"), get("isMixedImage")
     if origin is None:
         origin_url = origin_w = origin_h = NULL
     else:
@@ -377,8 +406,7 @@ def _variant_row(
         origin_url = _url(origin.get("url"))
         origin_w, origin_h = _int(origin.get("w")), _int(origin.get("h"))
     file_size = get("fileSizeInBytes")
-    mixed = get("isMixedImage")
-    return (
+    row = (
         kind,
         url,
         width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
@@ -386,11 +414,10 @@ def _variant_row(
         file_size
         if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
         else _int(file_size),
-        NULL if mixed is None else _bool(mixed),
-        origin_url,
-        origin_w,
-        origin_h,
     )
+    if origin is None and mixed is None:
+        return row
+    return (*row, NULL if mixed is None else _bool(mixed), origin_url, origin_w, origin_h)
 
 
 def best_original(orig_url: str, img_href: str, variants: list[tuple]) -> str:
@@ -413,6 +440,8 @@ _second = itemgetter(1)
 
 def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """One row per (kind, url) of an entity, later values filling in (as upserts would)."""
+    if len(set(map(len, variants))) > 1:
+        variants = _widened(variants, len(_H_VARIANTS))
     merged: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for row in variants:
         old = merged.get(row[:2])
@@ -425,9 +454,10 @@ def _unique_variants(variants: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list[tuple]]:
-    """One entity → an ``images`` row and its ``image_variants`` rows (one per kind and URL,
-    without the image id), NULL for what it does not hold, :data:`SAME` for a URL (img_href,
-    best_url, a preview's or a dup's) equal to its origUrl."""
+    """One entity → an ``images`` row (:data:`ROW_IMAGE_COLUMNS`; without the legacy
+    columns where it holds none of those fields) and its ``image_variants`` rows (one per
+    kind and URL, without the image id), NULL for what it does not hold, :data:`SAME` for a
+    URL (img_href, best_url, a preview's or a dup's) equal to its origUrl."""
     # Absent fields, plain ints and clean URLs are answered inline; the values
     # that may raise BadValue are read in the same order as before.
     get = entity.get
@@ -480,30 +510,43 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
             img_href = SAME
     sget = snippet.get
     title_raw = _text(sget("title"))
-    docid, documentid, reqid, rim_id = get("docid"), get("documentid"), get("reqid"), get("rimId")
-    url, snippet_url, domain = get("url"), sget("url"), sget("domain")
-    pos, width, height, orig_w, orig_h = (
-        get("pos"),
-        get("width"),
-        get("height"),
-        get("origWidth"),
-        get("origHeight"),
+    pos, orig_w, orig_h = get("pos"), get("origWidth"), get("origHeight")
+    fresh, gif, domain, snippet_url = (
+        get("freshnessCounter"),
+        get("gifLabel"),
+        sget("domain"),
+        sget("url"),
     )
-    fresh, loading = get("freshnessCounter"), get("loading")
-    gif, ecom, censored = get("gifLabel"), get("ecomShield"), get("censored")
+    pos = pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos)
+    if _LEGACY_KEYS.isdisjoint(entity):  # today's results: none of the legacy fields
+        legacy: tuple[Any, ...] = ()
+    else:  # read in the order of the DB's columns, as before (a BadValue names the first)
+        docid, documentid, reqid, rim_id = (
+            get("docid"),
+            get("documentid"),
+            get("reqid"),
+            get("rimId"),
+        )
+        url, width, height, loading = get("url"), get("width"), get("height"), get("loading")
+        ecom, censored = get("ecomShield"), get("censored")
+        legacy = (
+            NULL if docid is None else _text(docid),
+            NULL if documentid is None else _text(documentid),
+            NULL if reqid is None else _text(reqid),
+            NULL if rim_id is None else _text(rim_id),
+            NULL if url is None else _url_or_text(url),
+            width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
+            height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
+            0 if ecom is False else NULL if ecom is None else _bool(ecom),
+            0 if censored is False else NULL if censored is None else _bool(censored),
+            NULL if loading is None else _text(loading),
+        )
     image = (
         image_id,
-        NULL if docid is None else _text(docid),
-        NULL if documentid is None else _text(documentid),
-        NULL if reqid is None else _text(reqid),
-        NULL if rim_id is None else _text(rim_id),
-        pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos),
-        NULL if url is None else _url_or_text(url),
+        pos,
         orig_url,
         image_url,
         _plain(get("alt")),
-        width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
-        height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
         orig_w if type(orig_w) is int and _INT_MIN <= orig_w <= _INT_MAX else _int(orig_w),
         orig_h if type(orig_h) is int and _INT_MIN <= orig_h <= _INT_MAX else _int(orig_h),
         NULL if title_raw is NULL else _plain(title_raw),
@@ -511,14 +554,13 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
         NULL if snippet_url is None else _url_or_text(snippet_url),
         fresh if type(fresh) is int and _INT_MIN <= fresh <= _INT_MAX else _int(fresh),
         0 if gif is False else NULL if gif is None else _bool(gif),
-        0 if ecom is False else NULL if ecom is None else _bool(ecom),
-        0 if censored is False else NULL if censored is None else _bool(censored),
-        NULL if loading is None else _text(loading),
         title_raw,
         _plain(sget("text")),
         img_href,
         same if orig_url is not NULL else best_original(orig_url, img_href, variants),
     )
+    if legacy:
+        image += legacy
     return image, variants
 
 
@@ -775,7 +817,7 @@ def _add_results(
             continue
         parsed.images.append(image)
         parsed.variants.append(variants)
-        position = index if image[5] is NULL else image[5]
+        position = index if image[POS] is NULL else image[POS]
         parsed.links.append((query, image[0], page, position, relative))
 
 
@@ -828,8 +870,11 @@ HANDOVER = "handover"  # the name the chunk's database is attached under
 # position in the results; the query link is made in SQL from it and its file's
 # row. The writer puts the rowids of the images new to the DB in h_new (an
 # UPDATE of a flag column rewrote every wide image row: 0.18 s per 200,000).
-_H_IMAGES = ("file", "first", "vfrom", "vto", "position", *db.IMPORT_IMAGE_COLUMNS)
+_H_HEAD = ("file", "first", "vfrom", "vto", "position")
+_H_IMAGES = (*_H_HEAD, *ROW_IMAGE_COLUMNS)
+_H_SHORT_IMAGES = _H_IMAGES[: len(_H_HEAD) + SHORT_IMAGE]  # a row without the legacy columns
 _H_VARIANTS = db.IMPORT_VARIANT_COLUMNS[1:]  # the image id comes from its image row
+_H_SHORT_VARIANTS = _H_VARIANTS[:SHORT_VARIANT]  # a row without isMixedImage and origin
 _SAME_AS_ORIG = ("img_href", "best_url")  # image columns that may hold SAME (and a variant's url)
 _H_FILES = ("file", "query", "page", "xhr_file")
 _H_SITES = ("file", *db.SITE_COLUMNS)
@@ -921,18 +966,34 @@ def _insert_flat(
 
 @dataclass
 class _Handover:
-    """The rows of a chunk's files, flat, in the order they go into the hand-over tables."""
+    """The rows of a chunk's files, flat, in the order they go into the hand-over tables:
+    images and variants in runs of rows of one width (``(columns, values)``, a run a
+    file or more), so that the columns a file's rows all leave NULL are not bound."""
 
-    images: list[Any] = field(default_factory=list)
-    variants: list[Any] = field(default_factory=list)
+    images: list[tuple[tuple[str, ...], list[Any]]] = field(default_factory=list)
+    variants: list[tuple[tuple[str, ...], list[Any]]] = field(default_factory=list)
     files: list[tuple[Any, ...]] = field(default_factory=list)
     sites: list[tuple[Any, ...]] = field(default_factory=list)
 
     def write(self, conn: sqlite3.Connection) -> None:
         conn.executemany(_H_INSERT_FILE, self.files)
-        _insert_flat(conn, "h_images", _H_IMAGES, self.images)
-        _insert_flat(conn, "h_variants", _H_VARIANTS, self.variants)
+        for columns, values in self.images:
+            _insert_flat(conn, "h_images", columns, values)
+        for columns, values in self.variants:
+            _insert_flat(conn, "h_variants", columns, values)
         conn.executemany(_H_INSERT_SITE, self.sites)
+
+
+def _run(runs: list[tuple[tuple[str, ...], list[Any]]], columns: tuple[str, ...]) -> list[Any]:
+    """The values of the last run of ``runs`` if its rows have ``columns``, else a new run's."""
+    if not runs or runs[-1][0] is not columns:
+        runs.append((columns, []))
+    return runs[-1][1]
+
+
+def _widened(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """``rows`` of two widths (a file holding both), the short ones filled up with NULL."""
+    return [row if len(row) == width else row + (NULL,) * (width - len(row)) for row in rows]
 
 
 def _add(
@@ -942,8 +1003,13 @@ def _add(
     rowids of the last image and variant rows before them (rowids go on from them).
     Returns them after this file's rows."""
     img, var = last
-    add_image = rows.images.extend
-    for image, variants, link in zip(parsed.images, parsed.variants, parsed.links, strict=True):
+    images, variants_of = parsed.images, parsed.variants
+    widths = set(map(len, images))
+    if len(widths) > 1:
+        images = _widened(images, len(ROW_IMAGE_COLUMNS))
+    columns = _H_IMAGES if len(ROW_IMAGE_COLUMNS) in widths else _H_SHORT_IMAGES
+    add_image = _run(rows.images, columns).extend
+    for image, variants, link in zip(images, variants_of, parsed.links, strict=True):
         img += 1
         image_id = image[0]
         first = 0 if image_id in seen else 1  # an int: a bool is bound the slow way, as None
@@ -951,7 +1017,11 @@ def _add(
         add_image(image)
         var += len(variants)
         seen.add(image_id)
-    rows.variants.extend(chain.from_iterable(chain.from_iterable(parsed.variants)))
+    widths = set(map(len, chain.from_iterable(variants_of)))
+    if len(widths) > 1:
+        variants_of = [_widened(v, len(_H_VARIANTS)) for v in variants_of]
+    columns = _H_VARIANTS if len(_H_VARIANTS) in widths else _H_SHORT_VARIANTS
+    _run(rows.variants, columns).extend(chain.from_iterable(chain.from_iterable(variants_of)))
     if parsed.links:
         query, _id, page, _position, xhr_file = parsed.links[0]
         rows.files.append((index, query, page, xhr_file))
