@@ -293,7 +293,13 @@ def _url(value: Any) -> str:
     much: most are seen once), any other string once per distinct string."""
     if type(value) is not str:
         return NULL  # normalize_url refuses every non-string
-    return value if _fast_url(value) else _unclean_url(value)
+    if _fast_url(value):
+        return value
+    if value[:2] == "//":  # protocol-relative: every thumb, each its own (no cache)
+        full = "https:" + value
+        if _fast_url(full):
+            return full  # no space in it: normalize_url's strip() changes nothing
+    return _unclean_url(value)
 
 
 def _unclean_url(value: str) -> str:
@@ -330,21 +336,21 @@ def _plain(value: Any) -> str:
 
 
 def _int(value: Any) -> int:
-    """:func:`to_int` (NULL for None) with a plain int in range answered first and a
-    string once per value."""
+    """:func:`to_int` (NULL for None), a string once per value (asked first: the callers
+    answer a plain int in range themselves)."""
+    if type(value) is str:
+        hit = _int_cache.get(value, _MISS)
+        if hit is _MISS:
+            hit = _null(to_int(value))  # BadValue (beyond 64 bits) is raised every time
+            if len(_int_cache) >= _CACHE_MAX:
+                _int_cache.clear()
+            _int_cache[value] = hit
+        return hit
     if type(value) is int and _INT_MIN <= value <= _INT_MAX:
         return value
     if value is None:
         return NULL
-    if type(value) is not str:
-        return _null(to_int(value))
-    hit = _int_cache.get(value, _MISS)
-    if hit is _MISS:
-        hit = _null(to_int(value))  # BadValue (beyond 64 bits) is raised every time, never cached
-        if len(_int_cache) >= _CACHE_MAX:
-            _int_cache.clear()
-        _int_cache[value] = hit
-    return hit
+    return _null(to_int(value))
 
 
 def _text(value: Any) -> str:
@@ -511,12 +517,8 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
     sget = snippet.get
     title_raw = _text(sget("title"))
     pos, orig_w, orig_h = get("pos"), get("origWidth"), get("origHeight")
-    fresh, gif, domain, snippet_url = (
-        get("freshnessCounter"),
-        get("gifLabel"),
-        sget("domain"),
-        sget("url"),
-    )
+    fresh, gif = get("freshnessCounter"), get("gifLabel")
+    domain, snippet_url = sget("domain"), sget("url")
     pos = pos if type(pos) is int and _INT_MIN <= pos <= _INT_MAX else _int(pos)
     if _LEGACY_KEYS.isdisjoint(entity):  # today's results: none of the legacy fields
         legacy: tuple[Any, ...] = ()
