@@ -1109,3 +1109,28 @@ def test_a_file_that_grows_while_it_is_read_is_read_to_its_end_or_refused(
     monkeypatch.setattr(xhr_import, "MAX_FILE_BYTES", 40)
     with pytest.raises(xhr_import.BadFile, match="larger than"):
         xhr_import.read_regular(str(path), os.stat(path))  # 30 + 20 bytes: over 40
+
+
+def test_urls_checked_together_answer_as_one_by_one() -> None:
+    """origUrl, image and the snippet's URL are checked by one regex: each column still
+    holds what normalize_url makes of its own value, also where a value holds spaces
+    that would split it into clean URLs."""
+    from itertools import product
+
+    from yandex_reverse import xhr_import
+    from yandex_reverse.urls import normalize_url
+
+    cols = xhr_import.ROW_IMAGE_COLUMNS
+    odd = ["https://a.b/c", "//a.b/c", "https://a.b/c https://d.e/f", "", "//a.b/c d", 7]
+    odd += ["https://a.b/c\nhttps://d.e/f", " https://a.b/c", "HTTP://A.B/x", "///x", None]
+    for orig, image, link in product(odd, repeat=3):
+        entity = {"id": "e", "origUrl": orig, "image": image, "snippet": {"url": link}}
+        got, _variants = xhr_import.entity_rows("k", entity)
+        for name, value in (("origUrl", orig), ("image_url", image)):
+            url = normalize_url(value)
+            assert got[cols.index(name)] == url or (
+                got[cols.index(name)] is xhr_import.NULL and url is None
+            ), (name, orig, image, link)
+        expect = xhr_import._url_or_text(link) if link is not None else xhr_import.NULL
+        snippet = got[cols.index("snippet_url")]
+        assert snippet == expect or (snippet is expect is xhr_import.NULL), (orig, image, link)
