@@ -721,6 +721,27 @@ def test_ctrl_c_prints_a_clean_summary_and_a_rerun_finishes(
 
 
 @browser
+def test_eight_tabs_pass_six_requests_at_once_and_each_accepts_the_cookie_popup(
+    workdir: Path, server: ServerThread, fake: FakeYandex
+):
+    """Chromium opens at most 6 connections to one host per context: 8 tabs in one context
+    never had more than 6 requests at the site at once. Every answer here takes 1.5 s, so
+    each tab has a request waiting at the site nearly all the time (the 8 start pages come
+    together) and a 7th at once shows the tabs are spread over contexts. The popup's
+    answer is a cookie of one context: the tabs of the second one meet it again and accept it."""
+    queries = photos(workdir, [f"t{i}.jpg" for i in range(16)])
+    fake.configure(latency=1.5, end="404", cookie_popup="load")
+    done = crawl(workdir, server, "--max-tabs", "8", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fake.max_in_flight > 6, fake.max_in_flight
+    for photo in queries:
+        assert_saved_as_served(workdir, fake, photo)
+        record = progress(workdir)[photo.name]
+        assert record["status"] == "done" and record["end"] == "404", record
+    assert fake.cookie_requests > 0
+
+
+@browser
 def test_profile_keeps_cookies_and_delay_paces(
     workdir: Path, server: ServerThread, fake: FakeYandex
 ):

@@ -1,5 +1,6 @@
 """The run's browser: launched once (Chromium flags, proxy, persistent profile), a page per
-search in a shared or a fresh context, the cookie popup accepted wherever it shows."""
+search in a shared context (one for every ``PAGES_PER_CONTEXT`` tabs) or a fresh one, the
+cookie popup accepted wherever it shows."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ NO_IMAGES = "--blink-settings=" + HEADLESS_BLINK + ",imagesEnabled=false"
 # Chromium keeps only the last --disable-features: ours repeats Playwright's own list, read
 # from its driver; where that cannot be read, nothing is added (the feature stays on).
 EXTRA_DISABLED_FEATURES = ("RenderDocument",)
+
+# Chromium opens at most 6 connections to one host per context (its network context): 8
+# tabs sharing one context never had more than 6 requests in flight. Shared contexts are
+# therefore a pool, context k serving tabs k*6 to k*6+5 (a persistent --profile is one
+# context: its tabs share it, cap and all).
+PAGES_PER_CONTEXT = 6
 
 CLOSE_WAIT = 5.0  # seconds: closing a tab sent to a captcha mid-upload can hang in Chromium
 
@@ -107,12 +114,15 @@ class BrowserSession:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.browser: Any = None
-        self.shared: Any = None  # one context for every page (headless-shell, a profile)
+        # shared contexts (headless-shell, a profile): the k-th serves tabs k*6 to k*6+5
+        self.shared: list[Any] = []
+        self.separate = False  # a context per page (full Chromium)
         self.context_args: dict[str, Any] = {
             "locale": "ru-RU",
             "viewport": {"width": 1366, "height": 900},
         }
         self._stack = contextlib.AsyncExitStack()
+        self._new_context = asyncio.Lock()
 
     async def __aenter__(self) -> BrowserSession:
         from playwright.async_api import async_playwright
@@ -124,7 +134,7 @@ class BrowserSession:
             raise StepFailed(str(exc)) from exc
         args = launch_args(opts)
         # Full Chromium stalls tabs that share a context; headless-shell does not.
-        separate = opts.profile is None and (
+        self.separate = opts.profile is None and (
             not opts.headless
             or (executable is not None and "headless" not in executable.name.lower())
         )
@@ -139,8 +149,10 @@ class BrowserSession:
         pw = await self._stack.enter_async_context(async_playwright())
         try:
             if opts.profile is not None:
-                self.shared = await pw.chromium.launch_persistent_context(
-                    str(opts.profile), **launch, **self.context_args
+                self.shared.append(
+                    await pw.chromium.launch_persistent_context(
+                        str(opts.profile), **launch, **self.context_args
+                    )
                 )
             else:
                 self.browser = await pw.chromium.launch(**launch)
@@ -148,8 +160,6 @@ class BrowserSession:
                     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
                     f"Chrome/{self.browser.version} Safari/537.36"
                 )
-                if not separate:
-                    self.shared = await self.browser.new_context(**self.context_args)
         except Exception as exc:
             await self.close()
             hint = ""
@@ -167,21 +177,37 @@ class BrowserSession:
         await self.close()
 
     async def close(self) -> None:
+        """Close the browser, every context with it (a persistent profile is its context)."""
         with contextlib.suppress(Exception):
             if self.browser is not None:
                 await self.browser.close()
-            elif self.shared is not None:
-                await self.shared.close()
+            elif self.shared:
+                await self.shared[0].close()
+        self.shared = []
         await self._stack.aclose()
 
-    async def new_page(self) -> tuple[Any, Callable[[], Awaitable[None]]]:
-        context = self.shared or await self.browser.new_context(**self.context_args)
+    async def shared_context(self, tab: int) -> Any:
+        """The shared context of the ``tab``-th tab (0-based), made when first asked for."""
+        if self.browser is None:  # a persistent profile: one context for every tab
+            return self.shared[0]
+        index = tab // PAGES_PER_CONTEXT
+        async with self._new_context:  # tabs start together: one context each, not one a tab
+            while len(self.shared) <= index:
+                self.shared.append(await self.browser.new_context(**self.context_args))
+        return self.shared[index]
+
+    async def new_page(self, tab: int = 0) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        """A page for the ``tab``-th tab and the coroutine that closes it."""
+        if self.separate:
+            context = await self.browser.new_context(**self.context_args)
+        else:
+            context = await self.shared_context(tab)
         page = await context.new_page()
         page.set_default_timeout(self.opts.timeout * 1000)
         await page.add_locator_handler(
             page.locator(self.opts.selectors["cookie_popup"]).first, self.accept_cookies
         )
-        return page, (page.close if self.shared else context.close)
+        return page, (context.close if self.separate else page.close)
 
     async def accept_cookies(self, popup: Any) -> None:
         with contextlib.suppress(Exception):
@@ -194,14 +220,15 @@ class Tab:
     replaces the last results page; the job follows the traffic only from then on). A
     search that fails or meets a captcha drops it; the next search then gets a fresh one."""
 
-    def __init__(self, session: BrowserSession) -> None:
+    def __init__(self, session: BrowserSession, index: int = 0) -> None:
         self.session = session
+        self.index = index  # the worker's number: which shared context its pages are in
         self._page: Any = None
         self._close: Callable[[], Awaitable[None]] | None = None
 
     async def page(self) -> Any:
         if self._page is None or self._page.is_closed():
-            self._page, self._close = await self.session.new_page()
+            self._page, self._close = await self.session.new_page(self.index)
         return self._page
 
     async def drop(self) -> None:

@@ -175,9 +175,11 @@ class Crawler:
             return False
         return True
 
-    async def worker(self, session: BrowserSession, queue: asyncio.Queue[Query], done: Any) -> None:
-        """One tab: take queries one after another, pausing --delay between two."""
-        tab = Tab(session)
+    async def worker(
+        self, session: BrowserSession, index: int, queue: asyncio.Queue[Query], done: Any
+    ) -> None:
+        """The ``index``-th tab: take queries one after another, pausing --delay between two."""
+        tab = Tab(session, index)
         try:
             await self.work(tab, queue, done)
         finally:
@@ -230,8 +232,8 @@ class Crawler:
                     self.report(outcome)
 
                 tasks = [
-                    asyncio.ensure_future(self.worker(session, queue, done))
-                    for _tab in range(min(max(1, opts.max_tabs), len(todo)))
+                    asyncio.ensure_future(self.worker(session, index, queue, done))
+                    for index in range(min(max(1, opts.max_tabs), len(todo)))
                 ]
 
                 def interrupt() -> None:

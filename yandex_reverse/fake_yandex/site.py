@@ -178,6 +178,7 @@ class FakeYandex:
         self.settings = Settings()
         self.settings.update(settings)
         self.lock = threading.Lock()
+        self.in_flight = 0  # requests being answered now (control requests not counted)
         self.reset()
 
     def reset(self, *, settings: bool = False) -> None:
@@ -194,6 +195,7 @@ class FakeYandex:
             self.requests = 0
             self.latency_total = 0.0
             self.cookie_requests = 0
+            self.max_in_flight = self.in_flight  # the most requests answered at once
 
     def configure(self, **changes: Any) -> None:
         with self.lock:
@@ -220,6 +222,7 @@ class FakeYandex:
                 "requests": self.requests,
                 "uploads": self.upload_count,
                 "latency_total": self.latency_total,
+                "max_in_flight": self.max_in_flight,
                 "images": {
                     key: {
                         **{
@@ -256,6 +259,16 @@ class FakeYandex:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
         with self.lock:
             self.requests += 1
             delay = self.settings.latency
