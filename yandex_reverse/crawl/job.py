@@ -196,6 +196,7 @@ class QueryJob:
         self.following = False  # in load_all: a navigation of the tab is a page coming
         self.new_document = False  # a document loaded (a "more" that is a plain link)
         self.document_coming = False  # a navigation started, its document not read yet
+        self.navigations: set[Any] = set()  # the tab's own document requests not yet answered
         self.documents: set[int] = set()  # the pages read from a loaded document's data-state
         self.nudge = asyncio.Event()  # a navigation or an upload reply: look at the page again
         self.attached = False  # following the page's traffic (from the start page on)
@@ -217,7 +218,10 @@ class QueryJob:
         self.activity.set()
 
     def on_request(self, request: Any) -> None:
-        document = self.following and self.is_document(request)
+        own = self.is_document(request)
+        if own:
+            self.navigations.add(request)
+        document = self.following and own
         if document or self.is_fetch(request.url):
             self.in_flight[request] = time.monotonic()
             self.document_coming = self.document_coming or document
@@ -242,11 +246,13 @@ class QueryJob:
             self.touch()
 
     def on_request_done(self, request: Any) -> None:
+        self.navigations.discard(request)
         if self.in_flight.pop(request, None) is not None:
             self.touch()
 
     def on_navigated(self, frame: Any) -> None:
         if frame.parent_frame is None:
+            self.navigations.clear()  # committed: its document is there to be looked at
             self.nudge.set()
 
     def on_response(self, response: Any) -> None:
@@ -361,7 +367,11 @@ class QueryJob:
                 raise CaptchaHit(page.url)
 
     async def until(self, page: Any, effect: Any, what: str, *, act: Any = None) -> None:
-        """Do ``act`` until ``effect()`` holds, looking ever longer; fail after --timeout."""
+        """Do ``act`` until ``effect()`` holds, looking ever longer; fail after --timeout.
+
+        ``act`` is not done again while the tab's own navigation is under way (a click
+        that opens a page, its answer slower than the look): a second click would start
+        it again, or wait (up to 5 s) for a target the coming page may not have."""
         deadline = time.monotonic() + self.opts.timeout
         window = 0.5
         attempt = 0
@@ -379,7 +389,8 @@ class QueryJob:
                         seen = await seen
                     if seen:
                         return
-                if time.monotonic() >= look_until:
+                now = time.monotonic()
+                if now >= deadline or (now >= look_until and not self.navigations):
                     break
                 await asyncio.sleep(0.05)
             if time.monotonic() >= deadline:
