@@ -147,7 +147,7 @@ def settle(store: Store, checked: Checked, candidate: Candidate, image_id: str) 
 
 
 class Settler:
-    """Checks and settles received bodies in :attr:`THREADS` threads of its own, in batches.
+    """Checks and settles received bodies in up to :attr:`THREADS` threads of its own, in batches.
 
     :meth:`submit` (on the event loop) queues a body; a thread that is free takes
     everything queued so far as one batch, and hands the outcomes back in one
@@ -158,9 +158,16 @@ class Settler:
     """
 
     # Mostly the kernel's time (writing the file and its sidecar, the rename), with
-    # the GIL released: more threads hide a write that blocks (the same count as the
-    # default executor's; 2 were slower on a loaded 2-core machine).
+    # the GIL released: more threads hide a write that blocks (at most the default
+    # executor's count). But each thread more is one more to hand the GIL to and
+    # from (each system call of a thread is a GIL hand-over, a futex wake and a
+    # context switch on both sides), so a thread is added only when a body has
+    # waited STUCK_AFTER seconds with none idle (a write that blocks on the disk, or
+    # threads that get no CPU), not whenever all are busy, which with the loop as
+    # busy as it is on 2 cores is nearly always: six threads, as that grew to, cost
+    # ~0.1 ms more CPU per image than one where the writes never block.
     THREADS = min(32, (os.cpu_count() or 1) + 4)
+    STUCK_AFTER = 0.2
 
     def __init__(self, work: Callable[[Body, Candidate, str], Outcome]) -> None:
         self.work = work
@@ -169,11 +176,18 @@ class Settler:
         self.queue: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.idle = 0
+        self.waiting_since = 0.0  # when the oldest body waiting was queued
 
     def submit(self, body: Body, candidate: Candidate, image_id: str) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = self.loop.create_future()
+        if not self.waiting:
+            self.waiting_since = self.loop.time()
         self.waiting.append((body, candidate, image_id, future))
-        if not self.idle and len(self.threads) < self.THREADS:
+        if (
+            not self.idle
+            and len(self.threads) < self.THREADS
+            and (not self.threads or self.loop.time() - self.waiting_since > self.STUCK_AFTER)
+        ):
             thread = threading.Thread(target=self._run, name="settle", daemon=True)
             self.threads.append(thread)
             self.idle += 1
