@@ -887,6 +887,7 @@ def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled(m
     from yandex_reverse.download.run import Settler
 
     monkeypatch.setattr(Settler, "THREADS", 1)  # what comes while "a" is settled waits
+    monkeypatch.setattr(Settler, "INLINE", False)  # the threads' way (see the next test)
 
     first_taken, go_on = threading.Event(), threading.Event()
     settled: list[str] = []
@@ -919,6 +920,59 @@ def test_bodies_are_settled_in_batches_and_a_cancelled_download_is_not_settled(m
     assert isinstance(results[2], asyncio.CancelledError)
     assert isinstance(results[3], OSError) and results[3].errno == 28
     assert sorted(settled) == ["a", "b", "c"]  # the cancelled one never reached the store
+
+
+def test_bodies_are_settled_on_the_loop_until_settling_proves_slow_then_in_threads():
+    import asyncio
+    import threading
+    import time as time_
+
+    from yandex_reverse.download.fetch import Candidate
+    from yandex_reverse.download.run import Settler
+
+    where: list[tuple[str, bool]] = []
+    loop_thread = threading.get_ident()
+
+    def work(body, candidate: Candidate, image_id: str) -> str:
+        if image_id.startswith("slow"):
+            time_.sleep(Settler.INLINE_SLOW * 4)  # a write that blocks
+        if image_id == "bad":
+            raise OSError(28, "No space left on device")
+        where.append((image_id, threading.get_ident() == loop_thread))
+        return f"outcome {image_id}"
+
+    async def scenario() -> tuple[list[object], list[object]]:
+        settler = Settler(work)  # type: ignore[arg-type]
+        try:
+            first = [
+                await settler.submit(None, Candidate("u", "original"), name)  # type: ignore[arg-type]
+                for name in ("a", "b")
+            ]
+            failed = settler.submit(None, Candidate("u", "original"), "bad")  # type: ignore[arg-type]
+            first.append(await asyncio.gather(failed, return_exceptions=True))
+            slow = [f"slow{i}" for i in range(Settler.INLINE_SLOW_TIMES)]
+            for name in slow:
+                first.append(await settler.submit(None, Candidate("u", "original"), name))  # type: ignore[arg-type]
+            later = [
+                await settler.submit(None, Candidate("u", "original"), name)  # type: ignore[arg-type]
+                for name in ("c", "d")
+            ]
+            return first, later
+        finally:
+            settler.close()
+
+    first, later = asyncio.run(scenario())
+    assert first[:2] == ["outcome a", "outcome b"]
+    bad = first[2][0]  # type: ignore[index]
+    assert isinstance(bad, OSError) and bad.errno == 28  # handed to the waiting download
+    assert later == ["outcome c", "outcome d"]
+    on_loop = dict(where)
+    assert (
+        on_loop["a"]
+        and on_loop["b"]
+        and all(on_loop[name] for name in on_loop if name.startswith("slow"))
+    )
+    assert not on_loop["c"] and not on_loop["d"]  # once slow, the threads take over
 
 
 def test_sidecar_lines_read_with_a_page_equal_those_asked_per_result(workdir):
