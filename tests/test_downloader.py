@@ -926,6 +926,7 @@ def test_bodies_are_settled_on_the_loop_until_settling_proves_slow_then_in_threa
     import asyncio
     import threading
     import time as time_
+    from types import SimpleNamespace
 
     from yandex_reverse.download.fetch import Candidate
     from yandex_reverse.download.run import Settler
@@ -941,20 +942,26 @@ def test_bodies_are_settled_on_the_loop_until_settling_proves_slow_then_in_threa
         where.append((image_id, threading.get_ident() == loop_thread))
         return f"outcome {image_id}"
 
+    small = SimpleNamespace(temp=None, size=100_000)
+    big = SimpleNamespace(temp=None, size=Settler.INLINE_MAX_BYTES + 1)  # always a thread's
+    spilled = SimpleNamespace(temp="spilled.part", size=1000)  # a body in a temporary file
+
     async def scenario() -> tuple[list[object], list[object]]:
         settler = Settler(work)  # type: ignore[arg-type]
         try:
             first = [
-                await settler.submit(None, Candidate("u", "original"), name)  # type: ignore[arg-type]
+                await settler.submit(small, Candidate("u", "original"), name)  # type: ignore[arg-type]
                 for name in ("a", "b")
             ]
-            failed = settler.submit(None, Candidate("u", "original"), "bad")  # type: ignore[arg-type]
+            for body, name in ((big, "big"), (spilled, "spilled")):
+                first.append(await settler.submit(body, Candidate("u", "original"), name))  # type: ignore[arg-type]
+            failed = settler.submit(small, Candidate("u", "original"), "bad")  # type: ignore[arg-type]
             first.append(await asyncio.gather(failed, return_exceptions=True))
             slow = [f"slow{i}" for i in range(Settler.INLINE_SLOW_TIMES)]
             for name in slow:
-                first.append(await settler.submit(None, Candidate("u", "original"), name))  # type: ignore[arg-type]
+                first.append(await settler.submit(small, Candidate("u", "original"), name))  # type: ignore[arg-type]
             later = [
-                await settler.submit(None, Candidate("u", "original"), name)  # type: ignore[arg-type]
+                await settler.submit(small, Candidate("u", "original"), name)  # type: ignore[arg-type]
                 for name in ("c", "d")
             ]
             return first, later
@@ -962,8 +969,8 @@ def test_bodies_are_settled_on_the_loop_until_settling_proves_slow_then_in_threa
             settler.close()
 
     first, later = asyncio.run(scenario())
-    assert first[:2] == ["outcome a", "outcome b"]
-    bad = first[2][0]  # type: ignore[index]
+    assert first[:4] == ["outcome a", "outcome b", "outcome big", "outcome spilled"]
+    bad = first[4][0]  # type: ignore[index]
     assert isinstance(bad, OSError) and bad.errno == 28  # handed to the waiting download
     assert later == ["outcome c", "outcome d"]
     on_loop = dict(where)
@@ -972,6 +979,7 @@ def test_bodies_are_settled_on_the_loop_until_settling_proves_slow_then_in_threa
         and on_loop["b"]
         and all(on_loop[name] for name in on_loop if name.startswith("slow"))
     )
+    assert not on_loop["big"] and not on_loop["spilled"]  # large bodies: a thread's, always
     assert not on_loop["c"] and not on_loop["d"]  # once slow, the threads take over
 
 

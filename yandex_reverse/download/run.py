@@ -171,10 +171,13 @@ class Settler:
     # Where a settle takes what it takes on tmpfs or in the page cache (~0.15 ms), it
     # is done on the loop itself: no thread, no GIL hand-over. After INLINE_SLOW_TIMES
     # settles that took over INLINE_SLOW (a disk that blocks; the first one pays for
-    # Pillow's start) the rest of the run goes to the threads.
+    # Pillow's start) the rest of the run goes to the threads. A body spilled to a
+    # temporary file, or over INLINE_MAX_BYTES, always goes to a thread: its checks and
+    # writes grow with its size, and the loop must keep serving the other downloads.
     INLINE = True
     INLINE_SLOW = 0.005
     INLINE_SLOW_TIMES = 3
+    INLINE_MAX_BYTES = 512 * 1024
 
     def __init__(self, work: Callable[[Body, Candidate, str], Outcome]) -> None:
         self.work = work
@@ -189,7 +192,7 @@ class Settler:
 
     def submit(self, body: Body, candidate: Candidate, image_id: str) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = self.loop.create_future()
-        if self.inline:
+        if self.inline and body.temp is None and body.size <= self.INLINE_MAX_BYTES:
             started = time.perf_counter()
             try:
                 future.set_result(self.work(body, candidate, image_id))
