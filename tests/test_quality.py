@@ -653,3 +653,66 @@ def test_the_cpu_batch_is_one_image_for_musiq_and_two_for_the_others():
     assert batch(("piqe",)) == 2
     assert batch(("musiq", "piqe")) == 1
     assert batch(("musiq",), 4) == 4
+
+
+# The real script run so that, at exit, it writes which of these modules it loaded
+_PROBE = """
+import atexit, json, os, runpy, sys
+script, out = sys.argv[1], sys.argv.pop(2)
+sys.argv = sys.argv[1:]
+watched = ("pyiqa", "torchvision", "torch._dynamo", "torch")
+atexit.register(lambda: open(out, "w").write(json.dumps([m for m in watched if m in sys.modules])))
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_piqe_path_imports_no_pyiqa_and_scores_as_pyiqa(photos, workdir):
+    """--model piqe on the CPU scores without importing pyiqa, torchvision or
+    torch._dynamo (~2.5 s of start-up per process, per Ray actor), and every score is
+    pyiqa's piqe of the same pixels (--max-side 0: as pyiqa reads them), bit for bit."""
+    source, paths = photos
+    loaded = workdir / "loaded.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(REPO / SCRIPT), str(loaded), "--source", source,
+         "--model", "piqe", "--device", "cpu", "--max-side", "0", "--yes"],
+        cwd=workdir, input="", capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(loaded.read_text()) == ["torch"]
+    rows = db_rows(workdir / "sorted" / "quality")
+
+    import torch
+    from pyiqa.archs.piqe_arch import piqe
+    from pyiqa.utils.img_util import imread2tensor
+
+    with torch.inference_mode():
+        for name in ("sharp", "blurred", "very_blurred", "noisy", "tiny", "huge"):
+            raw = json.loads(rows[paths[name].name]["scores_json"])["piqe"]["raw"]
+            assert raw == float(piqe(imread2tensor(str(paths[name]))[None])[0][0])
+
+
+def test_piqe_helpers_equal_pyiqa_functions():
+    """The in-house Gaussian kernel, YIQ luma, symmetric pad and 0-100 scale give
+    pyiqa's own (fspecial, to_y_channel, symm_pad, DEFAULT_CONFIGS) exactly."""
+    import torch
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+    from pyiqa.matlab_utils import fspecial, symm_pad
+    from pyiqa.utils.color_util import to_y_channel
+
+    from yandex_reverse.quality import metrics
+
+    for size, sigma in ((7, 7.0 / 6), (11, 1.5), (3, 0.5)):
+        assert torch.equal(metrics.gaussian_kernel(size, sigma), fspecial(size, sigma, 1))
+    generator = torch.Generator().manual_seed(7)
+    for shape in ((2, 3, 37, 53), (1, 3, 16, 16), (1, 3, 5, 7), (1, 3, 47, 31)):
+        img = torch.rand(shape, generator=generator)
+        y = to_y_channel(img, out_data_range=1, color_space="yiq")
+        assert torch.equal(metrics.yiq_luma(img), y)
+        right, bottom = shape[3] % 16, shape[2] % 16
+        padded = metrics.symmetric_pad_end(y, right, bottom)
+        assert torch.equal(padded, symm_pad(y, (0, right, 0, bottom)))
+    config = DEFAULT_CONFIGS["piqe"]
+    scale = metrics.parse_score_range(config["score_range"], config["lower_better"])
+    assert scale == metrics.PIQE_SCALE

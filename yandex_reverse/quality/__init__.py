@@ -6,5 +6,5 @@
 - :mod:`.report`  ``quality_report.db``, rows, categories, JSON report, histogram
 - :mod:`.cli`     the step as a command (``7_3_separate_images_by_quality.py``)
 
-Nothing here imports torch or pyiqa at import time.
+Nothing here imports torch or pyiqa at import time; piqe on the CPU never imports pyiqa.
 """

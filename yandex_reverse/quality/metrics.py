@@ -63,6 +63,10 @@ def parse_score_range(text: str | None, lower_better: bool) -> Scale | None:
     return Scale(low, high, lower_better)
 
 
+# pyiqa's DEFAULT_CONFIGS["piqe"]: score_range "0, 100", lower_better (a test checks)
+PIQE_SCALE = Scale(0.0, 100.0, lower_better=True)
+
+
 class WeightsMissingError(StepFailed):
     """The step cannot run this metric here: its weights are absent (one line why)."""
 
@@ -139,12 +143,20 @@ def create_metrics(
     """pyiqa metrics, created once. Unknown names and missing weights end the step.
     ``pretrained=False`` builds them with random weights (see :data:`PRETRAINED_ENV`);
     ``precision="auto"`` lets MUSIQ use bfloat16 where :class:`MusiqForward` allows."""
-    import pyiqa
-    from pyiqa.default_model_configs import DEFAULT_CONFIGS
-
-    _guard_downloads(weights_dir)
     metrics = []
     for name in names:
+        if name == "piqe" and device.type == "cpu":
+            # in-house, the same numbers as pyiqa's: no import of pyiqa (nor of the
+            # torchvision and torch._dynamo it pulls in), ~2.5 s per process
+            console.console.print(
+                _("Loading {name} on {device} ...").format(name=name, device=device)
+            )
+            metrics.append(Metric(name, None, PIQE_SCALE, fast=FastPiqe.create()))
+            continue
+        import pyiqa
+        from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+        _guard_downloads(weights_dir)
         config = DEFAULT_CONFIGS.get(name)
         if config is None:
             raise UsageError(
@@ -402,25 +414,21 @@ class FastPiqe:
 
     @classmethod
     def create(cls) -> FastPiqe:
-        from pyiqa.matlab_utils import fspecial
-
-        return cls(fspecial(7, 7.0 / 6, 1))  # pyiqa's normalize_img_with_gauss defaults
+        return cls(gaussian_kernel(7, 7.0 / 6))  # pyiqa's normalize_img_with_gauss defaults
 
     def __call__(self, img: Any) -> Any:
         import torch
-        from pyiqa.matlab_utils import symm_pad
-        from pyiqa.utils.color_util import to_y_channel
 
         block_size, activity_threshold = 16, 0.1
         if img.shape[1] == 3:
-            img = to_y_channel(img, out_data_range=1, color_space="yiq")
+            img = yiq_luma(img)
         img = torch.round(
             255 * (img / torch.max(img.flatten(1), dim=-1)[0].reshape(img.shape[0], 1, 1, 1))
         )
         _, _, height, width = img.shape
         col_pad, row_pad = width % block_size, height % block_size  # sic: as pyiqa pads
         if col_pad or row_pad:
-            img = symm_pad(img, (0, col_pad, 0, row_pad))
+            img = symmetric_pad_end(img, col_pad, row_pad)
         block_var, center_std, surround_std, block_impaired = block_stats(
             self._normalize(img), block_size
         )
@@ -462,6 +470,59 @@ class FastPiqe:
             for i, j, weight in self.taps:
                 acc.addcmul_(padded[:, :, top + i : top + i + r, j : j + w], weight)
         return out
+
+
+# The three helpers pyiqa's PIQE uses, in-house so that the piqe path never imports
+# pyiqa. pyiqa (https://github.com/chaofengc/IQA-PyTorch, 0.1.16) is PolyForm
+# Noncommercial and this project MIT, so its code is not copied: these are written from
+# the public definitions they implement (MATLAB's fspecial('gaussian'), the NTSC YIQ
+# luma, symmetric padding), with the float operations in the order that gives pyiqa's
+# exact numbers (tests compare each with pyiqa's own function).
+
+
+def gaussian_kernel(size: int, sigma: float) -> Any:
+    """MATLAB's ``fspecial('gaussian', size, sigma)`` as a (1, 1, size, size) float32
+    tensor: computed in double (``exp(-(x^2 + y^2) / (2 sigma^2))``, values under
+    ``eps * max`` zeroed, divided by the sum), then rounded to float once, as
+    ``pyiqa.matlab_utils.fspecial`` gives it."""
+    import numpy as np
+    import torch
+
+    half = (size - 1.0) / 2.0
+    y, x = np.ogrid[-half : half + 1, -half : half + 1]
+    h = np.exp(-(x * x + y * y) / (2.0 * sigma * sigma))
+    h[h < np.finfo(h.dtype).eps * h.max()] = 0
+    total = h.sum()
+    if total != 0:
+        h /= total
+    return torch.from_numpy(h).float().reshape(1, 1, size, size)
+
+
+def yiq_luma(img: Any) -> Any:
+    """The Y of YIQ of an RGB batch (b, 3, H, W) as (b, 1, H, W): the whole 3x3 NTSC
+    matrix product, then its first channel (``to_y_channel(img, 1, 'yiq')``): one
+    column alone may round differently in the matrix kernel."""
+    import torch
+
+    weights = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]]
+    )
+    yiq = torch.matmul(img.permute(0, 2, 3, 1), weights.t().to(img)).permute(0, 3, 1, 2)
+    return yiq[:, [0], :, :]
+
+
+def symmetric_pad_end(img: Any, right: int, bottom: int) -> Any:
+    """Pad (b, c, H, W) on the right and at the bottom by mirroring, the edge pixel
+    repeated (``symm_pad(img, (0, right, 0, bottom))``, numpy's ``'symmetric'``).
+    PIQE pads by ``W % 16`` and ``H % 16``, never more than the side itself."""
+    import torch
+
+    height, width = img.shape[-2:]
+    if right > width or bottom > height:
+        raise ValueError("symmetric_pad_end: a pad longer than the side")
+    cols = torch.cat([torch.arange(width), torch.arange(width - 1, width - 1 - right, -1)])
+    rows = torch.cat([torch.arange(height), torch.arange(height - 1, height - 1 - bottom, -1)])
+    return img[..., rows[:, None], cols[None, :]]
 
 
 def block_stats(
