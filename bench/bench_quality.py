@@ -8,11 +8,12 @@ seconds (its whole process tree) are printed beside its rate.
 Ours is the whole step run as a command (imports, scan, workers, batches, DB,
 reports; --dry-run so no files are copied), timed end to end; the peer is the
 plain loop in its own process with torch's default settings, also timed end
-to end (both pay the ~3 s import of torch and pyiqa). Each side runs in a fresh process so neither inherits the
+to end (the peer pays the ~3 s import of torch and pyiqa; ours, with piqe, only torch's, as it
+never imports pyiqa on the CPU). Each side runs in a fresh process so neither inherits the
 other's thread settings. Metrics: piqe (no weights) and
 MUSIQ's architecture with random weights (``pretrained=False``: the real
 compute). MUSIQ takes ~1 s per image on 2 CPU threads (pyiqa's loop), so it uses fewer images
-(``--musiq-images``, 48: ~25 s for the peer). Both sides pay the same fixed start
+(``--musiq-images``, 48: ~25 s for the peer). With MUSIQ both sides pay the same fixed start
 (~2.5 s of torch and pyiqa imports, ~1 s of it torch._dynamo, which torchvision.ops
 imports), so fewer images pull the ratio towards 1: the figures are a floor. At
 24 images that start was a fifth of ours, more than a run of real size ever sees.
