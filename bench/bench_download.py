@@ -355,28 +355,21 @@ def main(argv: list[str] | None = None) -> int:
         "ours_cpu_ms": round(1e3 * ours.cpu / max(ours_n, 1), 3),
     }
     # #15: at least 0.7x a plain aiohttp loop (no checks, no ledger), staying >= 2x img2dataset.
-    report(
-        "download",
-        "images per second",
-        "img/s",
-        ours_rate,
-        "img2dataset",
-        peer_rate,
-        aim=2.0,
-        **extra,
-        peer_cpu_ms=round(1e3 * peer.cpu / max(peer_n, 1), 3),
-    )
-    report(
-        "download",
-        "images per second",
-        "img/s",
-        ours_rate,
-        "plain aiohttp loop",
-        plain_rate,
-        aim=0.7,
-        **extra,
-        peer_cpu_ms=round(1e3 * plain.cpu / max(plain_n, 1), 3),
-    )
+    for peer_name, rate, timed, n_done, aim in (
+        ("img2dataset", peer_rate, peer, peer_n, 2.0),
+        ("plain aiohttp loop", plain_rate, plain, plain_n, 0.7),
+    ):
+        report(
+            "download",
+            "images per second",
+            "img/s",
+            ours_rate,
+            peer_name,
+            rate,
+            aim=aim,
+            **extra,
+            peer_cpu_ms=round(1e3 * timed.cpu / max(n_done, 1), 3),
+        )
     complete = all(got == n for got, _ in ourses + plains)
     return 0 if complete else 1
 
