@@ -206,19 +206,18 @@ def printable(text: str) -> str:
 # first, then the fields only the original scripts read (reference §2, [L]), which a result
 # of today's site does not send. Without them a row ends after the first part
 # (:data:`SHORT_IMAGE` values): its hand-over binds 10 values fewer (NULL in SQLite).
-LEGACY_IMAGE_COLUMNS: tuple[str, ...] = (
-    "docid", "documentid", "reqid", "rimId", "url", "width", "height",
-    "ecom_shield", "censored", "loading_state",
-)  # fmt: skip
+_LEGACY_FIELDS: dict[str, str] = {  # column: the entity's key it is read from
+    "docid": "docid", "documentid": "documentid", "reqid": "reqid", "rimId": "rimId",
+    "url": "url", "width": "width", "height": "height", "ecom_shield": "ecomShield",
+    "censored": "censored", "loading_state": "loading",
+}  # fmt: skip
+LEGACY_IMAGE_COLUMNS: tuple[str, ...] = tuple(_LEGACY_FIELDS)
 ROW_IMAGE_COLUMNS: tuple[str, ...] = (
     *(c for c in db.IMPORT_IMAGE_COLUMNS if c not in LEGACY_IMAGE_COLUMNS),
     *LEGACY_IMAGE_COLUMNS,
 )
 SHORT_IMAGE = len(ROW_IMAGE_COLUMNS) - len(LEGACY_IMAGE_COLUMNS)
-_LEGACY_KEYS = frozenset(
-    {"docid", "documentid", "reqid", "rimId", "url", "width", "height"}
-    | {"ecomShield", "censored", "loading"}
-)  # the entity's keys of LEGACY_IMAGE_COLUMNS
+_LEGACY_KEYS = frozenset(_LEGACY_FIELDS.values())  # the entity's keys of LEGACY_IMAGE_COLUMNS
 POS = ROW_IMAGE_COLUMNS.index("pos")
 # The columns of free text (titles, descriptions, domain text) in an ``images`` row and a
 # ``query_sites`` row: a lone surrogate there is mended (:func:`serp.mend_text`), elsewhere
