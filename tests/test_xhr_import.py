@@ -769,7 +769,8 @@ def test_a_url_sent_several_times_is_normalised_as_once() -> None:
         for name in ("img_href", "best_url"):
             assert got[cols.index(name)] is (xhr_import.NULL if url is None else SAME), name
         kinds = [(v[0], v[1]) for v in variants]
-        assert kinds == ([] if url is None else [("preview", SAME), ("dups", SAME), ("thumb", url)])
+        rows = [(xhr_import.PREVIEW, SAME), (xhr_import.DUPS, SAME), (xhr_import.THUMB, url)]
+        assert kinds == ([] if url is None else rows)
         assert None not in got and all(None not in v for v in variants)
 
 
@@ -1134,3 +1135,56 @@ def test_urls_checked_together_answer_as_one_by_one() -> None:
         expect = xhr_import._url_or_text(link) if link is not None else xhr_import.NULL
         snippet = got[cols.index("snippet_url")]
         assert snippet == expect or (snippet is expect is xhr_import.NULL), (orig, image, link)
+
+
+def test_dups_urls_checked_together_answer_as_one_by_one(monkeypatch) -> None:
+    """The dups' URLs are checked in the same regex as origUrl, image and the snippet's
+    URL: every row is what the URLs checked one by one give, also where a dup's URL holds
+    spaces that would split it into clean URLs, or is not ASCII."""
+    from itertools import product
+
+    from yandex_reverse import xhr_import
+
+    odd = ["https://a.b/c", "//a.b/c", "https://a.b/c https://d.e/f", "", "https://ü.b/c", 7]
+    odd += ["https://a.b/c\u00a0", "https://a.b/\x7f", " https://a.b/c", "HTTP://A.B/x", None]
+    clean = ["https://a.b/c", "https://é.b/c"]
+    cases = []
+    for orig, dup1, dup2 in product(clean + odd[3:6], odd, odd):
+        dups = [{"url": dup1, "w": 3}, {"url": dup2, "h": "4"}, "not an item", {"w": 1}]
+        viewer = {"dups": dups, "preview": [{"url": orig}], "thumb": {"url": "//t.b/x"}}
+        entity = {"id": "e", "origUrl": orig, "image": "//i.b/x", "viewerData": viewer}
+        entity["snippet"] = {"url": "https://s.b/x"}
+        cases.append(entity)
+    together = [xhr_import.entity_rows("k", entity) for entity in cases]
+    monkeypatch.setattr(xhr_import, "_fast_urls", lambda n, ascii: lambda text: None)
+    monkeypatch.setattr(xhr_import, "_fast_urls3", lambda text: None)
+    alone = [xhr_import.entity_rows("k", entity) for entity in cases]
+    for got, expect, entity in zip(together, alone, cases, strict=True):
+        assert repr(got) == repr(expect), entity  # repr: NULL (a NaN) equals nothing
+
+
+def test_fast_url_patterns_take_what_the_plain_pattern_takes() -> None:
+    """The possessive URL pattern matches exactly what the plain one does, and its ASCII
+    form never more (its strings are then the plain pattern's too: normalize_url leaves
+    them as they are)."""
+    import random
+    import re
+
+    from yandex_reverse import xhr_import
+    from yandex_reverse.urls import normalize_url
+
+    plain = re.compile(r"https?://[a-zA-Z0-9.-]+(?::[0-9]{1,5})?(?:[/?#]\S*)?").fullmatch
+    fast = re.compile(xhr_import._FAST_URL).fullmatch
+    ascii_only = re.compile(xhr_import._ASCII_URL).fullmatch
+    chars = "htps:/?#a.Z-09 \t\x1c\x7f\x00\u00a0\u2028é~%"
+    rnd = random.Random(15)
+    texts = ["https://a.b", "http://a.b:8080", "https://a.b:123456/", "https://a.b/:x", "https:/"]
+    for _ in range(20_000):
+        head = rnd.choice(["https://", "http://", "http:/", "htps://", ""])
+        texts.append(head + "".join(rnd.choice(chars) for _ in range(rnd.randrange(12))))
+    for text in texts:
+        assert bool(fast(text)) == bool(plain(text)), text
+        if ascii_only(text):
+            assert plain(text) and normalize_url(text) == text, text
+        elif text.isascii() and text.isprintable() and plain(text):
+            raise AssertionError(f"printable ASCII left to the slow way: {text!r}")
