@@ -407,6 +407,10 @@ SHORT_VARIANT = 5
 # int: binding a text copies it (~800 instructions, four a result), an int does not; the
 # writer's copy puts the name back, in SQL.
 PREVIEW, DUPS, THUMB = (db.VARIANT_TYPES.index(k) for k in ("preview", "dups", "thumb"))
+# The fields of the common item, read in one call (4 keys and nothing else: no size, no
+# isMixedImage, no origin), and the URL of a dup.
+_item_fields = itemgetter("url", "w", "h", "fileSizeInBytes")
+_url_field = itemgetter("url")
 
 
 def _variant_row(
@@ -420,6 +424,32 @@ def _variant_row(
     # The common cases (plain ints in range, absent fields) are answered
     # inline: this runs four times per result, millions of times. The values
     # that may raise BadValue are read in the same order as before.
+    if len(item) == 4:  # the common item: its URL, size and file size, nothing else
+        try:
+            url, width, height, file_size = _item_fields(item)
+        except KeyError:
+            pass
+        else:
+            if type(url) is not str:
+                return None
+            if url == raw:
+                url = known
+            else:
+                if not (clean or _fast_url(url)):
+                    url = _unclean_url(url)
+                if url == orig:
+                    url = SAME
+            if url is NULL:
+                return None
+            return (
+                kind,
+                url,
+                width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
+                height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
+                file_size
+                if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
+                else _int(file_size),
+            )
     get = item.get
     url = get("url")
     if type(url) is not str:
@@ -519,13 +549,13 @@ def entity_rows(key: str, entity: dict[str, Any]) -> tuple[tuple[Any, ...], list
     dups_clean = False  # every string URL of the dups checked by _fast_url
     if type(raw_orig) is str and type(raw_image) is str and type(snippet_url) is str:
         image_url = "https:" + raw_image if raw_image[:2] == "//" else raw_image
-        urls = [raw_orig, image_url, snippet_url]
-        if type(dups) is list:
-            for item in dups:
-                if type(item) is dict and type(url := item.get("url")) is str:
-                    urls.append(url)
-        joined = " ".join(urls)
-        if _fast_urls(len(urls), joined.isascii())(joined):  # the common case: all clean
+        try:  # no dups, or each an object with a string URL: those URLs too
+            joined = " ".join((raw_orig, image_url, snippet_url, *map(_url_field, dups or ())))
+        except (KeyError, TypeError):  # a dup without a URL, or not an object, or dups
+            joined, n = "", 0  # not a list: its URLs are checked one by one
+        else:
+            n = 3 + len(dups) if dups else 3  # (joined, dups is a list)
+        if n and _fast_urls(n, joined.isascii())(joined):  # the common case: all clean
             orig_url, snippet_clean, dups_clean = raw_orig, snippet_url, True
         elif _fast_urls3(f"{raw_orig} {image_url} {snippet_url}"):  # a dup's is not
             orig_url, snippet_clean = raw_orig, snippet_url
