@@ -407,9 +407,10 @@ SHORT_VARIANT = 5
 # int: binding a text copies it (~800 instructions, four a result), an int does not; the
 # writer's copy puts the name back, in SQL.
 PREVIEW, DUPS, THUMB = (db.VARIANT_TYPES.index(k) for k in ("preview", "dups", "thumb"))
-# The fields of the common item, read in one call (4 keys and nothing else: no size, no
-# isMixedImage, no origin), and the URL of a dup.
+# The fields of the common item and of the common thumb, read in one call (those keys and
+# nothing else: no isMixedImage, no origin), and the URL of a dup.
 _item_fields = itemgetter("url", "w", "h", "fileSizeInBytes")
+_thumb_fields = itemgetter("url", "size")
 _url_field = itemgetter("url")
 
 
@@ -424,34 +425,21 @@ def _variant_row(
     # The common cases (plain ints in range, absent fields) are answered
     # inline: this runs four times per result, millions of times. The values
     # that may raise BadValue are read in the same order as before.
-    if len(item) == 4:  # the common item: its URL, size and file size, nothing else
+    shape = len(item)  # 4: a common item, 2: a common thumb, 0: any other (read field by field)
+    if shape == 4:  # its URL, size and file size, nothing else
         try:
             url, width, height, file_size = _item_fields(item)
         except KeyError:
-            pass
-        else:
-            if type(url) is not str:
-                return None
-            if url == raw:
-                url = known
-            else:
-                if not (clean or _fast_url(url)):
-                    url = _unclean_url(url)
-                if url == orig:
-                    url = SAME
-            if url is NULL:
-                return None
-            return (
-                kind,
-                url,
-                width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
-                height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
-                file_size
-                if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
-                else _int(file_size),
-            )
-    get = item.get
-    url = get("url")
+            shape = 0
+    elif shape == 2:  # its URL and {width, height}, nothing else
+        try:
+            url, size = _thumb_fields(item)
+        except KeyError:
+            shape = 0
+    else:
+        shape = 0
+    if not shape:
+        url = item.get("url")
     if type(url) is not str:
         return None
     if url == raw:
@@ -463,6 +451,28 @@ def _variant_row(
             url = SAME
     if url is NULL:
         return None
+    if shape == 4:
+        return (
+            kind,
+            url,
+            width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
+            height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
+            file_size
+            if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
+            else _int(file_size),
+        )
+    if shape == 2:
+        if type(size) is not dict:
+            return (kind, url, NULL, NULL, NULL)
+        width, height = size.get("width"), size.get("height")
+        return (
+            kind,
+            url,
+            width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
+            height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
+            NULL,
+        )
+    get = item.get
     width, height = get("w"), get("h")
     if width is None and height is None and "size" in item:
         size = item["size"]
