@@ -426,7 +426,9 @@ def test_identical_files_first_blocks_of_one_bucket_still_compared_byte_for_byte
         path.write_bytes(bytes(data))
         paths.append(str(path))
     want = [[0, 1, 2], [3, 4]]
-    monkeypatch.setattr(hashing.xxhash, "xxh3_64_intdigest", lambda _data: 0)
+    import xxhash  # imported by hashing at the first group that needs it
+
+    monkeypatch.setattr(xxhash, "xxh3_64_intdigest", lambda _data: 0)
     assert sorted(hashing.identical_files(paths, len(body))[0]) == want
     monkeypatch.undo()
     rest = len(body) - hashing.HEAD

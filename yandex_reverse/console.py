@@ -32,7 +32,7 @@ from .i18n import setup as setup_language
 TYPE_CHECKING = False  # typing's, without importing typing (a step's start counts)
 if TYPE_CHECKING:
     import logging
-    from typing import Any, TypeVar
+    from typing import Any, NoReturn, TypeVar
 
     from rich.console import Console
     from rich.table import Table
@@ -576,6 +576,38 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
             f"[red]{esc(_('Critical error:'))}[/red] {esc(type(exc).__name__)}: {esc(exc)}{esc(hint)}"
         )
         return EXIT_FAILURE
+
+
+def exit_now(code: int) -> NoReturn:
+    """``sys.exit(code)`` without the interpreter's teardown, where nothing would notice.
+
+    Step 6's script ends with it. The teardown frees every object one by one
+    and runs the cyclic collector over them all again: some 4 ms of CPU (~8 %)
+    of step 6's exact run on 2,000 files, more with more files. It is skipped
+    (as mypy's ``hard_exit`` skips it) only when nothing needs it: no other
+    thread can be running (``threading`` never imported), no ``atexit``
+    callback is registered (logging's flush, a pool's shutdown, a temporary
+    folder's removal, coverage), no ``-i``, and both standard streams flush.
+    Otherwise it is plain ``sys.exit(code)``. Files the steps write are closed
+    where they are written, never left to the teardown.
+    """
+    atexit = sys.modules.get("atexit")  # never imported: nothing was registered with it
+    callbacks = getattr(atexit, "_ncallbacks", None) if atexit is not None else lambda: 0
+    if (
+        "threading" not in sys.modules
+        and callbacks is not None  # (not CPython: no way to know)
+        and callbacks() == 0
+        and not sys.flags.inspect
+    ):
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        except Exception:  # a closed pipe and the like: the usual way reports it
+            pass
+        else:
+            os._exit(code)
+    sys.exit(code)
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

@@ -428,7 +428,9 @@ def _report_text(report: dict[str, Any]) -> str:
     return "{" + ", ".join(fields) + "}"
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Compiled at its first use (re keeps it): most reports never need it, and this
+# character class takes longer to compile than a small report to write.
+_SURROGATE = "[\ud800-\udfff]"
 
 
 def _utf8_safe(text: str) -> str:
@@ -441,7 +443,7 @@ def _utf8_safe(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        return re.sub(_SURROGATE, lambda m: f"\\u{ord(m.group()):04x}", text)
     return text
 
 
@@ -644,7 +646,7 @@ def undo(report_path: Path, *, dry_run: bool = False) -> int:
         raise StepFailed(
             _("cannot read report {path}: {reason}").format(path=report_path, reason=one_line(exc))
         ) from exc
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+    if not isinstance(run_id, str) or not re.fullmatch(RUN_ID, run_id):
         raise StepFailed(
             _("{path} names no run this step made: nothing undone").format(path=report_path)
         )
@@ -724,7 +726,7 @@ def undo(report_path: Path, *, dry_run: bool = False) -> int:
 
 _NOT_IN_JOURNAL = N_("the run's journal records no such move")
 UNDO_STATUSES = (N_("restored"), N_("already back"), N_("missing"), N_("conflict"), N_("refused"))
-RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+RUN_ID = r"\d{8}-\d{6}-[0-9a-f]{6}"  # compiled at its first use (re keeps it): undo only
 JOURNAL_DIR = QUARANTINE_JOURNALS
 
 

@@ -16,13 +16,12 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import xxhash
-
 from ..imageinfo import ImageError, exif_orientation, open_image
 
 TYPE_CHECKING = False  # typing's, without importing typing (exact mode's start counts)
 if TYPE_CHECKING:
     import sqlite3
+    from types import ModuleType
 
 # Pillow's EXIF/ICC chatter ("Corrupt EXIF data"): real failures raise. Set
 # once for the process (a ``catch_warnings`` per call is not thread-safe).
@@ -68,7 +67,7 @@ def identical_files(
     # xxh3_64 of the first block -> [(first block, [(index, fd), ...]), ...]
     buckets: dict[int, list[tuple[bytes, list[tuple[int, int]]]]] = {}
     # A few files share one bucket: comparing their blocks costs less than hashing them.
-    head_key = _one_bucket if len(paths) <= _FEW else xxhash.xxh3_64_intdigest
+    head_key = _one_bucket if len(paths) <= _FEW else _xxhash().xxh3_64_intdigest
     for index, path in enumerate(paths):
         try:
             fd = os.open(path, _READ)
@@ -182,6 +181,7 @@ def _rest_hash(path: str, fd: int, size: int, buffer: bytearray) -> bytes:
     more fit (the byte more sees a file that grew), else in buffer-sized
     pieces.
     """
+    xxhash = _xxhash()
     if fd < 0:
         fd = os.open(path, _READ)
     try:
@@ -200,6 +200,15 @@ def _rest_hash(path: str, fd: int, size: int, buffer: bytearray) -> bytes:
         return digest.digest()
     finally:
         os.close(fd)
+
+
+def _xxhash() -> ModuleType:
+    """``xxhash``, imported at the first group that needs a hash: groups of up
+    to four files whose first blocks tie two by two (the usual duplicates)
+    are compared byte for byte and never need it (0.4 ms of a start)."""
+    import xxhash
+
+    return xxhash
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
