@@ -580,6 +580,20 @@ def test_report_text_is_what_json_writes(tmp_path: Path) -> None:
     assert cli._report_text(report) == json.dumps(report, ensure_ascii=False)
 
 
+def test_report_strings_are_written_as_json_writes_them() -> None:
+    """The report's strings are quoted without json's C module: every character
+    (controls, quote, backslash, DEL, lone surrogates, separators, astral),
+    alone and inside text, as json.dumps(..., ensure_ascii=False) writes it."""
+    from yandex_reverse.dedup import cli
+
+    quote = cli._encode_string()
+    codes = [*range(0x3000), *range(0xD7F0, 0xE010), 0xFEFF, 0xFFFD, 0xFFFF, 0x1F642, 0x10FFFF]
+    for code in codes:
+        for text in (chr(code), f"a/{chr(code)}b.jpg", chr(code) * 3):
+            assert quote(text) == json.dumps(text, ensure_ascii=False), hex(code)
+    assert quote("") == '""'
+
+
 @pytest.mark.parametrize("columns", [None, "60", "200", "junk"])
 def test_help_formatter_wraps_as_argparse_with_shutil(
     columns: str | None, monkeypatch: pytest.MonkeyPatch

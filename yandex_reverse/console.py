@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 from .i18n import _
@@ -32,6 +31,7 @@ from .i18n import setup as setup_language
 TYPE_CHECKING = False  # typing's, without importing typing (a step's start counts)
 if TYPE_CHECKING:
     import logging
+    from contextlib import AbstractContextManager
     from typing import Any, NoReturn, TypeVar
 
     from rich.console import Console
@@ -330,12 +330,20 @@ def _no_terminal(question: str, flag: str) -> str:
     )
 
 
-@contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+def progress(
+    description: str, total: int | None = None
+) -> AbstractContextManager[Callable[..., None]]:
     """A progress bar with count, rate and time left; yields ``advance(n=1, **fields)``.
 
     On a non-terminal output rich prints nothing per item, so logs stay short.
+    (``contextlib`` is imported here, at the first bar: a quick step need not.)
     """
+    from contextlib import contextmanager
+
+    return contextmanager(_progress)(description, total)
+
+
+def _progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
     if not progress_shown():  # nothing to draw: counting per item would only cost time
         yield lambda n=1, **fields: None
         return

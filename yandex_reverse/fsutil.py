@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+TYPE_CHECKING = False  # typing's, without importing typing (step 6's exact mode's start counts)
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 # Files that travel with an image of the same stem (step 5 writes .txt).
 SIDECAR_EXTENSIONS = (".txt", ".json", ".xmp")
@@ -201,8 +204,7 @@ class Locked(OSError):
     """Another process holds the lock."""
 
 
-@contextmanager
-def exclusive_lock(path: Path, *, per_process: bool = False) -> Iterator[None]:
+def exclusive_lock(path: Path, *, per_process: bool = False) -> AbstractContextManager[None]:
     """Hold an advisory lock on ``path`` (created if missing) for the block.
 
     Raises :class:`Locked` at once when another process holds it. The lock
@@ -213,6 +215,12 @@ def exclusive_lock(path: Path, *, per_process: bool = False) -> Iterator[None]:
     Forked children (a process pool started inside the block) do not inherit
     it, so workers left behind by a killed run cannot keep it held.
     """
+    from contextlib import contextmanager  # here: step 6's exact mode needs no contextlib
+
+    return contextmanager(_exclusive_lock)(path, per_process)
+
+
+def _exclusive_lock(path: Path, per_process: bool) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:

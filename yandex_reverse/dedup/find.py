@@ -18,7 +18,6 @@ from array import array
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from stat import S_ISLNK, S_ISREG
 
@@ -30,18 +29,41 @@ from . import hashing
 
 TYPE_CHECKING = False  # typing's, without importing typing (exact mode's start counts)
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from typing import Any
 
 KEEP_RULES = ("best", "largest", "oldest", "newest", "first")
 
 
-@contextmanager
-def ticking(label: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+def ticking(label: str, total: int | None = None) -> AbstractContextManager[Callable[..., None]]:
     """A progress bar updated at most ten times a second: per-file redraws cost
-    more than hashing a cached file. ``tick()`` counts one, ``tick(n)`` n."""
-    if not progress_shown():  # no bar: not even a clock read per file
-        yield lambda n=1: None
-        return
+    more than hashing a cached file. ``tick()`` counts one, ``tick(n)`` n.
+
+    Without a bar, a context that yields a tick doing nothing (not even a
+    clock read per file), and no ``contextlib`` (0.3 ms of exact mode's start)."""
+    if not progress_shown():
+        return _NO_TICKS
+    from contextlib import contextmanager
+
+    return contextmanager(_ticking)(label, total)
+
+
+class _NoTicks:
+    def __enter__(self) -> Callable[..., None]:
+        return _no_tick
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _no_tick(n: int = 1) -> None:
+    return None
+
+
+_NO_TICKS = _NoTicks()
+
+
+def _ticking(label: str, total: int | None) -> Iterator[Callable[..., None]]:
     with progress(label, total) as advance:
         pending, last = 0, time.monotonic()
 
