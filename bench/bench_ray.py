@@ -28,11 +28,14 @@ plus its actors' model loads, so the whole-run figure measured only the start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,7 +76,62 @@ def report_fixed(step: str, seconds: float, peer: float, log_file: Path) -> None
            ray_stop_s=found.get("shut down"))  # fmt: skip
 
 
+def adopt_orphans() -> None:
+    """Become the subreaper of what the steps start (Linux): Ray's processes that
+    outlive their parent stay in this process's tree, where :class:`CpuMeter` sees them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+KEEP: set[int] = set()  # children that stay between runs (the image web): not counted
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class CpuMeter(threading.Thread):
+    """CPU-s (user + system) of every process below this one but :data:`KEEP`, read
+    from /proc every 0.1 s: the step and all Ray's daemons and workers. Not from
+    RUSAGE_CHILDREN: the raylet reaps the workers it kills without accounting them.
+    A process's last < 0.1 s before it exits is missed."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: dict[tuple[int, str], float] = {}  # (pid, start time) -> its CPU-s
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.sample()
+
+    def sample(self) -> None:
+        me, stats = os.getpid(), {}
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+                # after the name: state ppid ... utime(12) stime(13) ... starttime(20)
+                stats[int(entry.name)] = (
+                    int(fields[1]),
+                    fields[19],
+                    int(fields[11]) + int(fields[12]),
+                )
+        for pid, (ppid, started, ticks) in stats.items():
+            up, hops = ppid, 0
+            while up not in (me, 0, 1) and up in stats and up not in KEEP and hops < 64:
+                up, hops = stats[up][0], hops + 1
+            if up == me and pid not in KEEP and ppid not in KEEP:
+                self.seen[(pid, started)] = ticks / TICK
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return sum(self.seen.values())
+
+
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """Run one step; print its wall time and the CPU-s of it and every process it
+    started (:class:`CpuMeter`)."""
+    meter = CpuMeter()
+    meter.start()
     start = time.perf_counter()
     done = subprocess.run(
         cmd,
@@ -83,6 +141,8 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
         env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HF_HUB_OFFLINE": "1"},
     )
     elapsed = time.perf_counter() - start
+    time.sleep(0.5)  # Ray's last processes exit after the driver
+    print(f"  wall {elapsed:.2f} s, CPU {meter.stop():.2f} s; load {load()}", flush=True)
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:])
         raise SystemExit(f"{cmd[1]} exited {done.returncode}")
@@ -100,6 +160,7 @@ def bench_download(work: Path) -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    KEEP.add(server.pid)
     results: dict[str, tuple[float, float, int, str]] = {}
     ray_log_file = work / "out_ray" / "download.log"
     try:
@@ -149,6 +210,14 @@ def bench_download(work: Path) -> None:
                  ray_log_file)  # fmt: skip
     if ray_n != N or local_n != N:
         raise SystemExit(f"files: local {local_n}, ray {ray_n}, expected {N}")
+
+
+def load() -> str:
+    return (
+        Path("/proc/loadavg").read_text().split(" ", 1)[0]
+        if Path("/proc/loadavg").exists()
+        else "?"
+    )
 
 
 def fixed(seconds: float, files: int, rate: float) -> float:
@@ -229,6 +298,7 @@ def scoring_rate(report_db: Path) -> float:
 
 def main() -> int:
     work = work_dir("ray")
+    adopt_orphans()
     if N:
         bench_download(work)
     if M:

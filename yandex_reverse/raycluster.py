@@ -165,7 +165,7 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         os.environ["PYTHONPATH"] = root if not path else os.pathsep.join((root, path))
     started = time.monotonic()
     try:
-        with _stderr_to_log():
+        with _stderr_to_log(), _lean_node(embedded=not address):
             # "local": a new Ray of our own, even where RAY_ADDRESS names another one.
             ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -188,6 +188,47 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
         with suppress(Exception), _stderr_to_log():
             ray.shutdown()
         log.info("ray: shut down in %.1f s", time.monotonic() - stopping)
+
+
+# What an embedded Ray of one step on one machine does not start (each one more Python
+# process importing Ray on the step's cores while it starts): the dashboard head
+# (ray.init waits until it is up, even with include_dashboard=False, for the usage
+# report and the job API), the autoscaler monitor (nothing to scale) and the log
+# monitor (log_to_driver=False: nobody reads its lines). Node's own methods, Ray 2.60.
+LEAN_SKIPPED = ("start_api_server", "start_monitor", "start_log_monitor")
+
+
+@contextmanager
+def _lean_node(*, embedded: bool) -> Iterator[None]:
+    """While ``ray.init`` starts an embedded Ray: a head node without :data:`LEAN_SKIPPED`.
+
+    ``ray.init`` makes its head with ``ray._private.node.Node(...)``; meanwhile that
+    name is a subclass whose :data:`LEAN_SKIPPED` methods do nothing. Joining a cluster
+    (``embedded=False``), or a Ray whose Node lacks one of them: nothing is changed.
+    Measured (``ray.init`` with 2 CPUs, then 2 tasks; 3 pairs, load 4-6): ray.init
+    3.96-7.92 -> 2.10-3.56 s, Ray's processes 2.8-3.6 -> 1.7-1.8 CPU-s, shutdown
+    1.35-1.59 -> 0.32 s.
+    """
+    try:
+        from ray._private import node as ray_node
+
+        base: Any = ray_node.Node
+    except (ImportError, AttributeError):
+        base = None
+    if not embedded or base is None or not all(hasattr(base, m) for m in LEAN_SKIPPED):
+        yield
+        return
+
+    def skipped(self: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    lean = type("LeanNode", (base,), dict.fromkeys(LEAN_SKIPPED, skipped))
+    ray_node.Node = lean
+    try:
+        yield
+    finally:
+        if ray_node.Node is lean:
+            ray_node.Node = base
 
 
 def _stop_autoscaler_monitor(ray: Any) -> None:
