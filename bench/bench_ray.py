@@ -96,7 +96,8 @@ class CpuMeter(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.seen: dict[tuple[int, str], float] = {}  # (pid, start time) -> its CPU-s
+        # (pid, start time) -> (name, user CPU-s, system CPU-s)
+        self.seen: dict[tuple[int, str], tuple[str, float, float]] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -107,24 +108,30 @@ class CpuMeter(threading.Thread):
         me, stats = os.getpid(), {}
         for entry in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
-                # after the name: state ppid ... utime(12) stime(13) ... starttime(20)
-                stats[int(entry.name)] = (
-                    int(fields[1]),
-                    fields[19],
-                    int(fields[11]) + int(fields[12]),
-                )
-        for pid, (ppid, started, ticks) in stats.items():
+                name, rest = entry.joinpath("stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+                fields = rest.split()  # state ppid ... utime(11) stime(12) ... starttime(19)
+                stats[int(entry.name)] = (int(fields[1]), fields[19], int(fields[11]),
+                                          int(fields[12]), name)  # fmt: skip
+        for pid, (ppid, started, user, system, name) in stats.items():
             up, hops = ppid, 0
             while up not in (me, 0, 1) and up in stats and up not in KEEP and hops < 64:
                 up, hops = stats[up][0], hops + 1
             if up == me and pid not in KEEP and ppid not in KEEP:
-                self.seen[(pid, started)] = ticks / TICK
+                self.seen[(pid, started)] = (name, user / TICK, system / TICK)
+
+    def breakdown(self) -> str:
+        """``name xCOUNT user+system`` CPU-s per process name, the largest first."""
+        by: dict[str, tuple[int, float, float]] = {}
+        for name, user, system in self.seen.values():
+            count, u, s = by.get(name, (0, 0.0, 0.0))
+            by[name] = (count + 1, u + user, s + system)
+        ranked = sorted(by.items(), key=lambda item: -(item[1][1] + item[1][2]))
+        return ", ".join(f"{n} x{c} {u:.2f}+{s:.2f}" for n, (c, u, s) in ranked)
 
     def stop(self) -> float:
         self.done.set()
         self.join()
-        return sum(self.seen.values())
+        return sum(user + system for _, user, system in self.seen.values())
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:

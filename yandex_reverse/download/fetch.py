@@ -442,13 +442,13 @@ class Fetcher:
         finally:
             self._release_host(host, state)
 
-    async def fetch_checked(self, url: str) -> Checked:
-        """:meth:`fetch`, then :func:`check_body` in a thread, the body spilled to a
-        temporary file in the output folder: what a remote worker hands back."""
-        body = await self.fetch(url)
+    def check_and_spill(self, body: Body, url: str) -> Checked:
+        """:func:`check_body` of a :meth:`fetch`'s body, which is then spilled to a
+        temporary file in the output folder: what a remote worker hands back (a
+        refused body's file is removed)."""
         try:
-            checked = await asyncio.to_thread(check_body, body, self.opts)
-            await asyncio.to_thread(checked.spill, self.out, url)
+            checked = check_body(body, self.opts)
+            checked.spill(self.out, url)
         except FetchFailure as exc:
             exc.attempts, exc.received = body.attempts, body.size
             exc.http_status, exc.content_type = body.http_status, body.content_type or None

@@ -49,9 +49,9 @@ from ..console import console, esc, log, one_line
 from ..i18n import N_, _
 from ..urls import host_of
 from .checks import FetchFailure
-from .fetch import Candidate, Checked, Fetcher, FetchOptions, HostState
+from .fetch import Body, Candidate, Checked, Fetcher, FetchOptions, HostState
 from .ledger import Outcome, Unit
-from .run import Downloader, Settings, failed_outcome, settle
+from .run import Downloader, Settings, Settler, failed_outcome, settle
 from .store import Store, remove_temp_files, sidecar_text, temp_path
 
 SHARD = 64  # URLs sent to a worker at once
@@ -84,6 +84,11 @@ class FetchWorker:
         self.opts = opts
         self.out = Path(out)
         self.fetcher: Fetcher | None = None
+        # Each body checked, spilled and its sidecar written by the local path's
+        # Settler: on the event loop while that stays fast, else in batches in its
+        # threads. Two hops a file through asyncio.to_thread (check, then spill) made
+        # the loop and the executor's threads hand the GIL to and fro (futex calls).
+        self.settler: Settler[Job, tuple[Checked, str]] | None = None
 
     async def ready(self) -> int:
         """Open the HTTP session (the driver waits for every worker's answer once)."""
@@ -91,13 +96,26 @@ class FetchWorker:
             fetcher = Fetcher(self.opts, self.out)
             await fetcher.__aenter__()
             self.fetcher = fetcher
+            self.settler = Settler(self.check)
         return os.getpid()
+
+    def check(self, body: Body, job: Job, image_id: str) -> tuple[Checked, str]:
+        """A body checked and spilled, its sidecar written (the two temporary files the
+        driver renames into place); an error removes what was written."""
+        assert self.fetcher is not None
+        checked = self.fetcher.check_and_spill(body, job[0])
+        try:
+            return checked, self.write_sidecar(job, checked)
+        except BaseException:
+            if checked.body.temp is not None:
+                checked.body.temp.unlink(missing_ok=True)
+            raise
 
     async def fetch_shard(self, jobs: list[Job], pauses: dict[str, float]) -> ShardResult:
         """Fetch and check every URL of one host bucket; write each checked one's sidecar."""
         await self.ready()
-        fetcher = self.fetcher
-        assert fetcher is not None
+        fetcher, settler = self.fetcher, self.settler
+        assert fetcher is not None and settler is not None
         now = time.monotonic()
         for host, wait in pauses.items():
             state = fetcher.hosts.get(host)
@@ -105,23 +123,19 @@ class FetchWorker:
                 state = fetcher.hosts[host] = HostState(asyncio.Semaphore(self.opts.per_host))
             state.resume_at = max(state.resume_at, now + wait)
 
-        async def one(job: Job) -> Checked | FetchFailure | OSError:
+        async def one(job: Job) -> tuple[Checked, str] | FetchFailure | OSError:
             try:
-                return await fetcher.fetch_checked(job[0])
+                body = await fetcher.fetch(job[0])
+                return await settler.submit(body, job, job[1])
             except (FetchFailure, OSError) as exc:  # an OSError: the disk; the driver stops
                 return exc
 
         urls = [job[0] for job in jobs]
-        results = list(await asyncio.gather(*(one(job) for job in jobs)))
-        sidecars: list[str | None] = [None] * len(jobs)
-        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            if isinstance(result, Checked):
-                try:
-                    sidecars[i] = self.write_sidecar(job, result)
-                except OSError as exc:  # the shared folder's disk: the driver stops
-                    if result.body.temp is not None:
-                        result.body.temp.unlink(missing_ok=True)
-                    results[i] = exc
+        results: list[Checked | FetchFailure | OSError] = []
+        sidecars: list[str | None] = []
+        for result in await asyncio.gather(*(one(job) for job in jobs)):
+            results.append(result[0] if isinstance(result, tuple) else result)
+            sidecars.append(result[1] if isinstance(result, tuple) else None)
         now = time.monotonic()
         left = {}
         for host in {host_of(url) or "" for url in urls}:

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..console import console, esc, log, one_line, progress
 from ..i18n import _
@@ -146,7 +146,11 @@ def settle(store: Store, checked: Checked, candidate: Candidate, image_id: str) 
     )
 
 
-class Settler:
+A = TypeVar("A")  # what a body is settled with (the local path: its Candidate)
+R = TypeVar("R")  # what settling it gives (the local path: its Outcome)
+
+
+class Settler(Generic[A, R]):
     """Checks and settles received bodies in up to :attr:`THREADS` threads of its own, in batches.
 
     :meth:`submit` (on the event loop) queues a body; a thread that is free takes
@@ -179,10 +183,10 @@ class Settler:
     INLINE_SLOW_TIMES = 3
     INLINE_MAX_BYTES = 512 * 1024
 
-    def __init__(self, work: Callable[[Body, Candidate, str], Outcome]) -> None:
+    def __init__(self, work: Callable[[Body, A, str], R]) -> None:
         self.work = work
         self.loop = asyncio.get_running_loop()
-        self.waiting: list[tuple[Body, Candidate, str, asyncio.Future[Outcome]]] = []
+        self.waiting: list[tuple[Body, A, str, asyncio.Future[R]]] = []
         self.queue: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
         self.idle = 0
@@ -190,8 +194,8 @@ class Settler:
         self.inline = self.INLINE  # settled on the loop itself, until it proves slow
         self.slow = 0  # settles on the loop that took longer than INLINE_SLOW
 
-    def submit(self, body: Body, candidate: Candidate, image_id: str) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = self.loop.create_future()
+    def submit(self, body: Body, candidate: A, image_id: str) -> asyncio.Future[R]:
+        future: asyncio.Future[R] = self.loop.create_future()
         if self.inline and body.temp is None and body.size <= self.INLINE_MAX_BYTES:
             started = time.perf_counter()
             try:
@@ -293,7 +297,7 @@ class Downloader:
         self._last_tick = 0.0
         self.fetcher: Fetcher
         self.writer: LedgerWriter
-        self.settler: Settler
+        self.settler: Settler[Candidate, Outcome]
         self.fatal: OSError | None = None  # the disk error that stops the run
         self.slots: asyncio.Semaphore  # the bounded pool of units at work
         self.admitted: asyncio.Semaphore  # units started: at work, or parked
