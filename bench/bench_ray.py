@@ -129,8 +129,13 @@ class CpuMeter(threading.Thread):
         return ", ".join(f"{n} x{c} {u:.2f}+{s:.2f}" for n, (c, u, s) in ranked)
 
     def stop(self) -> float:
+        """The CPU-s counted; then the exited orphans are reaped (a zombie keeps its
+        figures in /proc: left, it would be counted again by the next run's meter)."""
         self.done.set()
         self.join()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         return sum(user + system for _, user, system in self.seen.values())
 
 
