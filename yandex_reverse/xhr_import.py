@@ -451,41 +451,28 @@ def _variant_row(
             url = SAME
     if url is NULL:
         return None
-    if shape == 4:
-        return (
-            kind,
-            url,
-            width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
-            height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
-            file_size
-            if type(file_size) is int and _INT_MIN <= file_size <= _INT_MAX
-            else _int(file_size),
+    if shape == 4:  # read above; no origin, no isMixedImage
+        origin = mixed = None
+    elif shape == 2:
+        file_size = origin = mixed = None
+        width, height = (
+            (size.get("width"), size.get("height")) if type(size) is dict else (None, None)
         )
-    if shape == 2:
-        if type(size) is not dict:
-            return (kind, url, NULL, NULL, NULL)
-        width, height = size.get("width"), size.get("height")
-        return (
-            kind,
-            url,
-            width if type(width) is int and _INT_MIN <= width <= _INT_MAX else _int(width),
-            height if type(height) is int and _INT_MIN <= height <= _INT_MAX else _int(height),
-            NULL,
-        )
-    get = item.get
-    width, height = get("w"), get("h")
-    if width is None and height is None and "size" in item:
-        size = item["size"]
-        if type(size) is dict:
-            width, height = size.get("width"), size.get("height")
-    origin, mixed = get("origin"), get("isMixedImage")
-    if origin is None:
-        origin_url = origin_w = origin_h = NULL
     else:
-        origin = _dict(origin)
-        origin_url = _url(origin.get("url"))
-        origin_w, origin_h = _int(origin.get("w")), _int(origin.get("h"))
-    file_size = get("fileSizeInBytes")
+        get = item.get
+        width, height = get("w"), get("h")
+        if width is None and height is None and "size" in item:
+            size = item["size"]
+            if type(size) is dict:
+                width, height = size.get("width"), size.get("height")
+        origin, mixed = get("origin"), get("isMixedImage")
+        if origin is None:
+            origin_url = origin_w = origin_h = NULL
+        else:
+            origin = _dict(origin)
+            origin_url = _url(origin.get("url"))
+            origin_w, origin_h = _int(origin.get("w")), _int(origin.get("h"))
+        file_size = get("fileSizeInBytes")
     row = (
         kind,
         url,
